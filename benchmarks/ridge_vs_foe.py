@@ -36,7 +36,7 @@ import bilevel
 from bilevel.results import environment, write_csv
 from problems import datasets
 
-SHARED = Path("/work/shared/data/bsd")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsd"  # absent: skimage
 
 
 def parse_args():

@@ -54,10 +54,19 @@ class BoundConstants:
     certified: bool = True
     cost: int = 0
 
-    def omega(self, eps: float, delta: float, mu: float, grad_x_norm: float) -> float:
-        """The a-posteriori bound on ||z - grad F(theta)||."""
+    def omega(self, eps: float, delta: float, mu: float, grad_x_norm: float,
+              hessian_along: float | None = None) -> float:
+        """The a-posteriori bound on ||z - grad F(theta)||.
+
+        ``hessian_along`` is the problem's M of
+        :meth:`~bilevel.BilevelProblem.hessian_lipschitz_along`, if any: the
+        Hessian term is then the smaller of its two valid bounds.
+        """
+        hessian = self.L_Ainv * grad_x_norm * self.B_norm
+        if hessian_along is not None:
+            hessian = min(hessian, self.B_norm * hessian_along / mu)
         c = (self.L_g * self.B_norm / mu
-             + self.L_Ainv * grad_x_norm * self.B_norm
+             + hessian
              + self.L_B * grad_x_norm / mu
              + self.L_gtheta)
         return c * eps + self.B_norm / mu * delta + self.L_B * self.L_g / mu * eps ** 2

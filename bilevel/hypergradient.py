@@ -39,6 +39,9 @@ class Hypergradient:
         ||grad_x g(x~, theta)||, used by the bounds on g(x*).
     constants : BoundConstants
         The constants that entered omega.
+    hessian_along : float or None
+        The problem's bound M on ||(A(x') - A(x~)) q|| / ||x' - x~||, if it has one
+        (:meth:`~bilevel.BilevelProblem.hessian_lipschitz_along`).
     """
 
     grad: torch.Tensor
@@ -49,6 +52,7 @@ class Hypergradient:
     linear: CGResult
     upper_grad_norm: float
     constants: BoundConstants
+    hessian_along: float | None = None
 
     @property
     def cost(self) -> int:
@@ -116,12 +120,14 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
         constants = problem.bound_constants(theta, x)
     mu = problem.check_mu(theta)
     gx_norm = problem.global_norm(gx)
-    omega = constants.omega(lower.error_bound, linear.residual_norm, mu, gx_norm)
+    # The exact adjoint A(x~)^{-1} grad_x g lies within residual / mu of q~.
+    along = problem.hessian_lipschitz_along(theta, x, linear.q, linear.residual_norm / mu)
+    omega = constants.omega(lower.error_bound, linear.residual_norm, mu, gx_norm, along)
     if not torch.isfinite(grad).all():
         omega = math.inf
     return Hypergradient(grad=grad, upper_value=float(value), error_bound=omega,
                          certified=constants.certified, lower=lower, linear=linear,
-                         upper_grad_norm=gx_norm, constants=constants)
+                         upper_grad_norm=gx_norm, constants=constants, hessian_along=along)
 
 
 def unrolled_hypergradient(problem, theta, iterations, x0=None, step=None):

@@ -108,6 +108,22 @@ class BilevelProblem(abc.ABC):
         """
         return estimate_bound_constants(self, theta, x)
 
+    def hessian_lipschitz_along(self, theta: torch.Tensor, x: torch.Tensor, q: torch.Tensor,
+                                radius: float) -> float | None:
+        """A bound M on how fast the Hessian applied to the adjoint moves with x, or None.
+
+        M must satisfy ||(A(x') - A(x)) q'|| <= M ||x' - x|| for every x' with
+        ||x' - x|| <= ||grad_x h(x)|| / mu and every q' with ||q' - q|| <= radius
+        (q is the CG solution, radius its certified distance to the exact adjoint).
+        The hypergradient bound then takes the smaller of L_Ainv ||grad_x g|| ||B||
+        and ||B|| M / mu for its Hessian term (ALGORITHMS.md section 3, with
+        A(x*)^{-1} - A(x~)^{-1} = A(x*)^{-1} (A(x~) - A(x*)) A(x~)^{-1}).  Worth
+        overriding when the Hessian varies pointwise, as in fields of experts: M
+        then reads the largest response of q instead of its norm, often 100x less.
+        Default None: the bound uses L_Ainv alone.
+        """
+        return None
+
     # ------------------------------------------------- derivatives (autograd)
     def lower_grad(self, x, theta):
         """grad_x h(x, theta)."""

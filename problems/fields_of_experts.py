@@ -453,6 +453,26 @@ class FieldsOfExperts(datasets.DenoisingQuality, BilevelProblem):
                               L_B=L_B, L_Ainv=L_A / mu ** 2, L_gtheta=0.0, certified=True,
                               cost=2)
 
+    def hessian_lipschitz_along(self, theta, x, q, radius):
+        r"""M >= ||(A(x1) - A(x2)) q'|| / ||x1 - x2|| for all x1, x2 and ||q' - q|| <= radius.
+
+        (A(x1) - A(x2)) q' = sum_k alpha_k K_k^T [(phi''(z1_k) - phi''(z2_k)) o K_k q'],
+        and |phi''(t1) - phi''(t2)| <= C3 / nu_k^2 |t1 - t2| pixel by pixel, so its
+        norm is at most sum_k alpha_k kappa_k C3 / nu_k^2 ||K_k (x1 - x2)|| ||K_k q'||_inf
+        <= sum_k alpha_k kappa_k^2 C3 / nu_k^2 (||K_k q||_inf + ||c_k||_2 radius).
+        L_A of :meth:`bound_constants` has ||c_k||_2 ||q'|| in place of the
+        bracket; a response is one s x s patch of q against c_k, so for an adjoint
+        spread over many pixels the bracket is smaller by about sqrt(s^2 / #pixels).
+        Global in x.  Costs one sweep of responses (one oracle call).
+        """
+        p = self.params(theta.detach())
+        _, kappa = self._kernel_norms(p)
+        sup = torch.zeros(self.K, dtype=q.dtype, device=q.device)
+        for ch in self._chunks(p, q.shape):
+            sup = torch.maximum(sup, ch.response(q.detach()).abs().amax(dim=(0, 2)))
+        c2 = torch.linalg.vector_norm(p.filters, dim=1)
+        return float(torch.sum(p.alpha * kappa ** 2 * C3 / p.nu ** 2 * (sup + c2 * radius)))
+
     def mixed_norm_bound(self, theta, x) -> float:
         r"""A certified upper bound on ||B(x)||, B = d/dtheta grad_x h, at x itself.
 

@@ -8,6 +8,18 @@ from pathlib import Path
 
 from bilevel.results import environment, write_csv
 
+#: The BSD images beside the repository (../shared/data/bsd); absent on a user's
+#: machine, where the scripts fall back to the images bundled with scikit-image.
+BSD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsd"
+
+
+def bsd_folder(name: str, given: str | None = None) -> str | None:
+    """``given`` if set, else BSD/``name`` when that folder exists, else None (fallback)."""
+    if given:
+        return given
+    folder = BSD / name
+    return str(folder) if folder.is_dir() else None
+
 
 def parser(doc: str, name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])

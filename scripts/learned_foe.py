@@ -4,7 +4,7 @@
                                   [--size S] [--max-iter M] [--threads T]
 
 Training set: ``--n-train`` random crops of ``--size`` pixels from the training
-folder (BSD400 at /work/shared/data/bsd/train when present, else the images
+folder (BSD400 at ../shared/data/bsd/train beside the repository when present, else the images
 bundled with scikit-image, resized), Gaussian noise ``--sigma`` (seed ``--seed``).
 Both models are trained on exactly these noisy/clean pairs:
 
@@ -44,7 +44,6 @@ from problems.tv_denoising import TVDenoising
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _figure  # noqa: E402
 
-SHARED = Path("/work/shared/data/bsd")
 TOL = 1e-3  # certified ||x - x*|| of the test solutions: far below PSNR resolution
 
 
@@ -68,8 +67,8 @@ def parse_args():
 
 
 def load_sets(args):
-    train_dir = args.train_dir or (str(SHARED / "train") if (SHARED / "train").is_dir() else None)
-    test_dir = args.test_dir or (str(SHARED / "Set68") if (SHARED / "Set68").is_dir() else None)
+    train_dir = _figure.bsd_folder("train", args.train_dir)
+    test_dir = _figure.bsd_folder("Set68", args.test_dir)
     return datasets.train_test_images(train_dir, test_dir, args.n_train, args.n_test, args.size,
                                       args.test_size, seed=args.seed)
 

@@ -126,6 +126,60 @@ def test_bound_constants_dominate_estimates():
     assert est.L_B <= c.L_B and est.L_Ainv <= c.L_Ainv
 
 
+def test_hessian_lipschitz_along_bounds_worst_perturbations():
+    p = _problem(log_scale=0.0, log_smoothing=-1.0)
+    theta, x = _point(p)
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    radius = 0.05
+    M = p.hessian_lipschitz_along(theta, x, q, radius)
+    prm = p.params(theta)
+    q_far = q + radius * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    q_far = q + radius * (q_far - q) / (q_far - q).norm()
+    ratios = []
+    z = p.convolve(x, theta)
+    for qq in (q, q_far):
+        # The worst case: one pixel under the largest response of q, moved so that its
+        # filter response crosses the steepest part of phi'' (t = nu / 2).
+        resp = p.convolve(qq, theta).abs()
+        k = int(torch.argmax(resp.amax(dim=(0, 2, 3))))
+        n, i, j = torch.unravel_index(torch.argmax(resp[:, k]), resp[:, k].shape)
+        for di in range(p.s):
+            for dj in range(p.s):
+                for size in (0.3, 1.0, 3.0):
+                    c = float(prm.filters[k].view(p.s, p.s)[di, dj])
+                    if c == 0:
+                        continue
+                    e = torch.zeros_like(x)
+                    t = (float(prm.nu[k]) / 2 - float(z[n, k, i, j])) / c
+                    e[n, i + di, j + dj] = size * t
+                    diff = p.lower_hvp(x + e, theta, qq) - p.lower_hvp(x, theta, qq)
+                    ratios.append(float(diff.norm() / e.norm()))
+        for _ in range(5):  # and random directions
+            e = 1e-2 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+            diff = p.lower_hvp(x + e, theta, qq) - p.lower_hvp(x, theta, qq)
+            ratios.append(float(diff.norm() / e.norm()))
+    assert max(ratios) <= M
+    assert max(ratios) >= 0.01 * M  # a proof, loose by kappa^2 / ||c||^2 and the sum over k
+    # Sharper than the global L_A ||q'|| it replaces.
+    c = p.bound_constants(theta, x)
+    assert M < c.L_Ainv * (q.norm() + radius)
+
+
+def test_hypergradient_bound_holds_and_is_sharper_with_the_adjoint():
+    p = bilevel.make_problem("fields_of_experts", **dict(SMALL, size=24))
+    theta = p.initial_theta() + 0.2 * torch.randn(
+        p.dim_theta, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact = bilevel.hypergradient(p, theta, 1e-12, 1e-12)
+    for eps in (1e-2, 1e-3, 1e-4):
+        hg = bilevel.hypergradient(p, theta, eps, eps)
+        assert hg.hessian_along is not None
+        assert hg.error_bound + exact.error_bound >= float((hg.grad - exact.grad).norm())
+        plain = hg.constants.omega(hg.lower.error_bound, hg.linear.residual_norm, 1.0,
+                                   hg.upper_grad_norm)
+        assert hg.error_bound < plain
+
+
 def test_float32_matches_float64():
     p64 = _problem()
     p32 = _problem(dtype=torch.float32)

@@ -11,9 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("script,png", [("quadratic", "quadratic.png"),
-                                        ("logreg_compare", "logreg_compare.png"),
+                                        ("logreg_vs_hoag", "logreg_vs_hoag.png"),
                                         ("tv_robustness", "tv_robustness.png"),
-                                        ("learned_foe", "filters.png")])
+                                        ("learned_foe", "filters.png"),
+                                        ("foe_vs_hoag", "foe_vs_hoag.png")])
 def test_quick_figure(tmp_path, script, png):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), "--quick",
                            "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)

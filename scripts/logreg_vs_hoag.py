@@ -1,6 +1,6 @@
 """Figure: MAID against HOAG on per-weight ridge logistic regression (digits), and scikit-learn.
 
-    python scripts/logreg_compare.py [--quick] [--seed 0] [--budget 3e5]
+    python scripts/logreg_vs_hoag.py [--quick] [--seed 0] [--budget 3e5]
 
 The paper's logistic-regression experiment on scikit-learn's 8x8 digits (no
 download): one log ridge weight per weight of the 64 x 10 model (640
@@ -15,7 +15,7 @@ The learned models (each re-solved to certified accuracy 1e-8 where the
 budget allows) are then compared with scikit-learn: LogisticRegressionCV (one
 C, 5-fold cross-validation on the same training split, log-loss scoring) and
 a single C chosen on the validation split from the same grid.  Writes
-results/logreg_compare/{data.csv, meta.json, logreg_compare.png, summary.md}.
+results/logreg_vs_hoag/{data.csv, meta.json, logreg_vs_hoag.png, summary.md}.
 """
 from __future__ import annotations
 
@@ -280,12 +280,12 @@ def plot(out, table):
                 yscale="log", title="held-out test loss of the current model")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(Path(out) / "logreg_compare.png", dpi=120)
+    fig.savefig(Path(out) / "logreg_vs_hoag.png", dpi=120)
     plt.close(fig)
 
 
 def main(argv=None):
-    p = _figure.parser(__doc__, "logreg_compare")
+    p = _figure.parser(__doc__, "logreg_vs_hoag")
     p.add_argument("--budget", type=float, default=3e5,
                    help="lower-level + CG iterations per method (full run)")
     p.add_argument("--threads", type=int, default=1,

@@ -1,0 +1,241 @@
+"""Figure: MAID against HOAG's accuracy schedules, learning a field of experts.
+
+    python scripts/foe_vs_hoag.py [--quick] [--seed 0] [--budget 40000]
+                                  [--filters K --filter-size s] [--n-train N --size S]
+
+The paper's fields-of-experts comparison at CPU size: K zero-mean s x s
+Charbonnier experts with their weights and smoothings (1 + 2K + K s^2
+hyperparameters, problems/fields_of_experts.py) learned on ``--n-train`` noisy
+crops (BSD400 beside the repository when present, else scikit-image's images),
+sigma 0.1.  MAID (the paper's defaults, alpha0 ``--alpha0``) and HOAG with the
+geometric, quadratic and cubic schedules (eps0 ``--hoag-eps0``) start from the
+same theta and spend the same budget of lower-level + CG iterations.
+
+Panels: the upper loss each method reports against that cost; the accuracy eps
+each method asked for against outer iterations; one held-out test image
+(centre crop of the first Set68 image) denoised with each method's final theta,
+with its PSNR.  The mean PSNR over ``--n-test`` test crops goes to summary.md.
+
+Writes results/foe_vs_hoag/{data.csv (the methods' iterations), test.csv
+(per-image test PSNR / SSIM), meta.json, foe_vs_hoag.png, summary.md}.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+import warnings
+from pathlib import Path
+
+import _figure
+import torch
+
+import bilevel
+from bilevel.results import write_csv
+from problems import datasets
+from problems.fields_of_experts import FieldsOfExperts
+
+METHODS = ("maid", "hoag_geometric", "hoag_quadratic", "hoag_cubic")
+LABELS = {"maid": "MAID", "hoag_geometric": "HOAG geometric",
+          "hoag_quadratic": "HOAG quadratic", "hoag_cubic": "HOAG cubic"}
+TEST_TOL = 1e-3  # certified ||x - x*|| of the test denoisings: far below PSNR resolution
+KEEP = ("iteration", "cost", "upper_value", "grad_norm", "error_bound", "eps", "step",
+        "backtracks", "accepted", "lower_iterations", "cg_iterations", "time")
+
+
+def arguments(argv):
+    p = _figure.parser(__doc__, "foe_vs_hoag")
+    p.add_argument("--train-dir", default=None, help="default: BSD400 if present, else skimage")
+    p.add_argument("--test-dir", default=None, help="default: Set68 if present, else skimage")
+    p.add_argument("--n-train", type=int, default=16)
+    p.add_argument("--size", type=int, default=64, help="training crop side")
+    p.add_argument("--n-test", type=int, default=16)
+    p.add_argument("--test-size", type=int, default=96)
+    p.add_argument("--sigma", type=float, default=0.1)
+    p.add_argument("--filters", type=int, default=8, help="K")
+    p.add_argument("--filter-size", type=int, default=3, help="s")
+    p.add_argument("--log-scale", type=float, default=-3.0, help="starting theta_0")
+    p.add_argument("--budget", type=float, default=4e4,
+                   help="lower-level + CG iterations per method")
+    p.add_argument("--alpha0", type=float, default=0.1, help="MAID's first step")
+    p.add_argument("--hoag-eps0", type=float, default=1e-1, help="HOAG's first accuracy")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_train, args.size, args.n_test, args.test_size = 2, 24, 2, 32
+        args.filters, args.budget = 3, 600
+    return args
+
+
+def compute(args):
+    torch.set_num_threads(args.threads)
+    clean, test, names, sources = datasets.train_test_images(
+        _figure.bsd_folder("train", args.train_dir), _figure.bsd_folder("Set68", args.test_dir),
+        args.n_train, args.n_test, args.size, args.test_size, seed=args.seed)
+    noisy = datasets.add_noise(clean, args.sigma, args.seed)
+    test_noisy = datasets.add_noise(test, args.sigma, args.seed + 1)
+    problem = FieldsOfExperts(images=clean, noisy=noisy, num_filters=args.filters,
+                              filter_size=args.filter_size, log_scale=args.log_scale,
+                              seed=args.seed)
+    print(f"train {tuple(clean.shape)} from {sources['train']}, test {tuple(test.shape)} from "
+          f"{sources['test']}; {problem.dim_theta} hyperparameters, budget {args.budget:g}",
+          flush=True)
+    rows, tests, runs = [], [], {}
+    for method in METHODS:
+        settings = dict(alpha0=args.alpha0) if method == "maid" else dict(eps0=args.hoag_eps0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+            result = bilevel.solve(problem, method, max_iter=100_000, max_cost=args.budget,
+                                   **settings)
+        rows += [{"method": method, **{k: r[k] for k in KEEP}} for r in result.history]
+        x = problem.denoise(test_noisy, result.theta, tol=TEST_TOL)
+        q = datasets.quality(x, test)
+        tests += [dict(method=method, image=n, psnr=p, ssim=s) for n, p, s in
+                  zip(names, q["psnr_per_image"], q["ssim_per_image"], strict=True)]
+        last = result.history[-1]
+        runs[method] = dict(settings=settings, status=result.status, message=result.message,
+                            iterations=len(result.history), cost=last["cost"],
+                            time=round(last["time"], 1), upper_value=last["upper_value"],
+                            test_psnr=q["psnr"], test_ssim=q["ssim"],
+                            theta=result.theta.tolist())
+        print(f"{LABELS[method]:15s} {result.status:15s} its={len(result.history):4d} "
+              f"cost={last['cost']:>7d} {last['time']:6.1f}s upper={last['upper_value']:.5f} "
+              f"test PSNR={q['psnr']:.3f} dB", flush=True)
+    q = datasets.quality(test_noisy, test)
+    tests += [dict(method="noisy", image=n, psnr=p, ssim=s) for n, p, s in
+              zip(names, q["psnr_per_image"], q["ssim_per_image"], strict=True)]
+    runs["noisy"] = dict(test_psnr=q["psnr"], test_ssim=q["ssim"])
+    settings = dict(script="scripts/foe_vs_hoag.py", problem="fields_of_experts",
+                    settings={k: v for k, v in vars(args).items() if k != "out"},
+                    sources=sources, hyperparameters=problem.dim_theta,
+                    n_train=len(clean), n_test=len(test), test_images=names,
+                    test_tol=TEST_TOL, torch_threads=torch.get_num_threads(), runs=runs)
+    return rows, tests, settings, (problem, test_noisy[0], test[0], names[0])
+
+
+def held_loss(rows):
+    """Upper loss at the point a method holds after each iteration.
+
+    A rejected HOAG trial evaluates a point and returns to the previous one, so
+    its loss is not that of the held point; a MAID row without an accepted step
+    keeps its theta too.
+    """
+    held, value = [], float("nan")
+    for r in rows:
+        if r["accepted"] == "True" or value != value:
+            value = float(r["upper_value"])
+        held.append(value)
+    return held
+
+
+def plot(out, example=None):
+    """Loss against cost, eps against iterations, and (given ``example``) the test image row."""
+    plt = _figure.pyplot()
+    from matplotlib.ticker import NullFormatter
+
+    out = Path(out)
+    with open(out / "data.csv") as f:
+        rows = list(csv.DictReader(f))
+    meta = json.loads((out / "meta.json").read_text())
+    fig = plt.figure(figsize=(15, 7.5 if example else 4))
+    grid = fig.add_gridspec(2 if example else 1, 6, height_ratios=[1.2, 1] if example else [1])
+    loss, acc = fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])
+    for i, method in enumerate(METHODS):
+        sel = [r for r in rows if r["method"] == method]
+        style = dict(color=f"C{i}", lw=2 if method == "maid" else 1.2)
+        loss.plot([int(r["cost"]) for r in sel], held_loss(sel), label=LABELS[method], **style)
+        rejected = [r for r in sel if r["accepted"] != "True"]
+        loss.plot([int(r["cost"]) for r in rejected], [float(r["upper_value"]) for r in rejected],
+                  "x", color=f"C{i}", ms=4, alpha=0.6)
+        acc.plot([int(r["iteration"]) for r in sel], [float(r["eps"]) for r in sel], **style)
+    loss.set(xlabel="lower-level + CG iterations", ylabel="upper loss g(x~) (training)",
+             xscale="log", yscale="log",
+             title="upper loss of the point each method holds (x: rejected trial points)")
+    loss.xaxis.set_minor_formatter(NullFormatter())
+    loss.yaxis.set_minor_formatter(NullFormatter())
+    acc.set(xlabel="outer iteration", ylabel="eps (= delta)", yscale="log",
+            title="accuracy asked for")
+    loss.legend(fontsize=8)
+    if example:
+        problem, noisy, clean, name = example
+        runs = meta["runs"]
+        panels = [("noisy", noisy)]
+        for method in METHODS:
+            theta = torch.tensor(runs[method]["theta"], dtype=problem.dtype)
+            panels.append((LABELS[method], problem.denoise(noisy, theta, tol=TEST_TOL)))
+        panels.append(("clean", clean))
+        for j, (label, img) in enumerate(panels):
+            ax = fig.add_subplot(grid[1, j])
+            ax.imshow(img.clamp(0, 1).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+            if label != "clean":
+                label = f"{label}\n{datasets.psnr(img, clean).mean():.2f} dB"
+            ax.set_title(label, fontsize=9)
+            ax.axis("off")
+        fig.text(0.5, 0.02, f"test image {name} ({tuple(clean.shape)[0]}x"
+                 f"{tuple(clean.shape)[1]} centre crop), sigma={meta['settings']['sigma']}",
+                 ha="center", fontsize=9)
+    fig.suptitle(f"Fields of experts ({meta['settings']['filters']} filters "
+                 f"{meta['settings']['filter_size']}x{meta['settings']['filter_size']}, "
+                 f"{meta['hyperparameters']} hyperparameters, {meta['n_train']} training crops): "
+                 f"MAID vs HOAG at a budget of {meta['settings']['budget']:g}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(out / "foe_vs_hoag.png", dpi=110)
+    plt.close(fig)
+
+
+def cost_to_reach(rows, method, level):
+    for r in rows:
+        if r["method"] == method and float(r["upper_value"]) <= level:
+            return int(r["cost"])
+    return None
+
+
+def write_summary(out, rows, meta):
+    runs, s = meta["runs"], meta["settings"]
+    best_hoag = min((m for m in METHODS[1:]), key=lambda m: runs[m]["upper_value"])
+    level = runs[best_hoag]["upper_value"]
+    lines = [
+        "# Fields of experts: MAID against HOAG's accuracy schedules" +
+        (" (quick)" if meta["quick"] else ""), "",
+        f"{meta['n_train']} training crops {s['size']}x{s['size']} ({meta['sources']['train']}),"
+        f" sigma = {s['sigma']}; FoE with {s['filters']} filters {s['filter_size']}x"
+        f"{s['filter_size']} ({meta['hyperparameters']} hyperparameters), theta_0 starts at "
+        f"{s['log_scale']}; budget {s['budget']:g} lower-level + CG iterations per method; MAID "
+        f"alpha0 = {s['alpha0']}, HOAG eps0 = {s['hoag_eps0']}.  Test: {meta['n_test']} centre "
+        f"crops {s['test_size']}x{s['test_size']} ({meta['sources']['test']}), noise seed "
+        f"{s['seed'] + 1}, denoised to certified accuracy {meta['test_tol']:g}.", "",
+        "| method | status | iterations | cost | time (s) | final upper loss | test PSNR (dB) | "
+        "test SSIM | cost to reach the best HOAG loss |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in METHODS:
+        r = runs[m]
+        reach = cost_to_reach(rows, m, level)
+        lines.append(f"| {LABELS[m]} | `{r['status']}` | {r['iterations']} | {r['cost']} | "
+                     f"{r['time']} | {r['upper_value']:.5f} | {r['test_psnr']:.3f} | "
+                     f"{r['test_ssim']:.4f} | {reach if reach is not None else 'not reached'} |")
+    lines += [f"| noisy | | | | | | {runs['noisy']['test_psnr']:.3f} | "
+              f"{runs['noisy']['test_ssim']:.4f} | |", "",
+              f"Best HOAG schedule by final upper loss: {LABELS[best_hoag]} ({level:.5f}).", "",
+              f"Command: `{meta['command']}`", ""]
+    (Path(out) / "summary.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    import sys
+
+    args = arguments(argv)
+    started = time.perf_counter()
+    rows, tests, settings, example = compute(args)
+    command = "python scripts/foe_vs_hoag.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    out = _figure.write(args.out, rows, dict(settings, quick=args.quick, command=command.strip()),
+                        started)
+    write_csv(out / "test.csv", tests)
+    write_summary(out, rows, json.loads((out / "meta.json").read_text()))
+    if not args.no_plot:
+        plot(out, example)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
