@@ -153,6 +153,19 @@ def check_problem(problem, *, seed=0, theta=None, fd_step=1e-5, rtol=1e-5, probe
         record("smoothness <d, Ad> <= L", hi <= float(L) * (1 + 1e-8),
                f"max curvature {hi:.4g} vs L {float(L):.4g}")
 
+    q = _rand(x, gen)
+    M = problem.hessian_lipschitz_along(theta, x, q, 0.0)
+    if M is not None:
+        # Random directions at several scales: a lower bound on the true rate, so this
+        # can only catch an M that is too small, never prove one right.
+        rates = []
+        for scale in (1e-3, 1e-1, 1.0):
+            e = scale * _rand(x, gen)
+            diff = problem.lower_hvp(x + e, theta, q) - problem.lower_hvp(x, theta, q)
+            rates.append(float(diff.norm() / e.norm()))
+        record("hessian_lipschitz_along >= ||(A(x+e) - A(x)) q|| / ||e||",
+               max(rates) <= M * (1 + 1e-8), f"max rate {max(rates):.3g} vs M {M:.3g}")
+
     ref_err = x_star.error_bound
     ok, detail = True, []
     for tol in (1e-1, 1e-3):
