@@ -21,8 +21,10 @@ Writes results/foe_vs_hoag/{data.csv (the methods' iterations), test.csv
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -60,6 +62,8 @@ def arguments(argv):
     p.add_argument("--alpha0", type=float, default=0.1, help="MAID's first step")
     p.add_argument("--hoag-eps0", type=float, default=1e-1, help="HOAG's first accuracy")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--replot", action="store_true",
+                   help="redraw the PNG and summary.md from an existing --out folder")
     args = p.parse_args(argv)
     if args.quick:
         args.n_train, args.size, args.n_test, args.test_size = 2, 24, 2, 32
@@ -67,16 +71,22 @@ def arguments(argv):
     return args
 
 
+def build(settings):
+    """The training problem and the noisy / clean test crops of ``settings`` (deterministic)."""
+    a = argparse.Namespace(**settings)
+    clean, test, names, sources = datasets.train_test_images(
+        _figure.bsd_folder("train", a.train_dir), _figure.bsd_folder("Set68", a.test_dir),
+        a.n_train, a.n_test, a.size, a.test_size, seed=a.seed)
+    problem = FieldsOfExperts(images=clean, noisy=datasets.add_noise(clean, a.sigma, a.seed),
+                              num_filters=a.filters, filter_size=a.filter_size,
+                              log_scale=a.log_scale, seed=a.seed)
+    return problem, datasets.add_noise(test, a.sigma, a.seed + 1), test, names, sources
+
+
 def compute(args):
     torch.set_num_threads(args.threads)
-    clean, test, names, sources = datasets.train_test_images(
-        _figure.bsd_folder("train", args.train_dir), _figure.bsd_folder("Set68", args.test_dir),
-        args.n_train, args.n_test, args.size, args.test_size, seed=args.seed)
-    noisy = datasets.add_noise(clean, args.sigma, args.seed)
-    test_noisy = datasets.add_noise(test, args.sigma, args.seed + 1)
-    problem = FieldsOfExperts(images=clean, noisy=noisy, num_filters=args.filters,
-                              filter_size=args.filter_size, log_scale=args.log_scale,
-                              seed=args.seed)
+    problem, test_noisy, test, names, sources = build(vars(args))
+    clean = problem.clean
     print(f"train {tuple(clean.shape)} from {sources['train']}, test {tuple(test.shape)} from "
           f"{sources['test']}; {problem.dim_theta} hyperparameters, budget {args.budget:g}",
           flush=True)
@@ -93,24 +103,30 @@ def compute(args):
         tests += [dict(method=method, image=n, psnr=p, ssim=s) for n, p, s in
                   zip(names, q["psnr_per_image"], q["ssim_per_image"], strict=True)]
         last = result.history[-1]
+        # The returned theta is the method's next point, not yet evaluated: its training
+        # loss, to certified accuracy, is what the method delivers.
+        sol = problem.solve_lower(result.theta, TEST_TOL)
+        train_loss = float(problem.upper_objective(sol.x, result.theta))
         runs[method] = dict(settings=settings, status=result.status, message=result.message,
                             iterations=len(result.history), cost=last["cost"],
-                            time=round(last["time"], 1), upper_value=last["upper_value"],
+                            rejected=sum(not r["accepted"] for r in result.history),
+                            time=round(last["time"], 1), train_loss=train_loss,
                             test_psnr=q["psnr"], test_ssim=q["ssim"],
                             theta=result.theta.tolist())
         print(f"{LABELS[method]:15s} {result.status:15s} its={len(result.history):4d} "
-              f"cost={last['cost']:>7d} {last['time']:6.1f}s upper={last['upper_value']:.5f} "
+              f"cost={last['cost']:>7d} {last['time']:6.1f}s training loss={train_loss:.5f} "
               f"test PSNR={q['psnr']:.3f} dB", flush=True)
     q = datasets.quality(test_noisy, test)
     tests += [dict(method="noisy", image=n, psnr=p, ssim=s) for n, p, s in
               zip(names, q["psnr_per_image"], q["ssim_per_image"], strict=True)]
     runs["noisy"] = dict(test_psnr=q["psnr"], test_ssim=q["ssim"])
     settings = dict(script="scripts/foe_vs_hoag.py", problem="fields_of_experts",
-                    settings={k: v for k, v in vars(args).items() if k != "out"},
+                    settings={k: v for k, v in vars(args).items()
+                              if k not in ("out", "replot", "no_plot")},
                     sources=sources, hyperparameters=problem.dim_theta,
                     n_train=len(clean), n_test=len(test), test_images=names,
                     test_tol=TEST_TOL, torch_threads=torch.get_num_threads(), runs=runs)
-    return rows, tests, settings, (problem, test_noisy[0], test[0], names[0])
+    return rows, tests, settings
 
 
 def held_loss(rows):
@@ -128,8 +144,11 @@ def held_loss(rows):
     return held
 
 
-def plot(out, example=None):
-    """Loss against cost, eps against iterations, and (given ``example``) the test image row."""
+def plot(out):
+    """Loss against cost, eps against iterations, and the first test image per method.
+
+    Reads data.csv and meta.json only (the test image is rebuilt from the settings).
+    """
     plt = _figure.pyplot()
     from matplotlib.ticker import NullFormatter
 
@@ -137,63 +156,63 @@ def plot(out, example=None):
     with open(out / "data.csv") as f:
         rows = list(csv.DictReader(f))
     meta = json.loads((out / "meta.json").read_text())
-    fig = plt.figure(figsize=(15, 7.5 if example else 4))
-    grid = fig.add_gridspec(2 if example else 1, 6, height_ratios=[1.2, 1] if example else [1])
+    s = meta["settings"]
+    fig = plt.figure(figsize=(15, 7.5))
+    grid = fig.add_gridspec(2, 6, height_ratios=[1.2, 1])
     loss, acc = fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])
+    start = []
     for i, method in enumerate(METHODS):
         sel = [r for r in rows if r["method"] == method]
         style = dict(color=f"C{i}", lw=2 if method == "maid" else 1.2)
-        loss.plot([int(r["cost"]) for r in sel], held_loss(sel), label=LABELS[method], **style)
-        rejected = [r for r in sel if r["accepted"] != "True"]
-        loss.plot([int(r["cost"]) for r in rejected], [float(r["upper_value"]) for r in rejected],
-                  "x", color=f"C{i}", ms=4, alpha=0.6)
+        held = held_loss(sel)
+        start.append(held[0])
+        loss.plot([int(r["cost"]) for r in sel], held, label=LABELS[method], **style)
         acc.plot([int(r["iteration"]) for r in sel], [float(r["eps"]) for r in sel], **style)
+    final = min(r["train_loss"] for m, r in meta["runs"].items() if m in METHODS)
+    loss.set_ylim(final - 0.03 * (max(start) - final), max(start) + 0.05 * (max(start) - final))
     loss.set(xlabel="lower-level + CG iterations", ylabel="upper loss g(x~) (training)",
-             xscale="log", yscale="log",
-             title="upper loss of the point each method holds (x: rejected trial points)")
+             xscale="log", title="upper loss at the point each method holds")
     loss.xaxis.set_minor_formatter(NullFormatter())
-    loss.yaxis.set_minor_formatter(NullFormatter())
     acc.set(xlabel="outer iteration", ylabel="eps (= delta)", yscale="log",
             title="accuracy asked for")
     loss.legend(fontsize=8)
-    if example:
-        problem, noisy, clean, name = example
-        runs = meta["runs"]
-        panels = [("noisy", noisy)]
-        for method in METHODS:
-            theta = torch.tensor(runs[method]["theta"], dtype=problem.dtype)
-            panels.append((LABELS[method], problem.denoise(noisy, theta, tol=TEST_TOL)))
-        panels.append(("clean", clean))
-        for j, (label, img) in enumerate(panels):
-            ax = fig.add_subplot(grid[1, j])
-            ax.imshow(img.clamp(0, 1).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
-            if label != "clean":
-                label = f"{label}\n{datasets.psnr(img, clean).mean():.2f} dB"
-            ax.set_title(label, fontsize=9)
-            ax.axis("off")
-        fig.text(0.5, 0.02, f"test image {name} ({tuple(clean.shape)[0]}x"
-                 f"{tuple(clean.shape)[1]} centre crop), sigma={meta['settings']['sigma']}",
-                 ha="center", fontsize=9)
-    fig.suptitle(f"Fields of experts ({meta['settings']['filters']} filters "
-                 f"{meta['settings']['filter_size']}x{meta['settings']['filter_size']}, "
-                 f"{meta['hyperparameters']} hyperparameters, {meta['n_train']} training crops): "
-                 f"MAID vs HOAG at a budget of {meta['settings']['budget']:g}", fontsize=10)
+    problem, noisy, test, names, _ = build(s)
+    noisy, clean = noisy[0], test[0]
+    panels = [("noisy", noisy)]
+    for method in METHODS:
+        theta = torch.tensor(meta["runs"][method]["theta"], dtype=problem.dtype)
+        panels.append((LABELS[method], problem.denoise(noisy, theta, tol=TEST_TOL)))
+    panels.append(("clean", clean))
+    for j, (label, img) in enumerate(panels):
+        ax = fig.add_subplot(grid[1, j])
+        ax.imshow(img.clamp(0, 1).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        if label != "clean":
+            label = f"{label}\n{datasets.psnr(img, clean).mean():.2f} dB"
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    fig.text(0.5, 0.02, f"test image {names[0]} ({clean.shape[0]}x{clean.shape[1]} centre "
+             f"crop), sigma={s['sigma']}", ha="center", fontsize=9)
+    fig.suptitle(f"Fields of experts ({s['filters']} filters {s['filter_size']}x"
+                 f"{s['filter_size']}, {meta['hyperparameters']} hyperparameters, "
+                 f"{meta['n_train']} training crops): MAID vs HOAG at a budget of "
+                 f"{s['budget']:g}", fontsize=10)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(out / "foe_vs_hoag.png", dpi=110)
     plt.close(fig)
 
 
-def cost_to_reach(rows, method, level):
-    for r in rows:
-        if r["method"] == method and float(r["upper_value"]) <= level:
+def cost_to_reach(rows, run, level):
+    """First cost at which the held loss (then the returned theta's) is <= level, or None."""
+    for r, value in zip(rows, held_loss(rows), strict=True):
+        if value <= level:
             return int(r["cost"])
-    return None
+    return run["cost"] if run["train_loss"] <= level else None
 
 
 def write_summary(out, rows, meta):
     runs, s = meta["runs"], meta["settings"]
-    best_hoag = min((m for m in METHODS[1:]), key=lambda m: runs[m]["upper_value"])
-    level = runs[best_hoag]["upper_value"]
+    best = min(runs[m]["train_loss"] for m in METHODS)
+    levels = (1.01 * best, 1.001 * best)
     lines = [
         "# Fields of experts: MAID against HOAG's accuracy schedules" +
         (" (quick)" if meta["quick"] else ""), "",
@@ -204,35 +223,48 @@ def write_summary(out, rows, meta):
         f"alpha0 = {s['alpha0']}, HOAG eps0 = {s['hoag_eps0']}.  Test: {meta['n_test']} centre "
         f"crops {s['test_size']}x{s['test_size']} ({meta['sources']['test']}), noise seed "
         f"{s['seed'] + 1}, denoised to certified accuracy {meta['test_tol']:g}.", "",
-        "| method | status | iterations | cost | time (s) | final upper loss | test PSNR (dB) | "
-        "test SSIM | cost to reach the best HOAG loss |", "|---|---|---|---|---|---|---|---|---|"]
+        "'training loss' is g(x*(theta)) at the theta each method returns, solved to certified "
+        f"accuracy {meta['test_tol']:g} (the returned theta is the method's next point, which "
+        "its history has not evaluated).  'cost to reach' is the first cost at which the loss "
+        f"of the point the method holds is within 1% / 0.1% of the best training loss "
+        f"({best:.5f}).", "",
+        "| method | status | iterations (rejected) | cost | time (s) | training loss | "
+        "test PSNR (dB) | test SSIM | cost to reach 1% | cost to reach 0.1% |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for m in METHODS:
         r = runs[m]
-        reach = cost_to_reach(rows, m, level)
-        lines.append(f"| {LABELS[m]} | `{r['status']}` | {r['iterations']} | {r['cost']} | "
-                     f"{r['time']} | {r['upper_value']:.5f} | {r['test_psnr']:.3f} | "
-                     f"{r['test_ssim']:.4f} | {reach if reach is not None else 'not reached'} |")
+        sel = [row for row in rows if row["method"] == m]
+        reach = [cost_to_reach(sel, r, level) for level in levels]
+        lines.append(f"| {LABELS[m]} | `{r['status']}` | {r['iterations']} ({r['rejected']}) | "
+                     f"{r['cost']} | {r['time']} | {r['train_loss']:.5f} | {r['test_psnr']:.3f} | "
+                     f"{r['test_ssim']:.4f} | "
+                     + " | ".join("not reached" if c is None else str(c) for c in reach) + " |")
     lines += [f"| noisy | | | | | | {runs['noisy']['test_psnr']:.3f} | "
-              f"{runs['noisy']['test_ssim']:.4f} | |", "",
-              f"Best HOAG schedule by final upper loss: {LABELS[best_hoag]} ({level:.5f}).", "",
+              f"{runs['noisy']['test_ssim']:.4f} | | |", "",
               f"Command: `{meta['command']}`", ""]
     (Path(out) / "summary.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
 def main(argv=None):
-    import sys
-
     args = arguments(argv)
+    if args.replot:
+        meta = json.loads((Path(args.out) / "meta.json").read_text())
+        with open(Path(args.out) / "data.csv") as f:
+            write_summary(args.out, list(csv.DictReader(f)), meta)
+        plot(args.out)
+        print(f"redrew {args.out}")
+        return Path(args.out)
     started = time.perf_counter()
-    rows, tests, settings, example = compute(args)
+    rows, tests, settings = compute(args)
     command = "python scripts/foe_vs_hoag.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = _figure.write(args.out, rows, dict(settings, quick=args.quick, command=command.strip()),
                         started)
     write_csv(out / "test.csv", tests)
-    write_summary(out, rows, json.loads((out / "meta.json").read_text()))
+    write_summary(out, [{k: str(v) for k, v in r.items()} for r in rows],
+                  json.loads((out / "meta.json").read_text()))
     if not args.no_plot:
-        plot(out, example)
+        plot(out)
     print(f"wrote {out}")
     return out
 
