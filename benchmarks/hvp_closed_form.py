@@ -20,19 +20,24 @@ What is measured (paper setting: 20 gray images of 256 x 256, sigma = 0.1):
    overstates the rate by (H W) / ((H - s + 1)(W - s + 1)) = 1.05).
 3. The candidate implementations of that gradient: ``conv2d`` +
    ``conv_transpose2d`` with K channels, ``F.unfold`` + one GEMM + ``F.fold`` on
-   the whole batch, and patches + GEMM on cache-sized chunks of ``chunk`` output
-   pixels (the problem's 'gemm' backend) for several chunk sizes.
+   the whole batch, the previous 'gemm' backend (patches + GEMM + ``F.fold`` on
+   cache-sized chunks, one chunk at a time with the BLAS threaded inside), and
+   the problem's 'gemm' backend (the flat layout, chunks spread over the threads,
+   each single-threaded) for several chunk sizes ``chunk`` of output pixels.
 
 Timing: the minimum over ``--repeats`` calls after one warm-up call, so that
 other processes on a shared machine inflate it as little as possible; the load
-average before and after is recorded.  Peak memory: each measurement runs in a
-fresh subprocess that holds the problem and the inputs, resets the kernel's
-peak-RSS mark (``/proc/self/clear_refs``), calls the operation once and reads
-``VmHWM - VmRSS(before)`` from ``/proc/self/status``, with glibc told to return
-freed blocks above 64 KiB to the system (``MALLOC_MMAP_THRESHOLD_``) so that
-earlier allocations cannot hide the peak.  This counts every byte the
-operation touches on the heap, torch or not (``tracemalloc`` sees no torch
-memory; the torch profiler only sees torch's allocator).
+average before and after is recorded.  Throughput fractions: the median over
+``--throughput-repeats`` rounds of back-to-back ratios (more rounds than
+``--repeats``: a median of three moved by several points from run to run).
+Peak memory: each measurement runs in a fresh subprocess that holds the problem
+and the inputs, resets the kernel's peak-RSS mark (``/proc/self/clear_refs``),
+calls the operation once and reads ``VmHWM - VmRSS(before)`` from
+``/proc/self/status``, with glibc told to return freed blocks above 64 KiB to
+the system (``MALLOC_MMAP_THRESHOLD_``) so that earlier allocations cannot hide
+the peak.  This counts every byte the operation touches on the heap, torch or
+not (``tracemalloc`` sees no torch memory; the torch profiler only sees torch's
+allocator).
 """
 from __future__ import annotations
 
@@ -62,6 +67,8 @@ from problems.fields_of_experts import CHUNK_COLUMNS  # noqa: E402
 SHARED_IMAGES = ROOT.parent / "shared" / "data" / "bsd" / "Set68"
 OPS = ("lower_grad", "lower_hvp", "mixed_vjp")
 CHUNKS = (1024, 2048, 4096, 8192, 16384)
+GEMM = "gemm backend"
+BEFORE = "gemm backend before (F.fold, serial chunks)"
 
 
 # ---------------------------------------------------------------- the problems
@@ -123,6 +130,9 @@ def measure_memory_here(spec):
     images = torch.load(spec["images"])
     problem = make(spec["problem"], images, **spec["kw"])
     fn = operation(problem, spec["op"], spec["impl"])
+    # The FoE 'gemm' backend keeps per-thread buffers from call to call; the checks
+    # at construction made them already: drop them, so that this call's peak has them.
+    problem.__dict__.pop("_workspaces", None)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS mark to the current RSS
     before = _status_kib("VmRSS")
@@ -167,13 +177,31 @@ def gradient_throughput(images, dtype, repeats, n_mm, K, s):
         z = torch.matmul(C, F.unfold(x, s))
         return F.fold(torch.matmul(C.T, z * torch.rsqrt(z * z + nu2)), (H, W), s)
 
+    def gemm_one_chunk_at_a_time(p):
+        """The 'gemm' backend before the flat layout and the threaded sweep."""
+        theta = p.initial_theta()
+        prm = p.params(theta)
+        nu2_k = (prm.nu * prm.nu).view(-1, 1)
+        Ca = prm.alpha.view(-1, 1) * prm.filters
+        x = p.noisy
+
+        def run():
+            out = x - p.noisy
+            for ch in p._chunks(prm, x.shape):  # compact layout, F.fold
+                z = ch.response(x)
+                ch.adjoint_into(out, torch.addcmul(nu2_k, z, z).rsqrt_().mul_(z), Ca)
+            return out
+        return run
+
     variants = {"conv2d + conv_transpose2d": conv}
     if N * s * s * H * W * x.element_size() < 4 * 2 ** 30:  # skip if > 4 GiB of patches
         variants["unfold + GEMM, whole batch"] = gemm_whole
     for chunk in CHUNKS:
         p = make("foe", images, dtype=dtype, num_filters=K, filter_size=s, backend="gemm",
                  chunk_columns=chunk)
-        variants[f"unfold + GEMM, chunks of {chunk}"] = functools.partial(
+        if chunk == CHUNK_COLUMNS:
+            variants[f"{BEFORE}, chunks of {chunk}"] = gemm_one_chunk_at_a_time(p)
+        variants[f"{GEMM}, chunks of {chunk}"] = functools.partial(
             p.lower_grad, p.noisy, p.initial_theta())
     for fn in variants.values():
         fn()  # warm up
@@ -250,8 +278,12 @@ def markdown(res):
         lines.append(f"| {name} | {g:.1f} | {100 * t64['fraction_of_matmul'][name]:.0f}% | "
                      f"{g32:.1f} | {100 * f32:.0f}% |")
     lines += ["", "'whole batch' is `F.unfold` + GEMM + `F.fold` on all images at once (GiB "
-              "of patches, out of cache); the chunked variants are the problem's 'gemm' "
-              "backend with `chunk_columns` set.", ""]
+              "of patches, out of cache).  'gemm backend' rows are the problem's 'gemm' "
+              "backend with `chunk_columns` set: the flat layout (the fold as two small "
+              "GEMVs on shifted views), chunks spread over the torch threads, each "
+              "single-threaded.  'before' is that backend as it was: the compact layout "
+              "with `F.fold`, one chunk at a time, each operation on all the torch "
+              "threads.", ""]
     lines += ["## Verdict", ""] + [f"- {v}" for v in res["verdict"]] + [""]
     return "\n".join(lines)
 
@@ -264,6 +296,7 @@ def main(argv=None):
     parser.add_argument("--filters", type=int, default=48)
     parser.add_argument("--filter-size", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--throughput-repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--images", default=str(SHARED_IMAGES),
                         help="folder of PNGs (scikit-image crops if it does not exist)")
@@ -280,7 +313,7 @@ def main(argv=None):
         path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))
         return
     if args.quick:
-        args.n_images, args.size, args.repeats = 2, 64, 2
+        args.n_images, args.size, args.repeats, args.throughput_repeats = 2, 64, 2, 2
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -319,8 +352,8 @@ def main(argv=None):
     throughput = {}
     for dt in (torch.float64, torch.float32):
         key = str(dt).removeprefix("torch.")
-        flops, throughput[key] = gradient_throughput(images, dt, args.repeats, n_mm,
-                                                     args.filters, args.filter_size)
+        flops, throughput[key] = gradient_throughput(images, dt, args.throughput_repeats,
+                                                     n_mm, args.filters, args.filter_size)
         print(key, json.dumps(throughput[key], indent=1), flush=True)
     load_after = [round(v, 2) for v in os.getloadavg()]
 
@@ -328,7 +361,7 @@ def main(argv=None):
         return ", ".join(f"{r['op']} {r['speedup_vs_autograd']:.1f}x" for r in rows
                          if r["problem"] == problem and r["impl"] == impl)
 
-    default = f"unfold + GEMM, chunks of {CHUNK_COLUMNS}"
+    default = f"{GEMM}, chunks of {CHUNK_COLUMNS}"
     verdict = [
         "speed-up of the closed forms over autograd (target >= 3x): FoE (gemm) "
         + speedups("FoE", "closed (gemm)") + "; FoE (conv) " + speedups("FoE", "closed (conv)")
@@ -346,7 +379,8 @@ def main(argv=None):
                        + " ".join(argv if argv is not None else sys.argv[1:]),
                config=dict(n_images=args.n_images, size=args.size, images=source,
                            num_filters=args.filters, filter_size=args.filter_size,
-                           repeats=args.repeats, dtype="float64"),
+                           repeats=args.repeats, throughput_repeats=args.throughput_repeats,
+                           dtype="float64"),
                memory_method="fresh subprocess per measurement; /proc/self/clear_refs reset "
                              "of the peak RSS, then VmHWM - VmRSS around one call; "
                              "MALLOC_MMAP_THRESHOLD_=65536",

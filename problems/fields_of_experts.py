@@ -36,13 +36,22 @@ of <a, K_c x> in c: it is the weight gradient of a convolution.
 Implementation.  All K filters act as one convolution with K output channels.  On
 the CPU the convolutions are done as im2col + GEMM on chunks of about
 ``chunk_columns`` output pixels (a strip of rows of one image, or several small
-images): patches (a strided view and one copy, :func:`patches`), (K x s^2) @
-(s^2 x L), the pointwise nonlinearity in place, (s^2 x K) @ (K x L), fold, all
-while the chunk is in cache.  That is several times faster than ``conv2d`` and
-``conv_transpose2d``, which in float64 on the CPU have no oneDNN kernel, and it
-never holds the N x K x H x W responses, so it needs a few MiB where autograd's
-double backward needs GiB (``benchmarks/hvp_closed_form.py`` measures both).
-Elsewhere (CUDA) ``conv2d`` / ``conv_transpose2d`` on the whole batch.
+images): patches (one strided copy), (K x s^2) @ (s^2 x L), the pointwise
+nonlinearity in place, (s^2 x K) @ (K x L), and the fold back onto the image, all
+while the chunk is in cache.  The columns follow the rows of the input block, gaps
+included (the 'flat' layout of :class:`_Chunk`), so that the fold is two small
+GEMVs on shifted views of zero-padded buffers rather than ``F.fold``.  The chunks
+run on ``torch.get_num_threads()`` threads at once, each single-threaded
+(:func:`_run_chunks`; small GEMMs scale poorly inside the BLAS, the pointwise work not
+at all); strips that share pixels run in different phases, so the result is the
+same, bit for bit, for any number of threads.  That is several times faster than
+``conv2d`` and ``conv_transpose2d``, which in float64 on the CPU have no oneDNN
+kernel, and it never holds the N x K x H x W responses: the buffers, kept by the
+problem for the next call, take up to about 20 MiB per thread (48 filters of 7 x 7,
+256-pixel-wide images, float64), where autograd's double backward needs GiB
+(``benchmarks/hvp_closed_form.py`` measures both).  When autograd records the
+operations (an input that requires grad), the chunks run one at a time with
+``F.fold``.  Elsewhere (CUDA) ``conv2d`` / ``conv_transpose2d`` on the whole batch.
 ``backend`` chooses explicitly.
 
 Certified constants (mu = 1, L, and those of the hypergradient bound) are derived
@@ -50,7 +59,11 @@ in :meth:`FieldsOfExperts.smoothness` and :meth:`FieldsOfExperts.bound_constants
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -125,55 +138,238 @@ class Params(NamedTuple):
     filters: torch.Tensor
 
 
+class _Flat:
+    """The buffers of the flat layout (:class:`_Chunk`) for blocks of one shape.
+
+    Made once per workspace and block shape, with their views, so that a chunk only
+    copies its patches and runs its kernels: s^2 x L patch matrices whose last s - 1
+    columns (gaps that would read past the block) stay zero; K x L responses and
+    temporaries, with the views of their gaps; the zero-padded buffers of the fold
+    (the padding is never written) and the strided views that shift them.
+    """
+
+    def __init__(self, C, s, nb, rows, w):
+        self.to = dict(dtype=C.dtype, device=C.device)
+        K, hb = C.shape[0], rows + s - 1
+        self.s, self.w, self.K = s, w, K
+        self.L = L = ((nb - 1) * hb + rows) * w
+        self.pixels = nb * hb * w  # of the block: L + (s - 1) W
+        self.inside = L - (s - 1)  # patch columns whose pixels all lie in the block
+        self.gap_views = [lambda t: t.view(K, -1, w)[:, :, w - s + 1:]]  # c >= W - s + 1
+        if nb > 1:  # and the rows r >= rows between images
+            self.gap_views.append(
+                lambda t: t[:, :(nb - 1) * hb * w].view(K, nb - 1, hb, w)[:, :, rows:])
+        self._patches, self._temps = [], {}
+        Lc, Lr, start = L + s - 1, L + 2 * (s - 1) * w, (s - 1) * w
+        self.ones = torch.ones(s, 1, s, **self.to)
+        cols = torch.zeros(s * s, Lc, **self.to)  # each row: s - 1 zeros, then L columns
+        self.cols = cols[:, s - 1:]
+        # rowsum[j1, q] = sum_j2 cols[(j1, j2), q - j2]: the rows of cols at stride Lc - 1
+        self.cols_shifted = cols.as_strided((s, s, L), (s * Lc, Lc - 1, 1), s - 1)
+        rowsum = torch.zeros(s, Lr, **self.to)  # (s - 1) W zeros, L columns, (s - 1) W zeros
+        self.rowsum = rowsum[:, start:start + L].unsqueeze(1)
+        # block[p] += sum_j1 rowsum[j1, p - j1 W]: the rows of rowsum at stride Lr - W
+        self.rowsum_shifted = rowsum.as_strided((s, self.pixels), (Lr - w, 1), start)
+
+    def patches(self, slot):
+        """(s^2 x L patch matrix number ``slot``, its first columns as (s, s, inside))."""
+        while len(self._patches) <= slot:
+            P = torch.zeros(self.s * self.s, self.L, **self.to)
+            self._patches.append((P, P.view(self.s, self.s, self.L)[:, :, :self.inside]))
+        return self._patches[slot]
+
+    def temp(self, name):
+        """(K x L buffer ``name``, the same as (1, K, L), the views of its gaps)."""
+        if name not in self._temps:
+            t = torch.empty(self.K, self.L, **self.to)
+            self._temps[name] = (t, t.unsqueeze(0), [g(t) for g in self.gap_views])
+        return self._temps[name]
+
+
 class _Chunk:
     """One block of output pixels: images ``images`` and output rows [r0, r1).
 
     Gives the responses K x, the adjoint K^T a (accumulated into an image) and the
-    filter correlations corr(x, a) on that block, by im2col + GEMM (``gemm``) or by
-    ``conv2d`` and its adjoints (``conv``).
+    filter correlations corr(x, a) on that block, by ``conv2d`` and its adjoints
+    (backend ``conv``) or by im2col + GEMM (``gemm``), the output pixels as columns
+    in one of two layouts:
+
+    - compact: (nb, K, L), L = rows (W - s + 1), the output pixels of each image;
+      the adjoint folds the (nb, s^2, L) columns back with ``F.fold``.
+    - ``flat``: (1, K, L), column q = (n hb + r) W + c for output pixel (n, r, c),
+      hb = rows + s - 1: q is where that pixel's patch starts in the block of input
+      pixels (nb, hb, W) flattened.  Patch row j = (j1, j2) is that block shifted by
+      j1 W + j2 (one strided copy); the columns with c >= W - s + 1, or r >= rows
+      between images, are gaps, whose responses are set to zero.  The fold,
+      sum_j (cols_j shifted by j1 W + j2), is then a batched GEMV over j2 on a
+      strided view of the columns, front-padded with zeros, and one GEMV over j1 on
+      a strided view of its zero-padded result, added straight into the image: a
+      few times cheaper than ``F.fold``, for (s - 1) / W more columns.  Needs a
+      workspace (:class:`_Flat`) and contiguous images.
+
+    Chunks of the same ``phase`` read and write disjoint pixels
+    (:meth:`FieldsOfExperts._chunks`).  :func:`_run_chunks` sets ``workspace``.
     """
 
-    def __init__(self, backend, C, s, images, r0, r1):
+    def __init__(self, backend, C, s, images, r0, r1, phase=0, flat_width=None):
         self.backend, self.C, self.s = backend, C, s
-        self.images, self.r0, self.r1 = images, r0, r1
+        self.images, self.r0, self.r1, self.phase = images, r0, r1, phase
+        self.flat, self.width = flat_width is not None and backend == "gemm", flat_width
+        self.workspace = None
         self._patches = {}
 
+    def buffer(self, name):
+        """An ``out=`` tensor (1, K, L) for a temporary of the flat layout; None if compact."""
+        return self._layout().temp(name)[1] if self.flat else None
+
+    def _layout(self):
+        """The :class:`_Flat` of this block's shape, from the workspace."""
+        nb, rows = self.images.stop - self.images.start, self.r1 - self.r0
+        key = (self.C.dtype, self.C.device, self.C.shape[0], self.s, nb, rows, self.width)
+        flat = self.workspace.get(key)
+        if flat is None:
+            flat = self.workspace[key] = _Flat(self.C, self.s, nb, rows, self.width)
+        return flat
+
     def view(self, img):
-        """The input pixels this block reads: (nb, 1, r1 - r0 + s - 1, W)."""
+        """The input pixels this block reads: (nb, 1, hb, W), hb = r1 - r0 + s - 1."""
         return img[self.images, self.r0:self.r1 + self.s - 1, :].unsqueeze(1)
 
+    def _offset(self, img):
+        """Where the block starts in the storage of img (contiguous, (N, H, W))."""
+        return img.storage_offset() + (self.images.start * img.shape[1] + self.r0) * img.shape[2]
+
     def patches(self, img):
+        """(nb, s^2, L) compact, (s^2, L) flat."""
         key = id(img)  # the inputs outlive the chunk, so ids are not reused meanwhile
         if key not in self._patches:
-            self._patches[key] = patches(self.view(img)[:, 0], self.s)
+            s, slot = self.s, len(self._patches)
+            if self.flat:
+                layout = self._layout()
+                P, dst = layout.patches(slot)
+                dst.copy_(img.as_strided((s, s, layout.inside), (layout.w, 1, 1),
+                                         self._offset(img)))
+            else:
+                P = patches(self.view(img)[:, 0], s)
+            self._patches[key] = P
         return self._patches[key]
 
     def _kernel(self, M):
         return M.view(M.shape[0], 1, self.s, self.s)
 
-    def response(self, img):
-        """K x on the block, shape (nb, K, L)."""
-        if self.backend == "gemm":
-            return torch.matmul(self.C, self.patches(img))
-        return F.conv2d(self.view(img), self._kernel(self.C)).flatten(2)
+    def response(self, img, name="z"):
+        """K x on the block, (nb, K, L) or flat (1, K, L); ``name`` tells buffers apart."""
+        if self.backend == "conv":
+            return F.conv2d(self.view(img), self._kernel(self.C)).flatten(2)
+        P = self.patches(img)
+        if not self.flat:
+            return torch.matmul(self.C, P)
+        z, z3, gaps = self._layout().temp(name)
+        torch.mm(self.C, P, out=z)
+        for g in gaps:
+            g.zero_()
+        return z3
 
     def adjoint_into(self, out, a, Cw):
-        """out += sum_k K_{Cw_k}^T a_k on the block's pixels; a is (nb, K, L)."""
-        v = self.view(out)
-        if self.backend == "gemm":
-            cols = torch.matmul(Cw.transpose(0, 1), a)  # (nb, s^2, L)
-            v += F.fold(cols, v.shape[-2:], self.s)
-        else:
+        """out += sum_k K_{Cw_k}^T a_k on the block's pixels; a is a response's shape."""
+        s = self.s
+        if self.backend == "conv":
             a = a.view(a.shape[0], a.shape[1], self.r1 - self.r0, -1)
+            v = self.view(out)
             v += F.conv_transpose2d(a, self._kernel(Cw))
+        elif not self.flat:
+            cols = torch.matmul(Cw.transpose(0, 1), a)  # (nb, s^2, L)
+            v = self.view(out)
+            v += F.fold(cols, v.shape[-2:], s)
+        else:
+            f = self._layout()
+            torch.mm(Cw.transpose(0, 1), a[0], out=f.cols)
+            torch.bmm(f.ones, f.cols_shifted, out=f.rowsum)
+            block = out.as_strided((1, f.pixels), (f.pixels, 1), self._offset(out))
+            block.addmm_(f.ones[0], f.rowsum_shifted)
 
     def correlate(self, img, a):
-        """sum over the block of corr(x, a_k), shape (K, s^2); a is (nb, K, L)."""
-        if self.backend == "gemm":
-            return torch.matmul(a, self.patches(img).transpose(1, 2)).sum(0)
-        a = a.view(a.shape[0], a.shape[1], self.r1 - self.r0, -1)
-        grad = torch.nn.grad.conv2d_weight(self.view(img), (self.C.shape[0], 1, self.s, self.s), a)
-        return grad.flatten(1)
+        """sum over the block of corr(x, a_k), shape (K, s^2); a is a response's shape."""
+        if self.backend == "conv":
+            a = a.view(a.shape[0], a.shape[1], self.r1 - self.r0, -1)
+            grad = torch.nn.grad.conv2d_weight(self.view(img), (self.C.shape[0], 1, self.s, self.s),
+                                               a)
+            return grad.flatten(1)
+        if self.flat:
+            return torch.mm(a[0], self.patches(img).transpose(0, 1))
+        return torch.matmul(a, self.patches(img).transpose(1, 2)).sum(0)
+
+
+_POOL = [None, 0]  # a ThreadPoolExecutor shared by all problems, and its size
+_POOL_LOCK = threading.Lock()
+
+
+def _helpers(n):
+    """A thread pool with at least n threads, kept for later calls."""
+    with _POOL_LOCK:
+        pool, size = _POOL
+        if pool is None or size < n:
+            _POOL[:] = ThreadPoolExecutor(n, thread_name_prefix="foe-chunks"), n
+            if pool is not None:
+                pool.shutdown(wait=False)
+        return _POOL[0]
+
+
+def _run_chunks(chunks, threads, work, workspaces):
+    """``work(chunk)`` for every chunk, phase after phase; the results in chunk order.
+
+    The chunks of one phase touch disjoint pixels, so they run on ``threads``
+    threads at once (this one and pool threads), each with intra-op parallelism
+    off: small GEMMs (48 x 49 @ 49 x 4096) scale poorly inside the BLAS, and the
+    pointwise work not at all.  Each thread keeps its buffers in its workspace,
+    ``workspaces[thread id]`` (a dict, kept from call to call).  Every chunk is
+    computed by one single-threaded thread whatever ``threads`` is, and pixels
+    shared by chunks of different phases add their contributions in phase order,
+    so the result does not depend on ``threads``, bit for bit.  Grad and inference
+    modes are the caller's (they are per thread).  With ``threads`` = None the
+    chunks run here, in phase order, under the caller's settings and without a
+    workspace (the 'conv' backend, another device, or autograd recording the
+    operations).
+    """
+    chunks = list(chunks)
+    results = [None] * len(chunks)
+    phases = {}
+    for i, ch in enumerate(chunks):
+        phases.setdefault(ch.phase, []).append(i)
+    phases = [phases[k] for k in sorted(phases)]
+    if threads is None:
+        for todo in phases:
+            for i in todo:
+                results[i] = work(chunks[i])
+        return results
+
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def run(todo, counter):
+        torch.set_num_threads(1)
+        workspace = workspaces.setdefault(threading.get_ident(), {})
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            for k in counter:
+                if k >= len(todo):
+                    return
+                ch = chunks[todo[k]]
+                ch.workspace = workspace
+                results[todo[k]] = work(ch)
+
+    before = torch.get_num_threads()
+    try:
+        for todo in phases:
+            counter = itertools.count()  # next() on it is atomic: a shared work queue
+            n = min(threads, len(todo))
+            futures = [_helpers(threads - 1).submit(run, todo, counter) for _ in range(n - 1)]
+            try:
+                run(todo, counter)
+            finally:
+                for f in futures:
+                    f.result()
+    finally:
+        torch.set_num_threads(before)
+    return results
 
 
 class FieldsOfExperts(datasets.DenoisingQuality, BilevelProblem):
@@ -278,11 +474,17 @@ class FieldsOfExperts(datasets.DenoisingQuality, BilevelProblem):
         C = self.params(theta).filters
         return F.conv_transpose2d(z, C.view(self.K, 1, self.s, self.s)).squeeze(1)
 
-    def _chunks(self, p, shape, whole_images=False):
+    def _chunks(self, p, shape, whole_images=False, flat=False):
         """The blocks of output pixels a closed form sweeps over.
 
-        ``whole_images`` keeps every image in one block (for per-image statistics
-        such as autocorrelations), at the price of chunks larger than the cache.
+        Whole images, several to a chunk when they are small, or strips of
+        ``chunk_columns // (W - s + 1)`` output rows of one image.  A strip reads
+        s - 1 rows beyond its own, so strips overlap their neighbours; strip j gets
+        phase j mod m, with m the smallest step at which strips are disjoint (2
+        unless strips are thinner than s - 1 rows).  ``whole_images`` keeps every
+        image in one block (for per-image statistics such as autocorrelations), at
+        the price of chunks larger than the cache.  ``flat``: the flat layout of
+        :class:`_Chunk` (needs a workspace: within :func:`_run_chunks` only).
         """
         N, H, W = shape
         s, C = self.s, p.filters
@@ -292,12 +494,32 @@ class FieldsOfExperts(datasets.DenoisingQuality, BilevelProblem):
         elif ho * wo <= self.chunk_columns or whole_images:
             step = max(1, self.chunk_columns // (ho * wo))
             for n in range(0, N, step):
-                yield _Chunk("gemm", C, s, slice(n, min(n + step, N)), 0, ho)
+                yield _Chunk("gemm", C, s, slice(n, min(n + step, N)), 0, ho,
+                             flat_width=W if flat else None)
         else:
             rows = max(1, self.chunk_columns // wo)
+            m = 1 + -(-(s - 1) // rows)  # strips j and j + m are disjoint
             for n in range(N):
-                for r0 in range(0, ho, rows):
-                    yield _Chunk("gemm", C, s, slice(n, n + 1), r0, min(r0 + rows, ho))
+                for j, r0 in enumerate(range(0, ho, rows)):
+                    yield _Chunk("gemm", C, s, slice(n, n + 1), r0, min(r0 + rows, ho),
+                                 phase=j % m, flat_width=W if flat else None)
+
+    def _sweep(self, p, shape, work, *inputs):
+        """``work(chunk)`` for every chunk of images of ``shape``; the results in chunk order.
+
+        The 'gemm' backend on the CPU outside autograd runs :func:`_run_chunks` on
+        ``torch.get_num_threads()`` threads in the flat layout, with workspaces kept
+        by the problem; otherwise (the 'conv' backend, another device, or autograd
+        recording the operations, i.e. grad enabled and an input that requires
+        grad) the chunks run in this thread, compact.
+        """
+        threads = None
+        if (self.backend == "gemm" and all(t.device.type == "cpu" for t in inputs)
+                and not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs))):
+            threads = torch.get_num_threads()
+        workspaces = self.__dict__.setdefault("_workspaces", {})
+        return _run_chunks(self._chunks(p, shape, flat=threads is not None), threads, work,
+                           workspaces)
 
     # ------------------------------------------------------------ the contract
     def lower_objective(self, x, theta):
@@ -348,41 +570,53 @@ class FieldsOfExperts(datasets.DenoisingQuality, BilevelProblem):
 
     # ------------------------------------------------------------ closed forms
     def lower_grad(self, x, theta):
+        x = x.contiguous()  # the flat layout addresses pixels by storage offset
         p = self.params(theta)
         nu2 = (p.nu * p.nu).view(-1, 1)
         Ca = p.alpha.view(-1, 1) * p.filters
         out = x - self.noisy
-        for ch in self._chunks(p, x.shape):
+
+        def work(ch):
             z = ch.response(x)
             # In place: the pointwise work costs as much as a GEMM on the CPU.
-            ch.adjoint_into(out, torch.addcmul(nu2, z, z).rsqrt_().mul_(z), Ca)
+            d1 = torch.addcmul(nu2, z, z, out=ch.buffer("t")).rsqrt_().mul_(z)
+            ch.adjoint_into(out, d1, Ca)
+
+        self._sweep(p, x.shape, work, x, theta, self.noisy)
         return out
 
     def lower_hvp(self, x, theta, v):
+        x, v = x.contiguous(), v.contiguous()
         p = self.params(theta)
         nu2 = (p.nu * p.nu).view(-1, 1)
         Ca = p.alpha.view(-1, 1) * p.filters
         out = v.clone()
-        for ch in self._chunks(p, x.shape):
+
+        def work(ch):
             z = ch.response(x)
-            d2u = torch.addcmul(nu2, z, z).rsqrt_().pow_(3).mul_(nu2)  # phi''(z)
-            ch.adjoint_into(out, d2u.mul_(ch.response(v)), Ca)
+            d2 = torch.addcmul(nu2, z, z, out=ch.buffer("t"))
+            d2.rsqrt_().pow_(3).mul_(nu2)  # phi''(z)
+            ch.adjoint_into(out, d2.mul_(ch.response(v, "u")), Ca)
+
+        self._sweep(p, x.shape, work, x, theta, v)
         return out
 
     def mixed_vjp(self, x, theta, w):
+        x, w = x.contiguous(), w.contiguous()
         p = self.params(theta)
         nu2 = (p.nu * p.nu).view(-1, 1)
-        G = torch.zeros(self.K, dtype=x.dtype, device=x.device)
-        S = torch.zeros_like(G)
-        corr = torch.zeros_like(p.filters)
-        for ch in self._chunks(p, x.shape):
-            z, u = ch.response(x), ch.response(w)
-            rs = torch.addcmul(nu2, z, z).rsqrt_()
-            d1 = z * rs                                # phi'(z)
-            a = rs.pow_(3).mul_(nu2).mul_(u)           # phi''(z) u
-            G += torch.sum(d1 * u, dim=(0, 2))
-            S += torch.sum(z * a, dim=(0, 2))
-            corr += ch.correlate(x, a) + ch.correlate(w, d1)
+
+        def work(ch):
+            z, u = ch.response(x), ch.response(w, "u")
+            rs = torch.addcmul(nu2, z, z, out=ch.buffer("t")).rsqrt_()
+            d1 = torch.mul(z, rs, out=ch.buffer("d1"))  # phi'(z)
+            a = rs.pow_(3).mul_(nu2).mul_(u)             # phi''(z) u
+            G = torch.sum(torch.mul(d1, u, out=ch.buffer("prod")), dim=(0, 2))
+            S = torch.sum(torch.mul(z, a, out=ch.buffer("prod")), dim=(0, 2))
+            return G, S, ch.correlate(x, a) + ch.correlate(w, d1)
+
+        parts = self._sweep(p, x.shape, work, x, theta, w)
+        G, S, corr = (functools.reduce(torch.add, part) for part in zip(*parts, strict=True))
         aG = p.alpha * G
         corr = p.alpha.view(-1, 1) * corr
         corr = corr - corr.mean(dim=1, keepdim=True)  # P^T = P: back to the raw r_k

@@ -218,3 +218,39 @@ def test_patches_equal_unfold():
     x = _random_images(3, 9, 12)
     assert torch.equal(patches(x, 4), F.unfold(x.unsqueeze(1), 4))
     assert torch.equal(patches(x[:, 2:7, 1:], 3), F.unfold(x[:, None, 2:7, 1:], 3))
+
+
+@pytest.mark.parametrize("chunk", [4096, 45, 15])
+def test_threaded_sweep_is_bitwise_independent_of_the_thread_count(chunk):
+    # chunk 45 / 15: strips of 3 / 1 output rows of a 3 x 3 filter (2 / 3 phases),
+    # 4096: three whole images per chunk.  Each chunk is computed by one thread and
+    # overlapping strips add up in phase order, whatever the number of threads.
+    p = _problem(images=_random_images(3, 29, 17), chunk_columns=chunk)
+    theta, x = _point(p)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append((p.lower_grad(x, theta), p.lower_hvp(x, theta, v),
+                            p.mixed_vjp(x, theta, v)))
+            assert torch.get_num_threads() == threads  # restored after the sweep
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+    conv = _problem(images=_random_images(3, 29, 17), backend="conv")
+    for a, b in zip(results[0], (conv.lower_grad(x, theta), conv.lower_hvp(x, theta, v),
+                                 conv.mixed_vjp(x, theta, v)), strict=True):
+        assert _rel(a, b) < 1e-13
+    # The same under inference mode and with autograd recording (sequential then).
+    with torch.inference_mode():
+        assert torch.equal(p.lower_grad(x, theta), results[0][0])
+    with torch.enable_grad():
+        tg = theta.clone().requires_grad_(True)
+        g = p.lower_grad(x, tg)
+        assert g.requires_grad
+        assert _rel(g.detach(), results[0][0]) < 1e-14
+        assert _rel(BilevelProblem.lower_grad(p, x, theta), results[0][0]) < 1e-10
