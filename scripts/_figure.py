@@ -27,6 +27,8 @@ def parser(doc: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=f"results/{name}", help="output folder")
     p.add_argument("--no-plot", action="store_true", help="compute only")
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw the figure from an existing --out folder")
     return p
 
 
@@ -53,6 +55,10 @@ def pyplot():
 def main(doc: str, name: str, compute, plot, argv=None) -> Path:
     """Parse the common arguments, compute, write the run folder and plot it."""
     args = parser(doc, name).parse_args(argv)
+    if args.replot:
+        plot(Path(args.out))
+        print(f"redrew {args.out}")
+        return Path(args.out)
     started = time.perf_counter()
     rows, settings = compute(args)
     out = write(args.out, rows, dict(settings, quick=args.quick), started)

@@ -62,8 +62,6 @@ def arguments(argv):
     p.add_argument("--alpha0", type=float, default=0.1, help="MAID's first step")
     p.add_argument("--hoag-eps0", type=float, default=1e-1, help="HOAG's first accuracy")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    p.add_argument("--replot", action="store_true",
-                   help="redraw the PNG and summary.md from an existing --out folder")
     args = p.parse_args(argv)
     if args.quick:
         args.n_train, args.size, args.n_test, args.test_size = 2, 24, 2, 32

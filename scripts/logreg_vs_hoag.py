@@ -291,8 +291,6 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: the products are small, and extra threads only "
                         "add synchronisation, badly so on a shared machine)")
-    p.add_argument("--replot", action="store_true",
-                   help="redraw the PNG and summary.md from an existing --out folder")
     args = p.parse_args(argv)
     if args.replot:
         meta = json.loads((Path(args.out) / "meta.json").read_text())

@@ -25,3 +25,10 @@ def test_quick_figure(tmp_path, script, png):
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["quick"] is True and "environment" in meta
     assert (tmp_path / png).stat().st_size > 10_000
+    if script == "learned_foe":  # not one of the paper's figures: no separate plot step
+        return
+    (tmp_path / png).unlink()
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), "--replot",
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / png).stat().st_size > 10_000
