@@ -8,7 +8,7 @@ DCT starting bank):
 - ``ridge_regularizer``: convex ridge regularizer with learned monotone spline
   potentials (problems/ridge_regularizer.py), 1 + K s^2 + K (N - 1) parameters;
 - ``fields_of_experts``: Charbonnier potentials with learned weights and
-  smoothings (problems/fields_of_experts.py), 1 + 2K + K s^2 parameters.
+  smoothings (problems/fields_of_experts/), 1 + 2K + K s^2 parameters.
 
 Protocol.  Training set: ``--n-train`` random crops of ``--size`` pixels from the
 training folder (BSD400 when present, else the images bundled with

@@ -5,7 +5,7 @@
 
 The paper's fields-of-experts comparison at CPU size: K zero-mean s x s
 Charbonnier experts with their weights and smoothings (1 + 2K + K s^2
-hyperparameters, problems/fields_of_experts.py) learned on ``--n-train`` noisy
+hyperparameters, problems/fields_of_experts/) learned on ``--n-train`` noisy
 crops (BSD400 beside the repository when present, else scikit-image's images),
 sigma 0.1.  MAID (the paper's defaults, alpha0 ``--alpha0``) and HOAG with the
 geometric, quadratic and cubic schedules (eps0 ``--hoag-eps0``) start from the

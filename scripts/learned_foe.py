@@ -11,7 +11,7 @@ Both models are trained on exactly these noisy/clean pairs:
 - ``tv``: smoothed isotropic TV, theta = (log weight, log smoothing)
   (problems/tv_denoising.py);
 - ``foe``: Charbonnier fields of experts with K zero-mean s x s filters, their
-  weights and smoothings, 1 + 2K + K s^2 parameters (problems/fields_of_experts.py).
+  weights and smoothings, 1 + 2K + K s^2 parameters (problems/fields_of_experts/).
 
 Recipe (as benchmarks/ridge_vs_foe.py): each model's global scale (TV: log
 weight at log smoothing -5; FoE: theta_0) is first picked on a 5-point grid by

@@ -32,3 +32,20 @@ def test_quick_figure(tmp_path, script, png):
                            "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / png).stat().st_size > 10_000
+
+
+def test_quick_learned_tv(tmp_path):
+    """learned_tv --quick: its files, a learned weight that denoises, and --replot."""
+    script = str(ROOT / "scripts" / "learned_tv.py")
+    done = subprocess.run([sys.executable, script, "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "data.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}  # last grid row per method
+    assert float(rows["learned"]["psnr"]) > float(rows["noisy"]["psnr"]) + 3
+    assert json.loads((tmp_path / "meta.json").read_text())["quick"] is True
+    (tmp_path / "learned_tv.png").unlink()
+    done = subprocess.run([sys.executable, script, "--replot", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "learned_tv.png").stat().st_size > 10_000
