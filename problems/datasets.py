@@ -295,6 +295,16 @@ class DenoisingQuality:
         tol = self.quality_tol if tol is None else tol
         return quality(self.denoise(noisy, theta, tol=tol), clean)
 
+    @staticmethod
+    def solve_certified(problem, theta, tol, max_iter, shape):
+        """x*(theta) of ``problem`` (built on the images to denoise) with certified
+        ||x - x*|| <= tol, shaped ``shape``; ``RuntimeError`` if max_iter comes first."""
+        sol = problem.solve_lower(theta, tol, max_iter=max_iter)
+        if not sol.converged:
+            raise RuntimeError(f"{problem.name}: denoise reached max_iter={max_iter} at "
+                               f"certified accuracy {sol.error_bound:.2e} > tol={tol:g}")
+        return sol.x.reshape(shape)
+
 
 def train_test_images(train_dir, test_dir, n_train, n_test, size, test_size, seed=0):
     """Training crops and held-out test crops for the denoising scripts.

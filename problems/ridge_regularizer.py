@@ -326,11 +326,7 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
                                    filter_size=self.s, num_knots=self.num_knots,
                                    x_range=self.x_range, s_max=self.s_max, dtype=self.dtype,
                                    device=self.device)
-        sol = problem.solve_lower(theta, tol, max_iter=max_iter)
-        if not sol.converged:
-            raise RuntimeError(f"ridge_regularizer: denoise reached max_iter={max_iter} at "
-                               f"certified accuracy {sol.error_bound:.2e} > tol={tol:g}")
-        return sol.x.reshape(shape)
+        return self.solve_certified(problem, theta, tol, max_iter, shape)
 
 
 ENTRY = dict(

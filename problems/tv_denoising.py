@@ -314,11 +314,7 @@ def denoise(noisy, theta, variant="isotropic", tol=1e-6, max_iter=100_000):
     theta = torch.as_tensor(theta, dtype=noisy.dtype, device=noisy.device).flatten()
     problem = TVDenoising(images=noisy, noisy=noisy, theta0=theta, variant=variant,
                           dtype=noisy.dtype, device=noisy.device)
-    sol = problem.solve_lower(theta, tol, max_iter=max_iter)
-    if not sol.converged:
-        raise RuntimeError(f"tv_denoising: denoise reached max_iter={max_iter} at certified "
-                           f"accuracy {sol.error_bound:.2e} > tol={tol:g}")
-    return sol.x.reshape(noisy.shape)
+    return problem.solve_certified(problem, theta, tol, max_iter, noisy.shape)
 
 
 ENTRY = dict(

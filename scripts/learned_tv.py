@@ -9,7 +9,7 @@ images, other noise) and reports mean PSNR / SSIM for:
 - ``noisy``: the held-out observations themselves;
 - ``learned``: the MAID parameters;
 - ``grid_weight``: a grid over the weight at the learned smoothing (61 points
-  over [1e-3, 1], then 23 more between the best point's neighbours: 1% steps),
+  over [1e-3, 1], then 22 more between the best point's neighbours: 1% steps),
   scored on the held-out images themselves (an oracle: the best any weight
   could do there);
 - ``chambolle``: ``skimage.restoration.denoise_tv_chambolle`` (exact TV) on the
@@ -166,6 +166,9 @@ def main():
     tol = 1e-4  # certified ||x - x*|| over the whole stack: far below PSNR resolution
     record("noisy", 0.0, float("nan"), test_noisy)
     record("learned", lam, nu, denoise(test_noisy, theta, variant=args.variant, tol=tol))
+    def best(method):
+        return max((r for r in rows if r["method"] == method), key=lambda r: r["psnr"])
+
     def smoothed(w):
         th = torch.tensor([math.log(w), math.log(nu)], dtype=torch.float64)
         return denoise(test_noisy, th, variant=args.variant, tol=tol)
@@ -178,14 +181,11 @@ def main():
                                         ("chambolle", 0.0, lambda w: chambolle(test_noisy, w))]:
         for w in coarse:
             record(method, float(w), smoothing, denoiser(float(w)))
-        top = max((r for r in rows if r["method"] == method), key=lambda r: r["psnr"])["weight"]
+        top = best(method)["weight"]
         for w in np.geomspace(top / ratio, top * ratio, n_fine)[1:-1]:
             if not np.isclose(w, top):
                 record(method, float(w), smoothing, denoiser(float(w)))
     train_q = problem.quality(theta, tol=tol)
-
-    def best(method):
-        return max((r for r in rows if r["method"] == method), key=lambda r: r["psnr"])
 
     table = [rows[0], rows[1], best("grid_weight"), best("chambolle")]
     labels = ["noisy", "learned (MAID)", "best weight on test (learned smoothing)",

@@ -326,11 +326,7 @@ class FieldsOfExperts(CertifiedConstants, datasets.DenoisingQuality, BilevelProb
                                   filter_size=self.s, backend=self.backend,
                                   chunk_columns=self.chunk_columns, dtype=self.dtype,
                                   device=self.device)
-        sol = problem.solve_lower(theta, tol, max_iter=max_iter)
-        if not sol.converged:
-            raise RuntimeError(f"fields_of_experts: denoise reached max_iter={max_iter} at "
-                               f"certified accuracy {sol.error_bound:.2e} > tol={tol:g}")
-        return sol.x.reshape(noisy.shape)
+        return self.solve_certified(problem, theta, tol, max_iter, noisy.shape)
 
 
 ENTRY = dict(
