@@ -1,5 +1,5 @@
 """bilevel: bilevel hyperparameter learning with certified inexact hypergradients."""
-from . import distributed, results, testing  # public submodules
+from . import distributed, local_bounds, results, testing  # public submodules
 from .constants import BoundConstants, estimate_bound_constants
 from .hypergradient import Hypergradient, hypergradient, unrolled_hypergradient, upper_bounds
 from .linalg import CGResult, conjugate_gradient
@@ -14,7 +14,7 @@ __all__ = [
     "BilevelProblem", "BoundConstants", "CGResult", "ConvergenceWarning", "Hypergradient",
     "LowerSolution", "METHODS", "SolveResult", "certificate", "conjugate_gradient",
     "estimate_bound_constants", "fista", "hypergradient", "list_problems", "make_problem",
-    "distributed", "register_problem", "results", "resume", "solve", "testing",
+    "distributed", "local_bounds", "register_problem", "results", "resume", "solve", "testing",
     "unrolled_hypergradient",
     "upper_bounds",
 ]

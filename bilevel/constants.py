@@ -1,14 +1,27 @@
 """Constants of the hypergradient error bound, and their numerical estimates.
 
-ALGORITHMS.md section 3: with x~ certified ||x~ - x*|| <= eps and CG stopped at
-residual delta,
+docs/certificates.md, section "The hypergradient bound": with x~ certified
+||x~ - x*|| <= eps, q~ the CG solution with residual delta, and the exact
+adjoints q^ = A(x~)^{-1} grad_x g(x~), q* = A(x*)^{-1} grad_x g(x*),
 
-    ||z - grad F|| <= omega = c eps + (||B|| / mu) delta + (L_B L_g / mu) eps^2
-    c = L_g ||B|| / mu + L_Ainv ||grad_x g(x~)|| ||B|| + L_B ||grad_x g(x~)|| / mu
-        + L_gtheta,
+    z - grad F = [grad_theta g(x~) - grad_theta g(x*)]        <= L_gtheta eps
+                 - B(x~)^T (q~ - q^)                           <= K delta
+                 - B(x~)^T A(x*)^{-1} (grad_x g(x~) - grad_x g(x*))   <= K L_g eps
+                 - B(x~)^T A(x*)^{-1} (A(x*) - A(x~)) q^       <= H eps
+                 - (B(x~) - B(x*))^T q*                        <= N eps
 
-where the last term of c covers an upper loss that reads theta directly
-(grad_theta g moves with x at rate L_gtheta; it is 0 when g ignores theta).
+K bounds ||A(x')^{-1} B(x~)|| for x' in {x~, x*} (default ||B|| / mu; a problem
+may give a sharper ``sensitivity``).  H is the smaller of L_Ainv ||grad_x g|| ||B||
+and K M, with M the problem's ``hessian_lipschitz_along`` (a bound on
+||(A(x') - A(x~)) q'|| / ||x' - x~|| for the q' near q~ at hand).  N is the
+problem's ``mixed_lipschitz_along`` when given, else L_B times a bound on ||q*||:
+the smaller of (||grad_x g|| + L_g eps) / mu and ||q~|| + ||q~ - q*||.  With no
+local information this is the bound of the paper,
+
+    omega = c eps + (||B|| / mu) delta + (L_B L_g / mu) eps^2,
+    c = L_g ||B|| / mu + L_Ainv ||grad_x g|| ||B|| + L_B ||grad_x g|| / mu + L_gtheta,
+
+and every local quantity can only lower it.
 """
 from __future__ import annotations
 
@@ -40,6 +53,11 @@ class BoundConstants:
         Lipschitz constant of x -> A(x)^{-1} between x~ and x* (<= L_A / mu^2).
     L_gtheta : float
         Lipschitz constant of x -> grad_theta g(x, theta); 0 if g ignores theta.
+    sensitivity : float, optional
+        A bound K on ||A(x')^{-1} B(x~)|| for x' = x~ and every x' within eps of
+        x~ (the norm of the solution map's derivative dx*/dtheta = -A^{-1} B).
+        None means ||B|| / mu; give it where the curvature is larger along the
+        directions B reaches than mu (e.g. ridges of different weights).
     certified : bool
         True when every constant is a proven bound, False when any is estimated.
     cost : int
@@ -51,25 +69,63 @@ class BoundConstants:
     L_B: float = 0.0
     L_Ainv: float = 0.0
     L_gtheta: float = 0.0
+    sensitivity: float | None = None
     certified: bool = True
     cost: int = 0
 
-    def omega(self, eps: float, delta: float, mu: float, grad_x_norm: float,
-              hessian_along: float | None = None) -> float:
-        """The a-posteriori bound on ||z - grad F(theta)||.
+    def solution_sensitivity(self, mu: float) -> float:
+        """K >= ||A(x')^{-1} B(x~)||: ``sensitivity`` if given (and smaller), else ||B|| / mu."""
+        plain = self.B_norm / mu
+        return plain if self.sensitivity is None else min(plain, self.sensitivity)
 
-        ``hessian_along`` is the problem's M of
-        :meth:`~bilevel.BilevelProblem.hessian_lipschitz_along`, if any: the
-        Hessian term is then the smaller of its two valid bounds.
-        """
-        hessian = self.L_Ainv * grad_x_norm * self.B_norm
+    def _hessian_rates(self, mu, grad_x_norm, hessian_along):
+        """(rate of ||(A(x~)^{-1} - A(x*)^{-1}) grad_x g||, rate of its image under B^T), per eps."""
+        adjoint = self.L_Ainv * grad_x_norm
+        image = adjoint * self.B_norm
         if hessian_along is not None:
-            hessian = min(hessian, self.B_norm * hessian_along / mu)
-        c = (self.L_g * self.B_norm / mu
-             + hessian
-             + self.L_B * grad_x_norm / mu
-             + self.L_gtheta)
-        return c * eps + self.B_norm / mu * delta + self.L_B * self.L_g / mu * eps ** 2
+            adjoint = min(adjoint, hessian_along / mu)
+            image = min(image, self.solution_sensitivity(mu) * hessian_along)
+        return adjoint, image
+
+    def adjoint_radius(self, eps: float, delta: float, mu: float, grad_x_norm: float,
+                       hessian_along: float | None = None) -> float:
+        """A bound on ||q~ - q*||: delta / mu (CG) plus the move of the exact adjoint.
+
+        q^ - q* = A(x*)^{-1} [(grad_x g(x~) - grad_x g(x*)) - (A(x*) - A(x~)) q^].
+        """
+        adjoint_rate, _ = self._hessian_rates(mu, grad_x_norm, hessian_along)
+        return delta / mu + (self.L_g / mu + adjoint_rate) * eps
+
+    def omega_terms(self, eps: float, delta: float, mu: float, grad_x_norm: float,
+                    hessian_along: float | None = None, adjoint_norm: float | None = None,
+                    mixed_along: float | None = None) -> dict:
+        """The five terms of the bound (module docstring), by name; omega is their sum.
+
+        ``hessian_along`` is the problem's M
+        (:meth:`~bilevel.BilevelProblem.hessian_lipschitz_along`), ``adjoint_norm``
+        is ||q~||, ``mixed_along`` the problem's N
+        (:meth:`~bilevel.BilevelProblem.mixed_lipschitz_along`); each is optional
+        and only ever lowers the bound.
+        """
+        K = self.solution_sensitivity(mu)
+        _, hessian_rate = self._hessian_rates(mu, grad_x_norm, hessian_along)
+        q_star = (grad_x_norm + self.L_g * eps) / mu
+        if adjoint_norm is not None:
+            q_star = min(q_star, adjoint_norm + self.adjoint_radius(eps, delta, mu, grad_x_norm,
+                                                                     hessian_along))
+        mixed = self.L_B * q_star
+        if mixed_along is not None:
+            mixed = min(mixed, mixed_along)
+        return dict(upper_theta=self.L_gtheta * eps, adjoint_solve=K * delta,
+                    upper_grad=K * self.L_g * eps, hessian=hessian_rate * eps,
+                    mixed=mixed * eps)
+
+    def omega(self, eps: float, delta: float, mu: float, grad_x_norm: float,
+              hessian_along: float | None = None, adjoint_norm: float | None = None,
+              mixed_along: float | None = None) -> float:
+        """The a-posteriori bound on ||z - grad F(theta)|| (the sum of :meth:`omega_terms`)."""
+        return sum(self.omega_terms(eps, delta, mu, grad_x_norm, hessian_along, adjoint_norm,
+                                    mixed_along).values())
 
 
 def _unit(like, generator):

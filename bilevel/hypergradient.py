@@ -2,8 +2,9 @@
 
     grad F(theta) = grad_theta g(x*, theta) - B(x*)^T q*,   A(x*) q* = grad_x g(x*, theta)
 
-(ALGORITHMS.md section 3).  x* is replaced by a certified x~ and q* by a CG
-solution with residual <= delta; ``omega`` bounds the resulting error.
+(docs/certificates.md).  x* is replaced by a certified x~ and q* by a CG
+solution with residual <= delta; ``omega`` bounds the resulting error
+(:mod:`bilevel.constants`).
 """
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ class Hypergradient:
     hessian_along : float or None
         The problem's bound M on ||(A(x') - A(x~)) q|| / ||x' - x~||, if it has one
         (:meth:`~bilevel.BilevelProblem.hessian_lipschitz_along`).
+    mixed_along : float or None
+        The problem's bound N on ||(B(x') - B(x~))^T q'|| / ||x' - x~||, if it has one
+        (:meth:`~bilevel.BilevelProblem.mixed_lipschitz_along`).
+    terms : dict
+        omega split into its five terms (:meth:`BoundConstants.omega_terms`): where
+        the bound's looseness, and so MAID's cost, comes from.
     """
 
     grad: torch.Tensor
@@ -53,6 +60,8 @@ class Hypergradient:
     upper_grad_norm: float
     constants: BoundConstants
     hessian_along: float | None = None
+    mixed_along: float | None = None
+    terms: dict = dataclasses.field(default_factory=dict)
 
     @property
     def cost(self) -> int:
@@ -120,14 +129,23 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
         constants = problem.bound_constants(theta, x)
     mu = problem.check_mu(theta)
     gx_norm = problem.global_norm(gx)
-    # The exact adjoint A(x~)^{-1} grad_x g lies within residual / mu of q~.
-    along = problem.hessian_lipschitz_along(theta, x, linear.q, linear.residual_norm / mu)
-    omega = constants.omega(lower.error_bound, linear.residual_norm, mu, gx_norm, along)
-    if not torch.isfinite(grad).all():
+    eps, rho = lower.error_bound, linear.residual_norm
+    # The exact adjoint A(x~)^{-1} grad_x g lies within rho / mu of q~, and q* within
+    # adjoint_radius of it: the balls on which the problem's local rates must hold.
+    along = problem.hessian_lipschitz_along(theta, x, linear.q, rho / mu, x_radius=eps)
+    mixed = None
+    if math.isfinite(eps) and math.isfinite(rho):
+        radius = constants.adjoint_radius(eps, rho, mu, gx_norm, along)
+        mixed = problem.mixed_lipschitz_along(theta, x, linear.q, radius, x_radius=eps)
+    terms = constants.omega_terms(eps, rho, mu, gx_norm, hessian_along=along,
+                                  adjoint_norm=problem.global_norm(linear.q), mixed_along=mixed)
+    omega = sum(terms.values())
+    if not torch.isfinite(grad).all() or not math.isfinite(omega):
         omega = math.inf
     return Hypergradient(grad=grad, upper_value=float(value), error_bound=omega,
                          certified=constants.certified, lower=lower, linear=linear,
-                         upper_grad_norm=gx_norm, constants=constants, hessian_along=along)
+                         upper_grad_norm=gx_norm, constants=constants, hessian_along=along,
+                         mixed_along=mixed, terms=terms)
 
 
 def unrolled_hypergradient(problem, theta, iterations, x0=None, step=None):

@@ -109,18 +109,29 @@ class BilevelProblem(abc.ABC):
         return estimate_bound_constants(self, theta, x)
 
     def hessian_lipschitz_along(self, theta: torch.Tensor, x: torch.Tensor, q: torch.Tensor,
-                                radius: float) -> float | None:
+                                radius: float, x_radius: float = math.inf) -> float | None:
         """A bound M on how fast the Hessian applied to the adjoint moves with x, or None.
 
         M must satisfy ||(A(x') - A(x)) q'|| <= M ||x' - x|| for every x' with
-        ||x' - x|| <= ||grad_x h(x)|| / mu and every q' with ||q' - q|| <= radius
-        (q is the CG solution, radius its certified distance to the exact adjoint).
-        The hypergradient bound then takes the smaller of L_Ainv ||grad_x g|| ||B||
-        and ||B|| M / mu for its Hessian term (ALGORITHMS.md section 3, with
-        A(x*)^{-1} - A(x~)^{-1} = A(x*)^{-1} (A(x~) - A(x*)) A(x~)^{-1}).  Worth
-        overriding when the Hessian varies pointwise, as in fields of experts: M
-        then reads the largest response of q instead of its norm, often 100x less.
-        Default None: the bound uses L_Ainv alone.
+        ||x' - x|| <= ``x_radius`` (the certified ||grad_x h(x)|| / mu) and every q'
+        with ||q' - q|| <= radius (q is the CG solution, radius its certified
+        distance to the exact adjoint).  The hypergradient bound then takes the
+        smaller of L_Ainv ||grad_x g|| ||B|| and K M for its Hessian term
+        (:mod:`bilevel.constants`).  Worth overriding when the Hessian varies
+        pointwise, as in fields of experts or TV: M then reads the largest response
+        of q instead of its norm, and local derivatives on the ball instead of
+        global ones.  Default None: the bound uses L_Ainv alone.
+        """
+        return None
+
+    def mixed_lipschitz_along(self, theta: torch.Tensor, x: torch.Tensor, q: torch.Tensor,
+                              radius: float, x_radius: float = math.inf) -> float | None:
+        """A bound N on how fast B^T q moves with x, or None.
+
+        N must satisfy ||(B(x') - B(x))^T q'|| <= N ||x' - x|| for every x' with
+        ||x' - x|| <= ``x_radius`` and every q' with ||q' - q|| <= radius (radius
+        covers the exact adjoint q* at x*).  It replaces L_B ||q*|| in the bound.
+        Default None: L_B times a bound on ||q*||.
         """
         return None
 

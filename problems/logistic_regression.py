@@ -196,6 +196,7 @@ class LogisticRegression(BilevelProblem):
         self._L_g = float(torch.linalg.matrix_norm(A_val, ord=2)) ** 2 / (2 * n_val)
         weighted = A.T @ (row[:, None] * A) / n  # (1/n) sum_n ||a_n|| a_n a_n^T
         self._L_A = L_SOFTMAX_HESSIAN * float(torch.linalg.eigvalsh(weighted)[-1])
+        self._norm2, self._row_norms = norm2, row.to(**to)
 
         self._A = {k: v.to(**to) for k, v in self._A.items()}
         self._Y = {k: v.to(**to) for k, v in self._Y.items()}
@@ -285,7 +286,7 @@ class LogisticRegression(BilevelProblem):
         return torch.zeros(self.x_shape, dtype=theta.dtype, device=theta.device)
 
     def bound_constants(self, theta, x):
-        """Closed-form, certified constants (module docstring); ||B|| taken at ``x``."""
+        """Closed-form, certified constants (module docstring); ||B|| and K taken at ``x``."""
         W = self.weights(x)[0]
         e = torch.exp(theta)
         if self.layout == "weight":
@@ -296,7 +297,64 @@ class LogisticRegression(BilevelProblem):
             B_norm = float(e[0] * torch.linalg.vector_norm(W))
         mu = self.strong_convexity(theta)
         return BoundConstants(L_g=self._L_g, B_norm=B_norm, L_B=float(e.max()),
-                              L_Ainv=self._L_A / mu ** 2, L_gtheta=0.0, certified=True)
+                              L_Ainv=self._L_A / mu ** 2, L_gtheta=0.0,
+                              sensitivity=self._sensitivity(theta, x), certified=True)
+
+    # ------------------------------------------------- local rates of the bound
+    def _group_norms(self, M):
+        """Per hyperparameter, the norm of a weight-shaped (d, C) tensor over its group."""
+        if self.layout == "weight":
+            return M.reshape(-1).abs()
+        if self.layout == "feature":
+            return torch.linalg.vector_norm(M, dim=1)
+        return torch.linalg.vector_norm(M).reshape(1)
+
+    def _sensitivity(self, theta, x):
+        r"""K >= ||A(x')^{-1} B(x)|| for every x': the ridge metric instead of mu.
+
+        A(x') >= diag(Lambda) for every x' (the data term is convex), so
+        Lambda^{1/2} A^{-1} Lambda^{1/2} <= I and A^{-2} <= A^{-1} / mu, hence
+        ||A^{-1} Lambda^{1/2}||^2 = ||Lambda^{1/2} A^{-2} Lambda^{1/2}||
+        <= ||Lambda^{1/2} A^{-1} Lambda^{1/2}|| / mu <= 1 / mu.  B maps a unit
+        group direction u to Lambda X u (restricted to the group), which is
+        Lambda^{1/2} applied to Lambda^{1/2} X u; the groups are disjoint, so
+        ||A^{-1} B|| <= max_j sqrt(e^{theta_j}) ||X_group j|| / sqrt(mu).  Against
+        ||B|| / mu = max_j e^{theta_j} ||X_j|| / mu this gains sqrt(e^{theta_j} / mu)
+        wherever the ridge is heavier than the lightest one.
+        """
+        W = self.weights(x)[0]
+        mu = self.strong_convexity(theta)
+        return float(torch.max(torch.exp(0.5 * theta) * self._group_norms(W))) / math.sqrt(mu)
+
+    def hessian_lipschitz_along(self, theta, x, q, radius, x_radius=math.inf):
+        r"""M >= ||(A(x') - A(x)) q'|| / ||x' - x|| for every x' and ||q' - q|| <= radius.
+
+        A(X) - A(X') acts on q' as (1/n) A^T [(S(z_n) - S(z'_n)) Q'_n]_n with
+        Q'_n = q'^T a_n the C-vector of the adjoint's logits and
+        ||S(z_n) - S(z'_n)|| <= L_S ||z_n - z'_n|| (module docstring), so
+            ||(A(X) - A(X')) q'|| <= (1/n) ||A|| L_S (sum_n |z_n - z'_n|^2 |Q'_n|^2)^{1/2}
+                                  <= (1/n) ||A||^2 L_S max_n |Q'_n| ||x - x'||,
+        with |Q'_n| <= |Q_n| + ||a_n|| radius.  L_A ||q'|| of :meth:`bound_constants`
+        has max_n ||a_n|| ||q'|| in place of max_n |Q'_n|: the adjoint's logits are
+        much smaller than ||a_n|| ||q||, and ||q~|| much smaller than
+        ||grad_x g|| / mu.  Global in x.  One oracle call.
+        """
+        A = self._A["train"]
+        Q = torch.linalg.vector_norm(A @ q.detach(), dim=1)
+        top = float(torch.max(Q + self._row_norms * radius))
+        return self._norm2 / len(A) * L_SOFTMAX_HESSIAN * top
+
+    def mixed_lipschitz_along(self, theta, x, q, radius, x_radius=math.inf):
+        r"""N >= ||(B(x') - B(x))^T q'|| / ||x' - x|| for every x' and ||q' - q|| <= radius.
+
+        (B(x') - B(x))^T q' sums e^{theta_j} (X' - X) o q' over each group j, at
+        most e^{theta_j} ||X'_j - X_j|| ||q'_j|| (Cauchy-Schwarz in the group), so
+        N = max_j e^{theta_j} (||q_j|| + radius) over the weight rows (the bias does
+        not depend on theta).  L_B ||q*|| has max_j e^{theta_j} and the whole
+        ||q*|| instead.  Global in x.
+        """
+        Qw = self.weights(q.detach())[0]
+        return float(torch.max(torch.exp(theta) * (self._group_norms(Qw) + radius)))
 
     # ------------------------------------------------- closed-form derivatives
     def lower_grad(self, x, theta):

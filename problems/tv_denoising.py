@@ -38,7 +38,7 @@ import math
 
 import torch
 
-from bilevel import BilevelProblem, BoundConstants
+from bilevel import BilevelProblem, BoundConstants, local_bounds
 
 from . import datasets
 
@@ -296,6 +296,109 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
                 L_Ainv = min(L_Ainv, local)
         return BoundConstants(L_g=L_g, B_norm=B_norm, L_B=L_B, L_Ainv=L_Ainv,
                               L_gtheta=0.0, certified=True, cost=3)
+
+    # ------------------------------------------------- local rates of the bound
+    def _error_budgets(self, theta, x, x_radius):
+        """(scale, C1, C2, R_near, R_far, c) for the error d = D(x* - x) (bilevel.local_bounds).
+
+        scale = x_radius (1 without one: the rates are then per unit ||x' - x||);
+        C1 = ||D||^2 scale^2 >= sum_p |d_p|^2; C2 bounds sum_p w_p |d_p|^2 with
+        w_p = lam nu^2 / R_far^3, the least curvature of phi_nu on the disc of
+        radius c x_radius about t_p (eigenvalues 1/r and nu^2/r^3 >= nu^2/r^3; per
+        component nu^2/r^3 when anisotropic), since A = I + lam D^T Hphi D (inf when
+        sharded, where the energy budget would need a global dual search).  R_near
+        and R_far are the smallest and largest r = sqrt(|t'|^2 + nu^2) on the disc;
+        c = ||D_p|| (sqrt 3 for a pixel's 2-vector, sqrt 2 for one component).
+        """
+        nu = math.exp(float(theta[1]))
+        size = self._pixel_norms(x)
+        c = math.sqrt(3) if self.variant == "isotropic" else math.sqrt(2)
+        reach = c * x_radius if math.isfinite(x_radius) else math.inf
+        near = (size - reach).clamp(min=0)
+        R_near = torch.sqrt(near * near + nu * nu)
+        R_far = torch.sqrt((size + reach) ** 2 + nu * nu)
+        if not math.isfinite(x_radius):
+            return 1.0, self.D2, math.inf, R_near, R_far, c
+        C2 = math.inf
+        if self.process_group is None:
+            r_norm = float(torch.linalg.vector_norm(self.lower_grad(x, theta)))
+            C2 = local_bounds.energy_budget(x_radius, r_norm)
+        return x_radius, self.D2 * x_radius ** 2, C2, R_near, R_far, c
+
+    def _pixel_norms(self, v):
+        """|(D v)_p| per pixel (isotropic) or per component (anisotropic)."""
+        t = grad_op(v)
+        return torch.sqrt(t[0] * t[0] + t[1] * t[1]) if self.variant == "isotropic" else t.abs()
+
+    def hessian_lipschitz_along(self, theta, x, q, radius, x_radius=math.inf):
+        r"""M with ||(A(x*) - A(x)) q'|| <= M x_radius for every ||q' - q|| <= radius.
+
+        (A(x*) - A(x)) q' = lam D^T [(Hphi(t*_p) - Hphi(t_p)) (D q')_p]_p, so with
+        d = D(x* - x),
+            ||(A(x*) - A(x)) q'||^2 <= lam^2 ||D||^2 sum_p c3_p^2 |(D q')_p|^2 |d_p|^2,
+        c3_p a bound on the third derivative of phi_nu on the disc of radius
+        c x_radius about t_p (:meth:`_error_budgets`), and |(D q')_p| <= |(D q)_p|
+        + c radius.  The sum is bounded under the Euclidean and energy budgets of
+        :mod:`bilevel.local_bounds` (:func:`~bilevel.local_bounds.max_weighted_sum`);
+        with the Euclidean budget alone it is lam ||D||^2 max_p c3_p |(D q')_p|.
+        Third derivatives decay like 1 / r^2:
+
+        - isotropic, in the frame of :data:`C3_ISOTROPIC` (nu = 1, v = rho^2):
+          rho^2 ||D^3 phi|| <= (s / rho) sqrt(max(2, 1 + 9 / v^2)) <= sqrt 2,
+          because for v >= 3 the max is 2 and s < rho, and for 1 <= v < 3,
+          (v - 1)(v^2 + 9) / v^3 <= 2 is v^3 + v^2 - 9 v + 9 >= 0, whose minimum
+          on [1, 3] (at v = 1.43) is 1.10.  Scaling by nu: ||D^3 phi_nu(t)||
+          <= sqrt 2 / (|t|^2 + nu^2).
+        - anisotropic: |phi_nu'''(s)| = 3 |s| nu^2 / r^5 = (3 u / (1 + u^2)^{3/2}) / r^2
+          with u = s / nu, and 3 u / (1 + u^2)^{3/2} <= 2 / sqrt 3 (at u = 1 / sqrt 2).
+
+        So c3_p = min(C3 / nu^2, k / R_near_p^2) (k = sqrt 2, resp. 2 / sqrt 3).  A
+        pixel far from a kink has c3_p = (nu / |t_p|)^2 times the global C3 / nu^2
+        of L_Ainv, and in a flat region (a kink) the energy budget pins d_p down.
+        Two oracle calls (the gradient at x, for the energy budget).
+        """
+        lam, nu = math.exp(float(theta[0])), math.exp(float(theta[1]))
+        scale, C1, C2, R_near, R_far, c = self._error_budgets(theta, x.detach(), x_radius)
+        C3, k = ((C3_ISOTROPIC, math.sqrt(2)) if self.variant == "isotropic"
+                 else (C3_ANISOTROPIC, 2 / math.sqrt(3)))
+        c3 = torch.clamp(k / (R_near * R_near), max=C3 / nu ** 2)
+        response = self._pixel_norms(q.detach()) + c * radius
+        if C2 == math.inf:  # Euclidean budget only: the max form, shard by shard
+            top = float(self.reduce_max(torch.max(c3 * response)))
+            return lam * self.D2 * top
+        w = lam * nu * nu / R_far ** 3
+        total = local_bounds.max_weighted_sum((c3 * response) ** 2, w, C1, C2)
+        return lam * math.sqrt(self.D2 * total) / scale
+
+    def mixed_lipschitz_along(self, theta, x, q, radius, x_radius=math.inf):
+        r"""N with ||(B(x*) - B(x))^T q'|| <= N x_radius for every ||q' - q|| <= radius.
+
+        B^T q' = lam (<psi(t), D q'>, -<chi(t), D q'>), so with d = D(x* - x) each
+        entry moves by at most lam sum_p j_p |d_p| |(D q')_p|, j_p a bound on the
+        Jacobian of psi (resp. chi) on the disc of :meth:`_error_budgets`.  The
+        Jacobian of psi has eigenvalues 1/r and nu^2/r^3, that of chi nu^2/r^3 and
+        nu^2 (nu^2 - 2|t|^2)/r^5 (per component when anisotropic), so
+        j_psi = 1/R_near and j_chi = min(1/nu, 2 nu^2 / R_near^3).  Split
+        |(D q')_p| <= |(D q)_p| + |(D(q' - q))_p|: the first sum is bounded under
+        both budgets (:func:`~bilevel.local_bounds.max_weighted_abs_sum`), the
+        second by max_p j_p ||d|| ||D|| radius.  The two entries add in squares.
+        (L_B ||q*|| with the global L_B = sqrt 2 lam ||D||^2 / nu is this bound with
+        j = 1/nu everywhere and ||D|| ||q|| for the weighted sum.)  Two oracle calls.
+        """
+        lam, nu = math.exp(float(theta[0])), math.exp(float(theta[1]))
+        scale, C1, C2, R_near, R_far, _ = self._error_budgets(theta, x.detach(), x_radius)
+        Dq = self._pixel_norms(q.detach())
+        D = math.sqrt(self.D2)
+        w = lam * nu * nu / R_far ** 3
+        total = 0.0
+        for j in (1.0 / R_near, torch.clamp(2 * nu * nu / R_near ** 3, max=1.0 / nu)):
+            if C2 == math.inf:
+                weighted = math.sqrt(C1 * float(self.reduce_sum(torch.sum((j * Dq) ** 2))))
+            else:
+                weighted = local_bounds.max_weighted_abs_sum(j * Dq, w, C1, C2)
+            top = float(self.reduce_max(torch.max(j)))
+            total += (weighted + math.sqrt(C1) * D * radius * top) ** 2
+        return lam * math.sqrt(total) / scale
 
     # ------------------------------------------------------------------ usage
     def denoise(self, noisy, theta=None, tol=1e-6, max_iter=100_000):

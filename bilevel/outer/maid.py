@@ -29,12 +29,12 @@ class MAIDState(OuterState):
 def hypergradient_costs(hg, new_constants=True):
     """Cost counters of one hypergradient (its lower solve, CG, constants, g).
 
-    The Hessian term of the bound, when the problem has one, is one more call.
+    Each local rate of the bound the problem gives (Hessian, mixed) is one more call.
     """
     return dict(lower_iterations=hg.lower.iterations, cg_iterations=hg.linear.iterations,
                 oracle_calls=hg.lower.evaluations + hg.linear.iterations + 2
                 + (hg.constants.cost if new_constants else 0)
-                + (hg.hessian_along is not None))
+                + (hg.hessian_along is not None) + (hg.mixed_along is not None))
 
 
 def _stalled(before, after):

@@ -118,7 +118,7 @@ class CertifiedConstants:
                               L_B=L_B, L_Ainv=L_A / mu ** 2, L_gtheta=0.0, certified=True,
                               cost=2)
 
-    def hessian_lipschitz_along(self, theta, x, q, radius):
+    def hessian_lipschitz_along(self, theta, x, q, radius, x_radius=math.inf):
         r"""M >= ||(A(x1) - A(x2)) q'|| / ||x1 - x2|| for all x1, x2 and ||q' - q|| <= radius.
 
         (A(x1) - A(x2)) q' = sum_k alpha_k K_k^T [(phi''(z1_k) - phi''(z2_k)) o K_k q'],

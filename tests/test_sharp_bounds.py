@@ -1,0 +1,117 @@
+"""The local (sharp) terms of the hypergradient bound against the exact x*, q* of a dense reference.
+
+Every hook of the contract that sharpens omega -- hessian_lipschitz_along,
+mixed_lipschitz_along, BoundConstants.sensitivity -- is checked against the
+quantity it bounds, evaluated at the true minimiser x* (bilevel.reference), at
+cold and warm lower-level solutions and small smoothing / small mu, where the
+worst-case constants are the loosest.
+"""
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import bilevel
+from bilevel.reference import dense_hessian, reference_solution
+
+
+def _unit(like, gen):
+    v = torch.randn(like.shape, generator=gen, dtype=like.dtype)
+    return v / v.norm()
+
+
+def _cases():
+    tv = [("tv_denoising", dict(n_images=2, size=10, variant=v), torch.tensor(t))
+          for v in ("isotropic", "anisotropic") for t in ((-2.0, -6.0), (-3.0, -3.0))]
+    gen = torch.Generator().manual_seed(1)
+    lr = []
+    for layout, size in (("feature", 64), ("weight", 640), ("scalar", 1)):
+        theta = -3 + torch.randn(size, generator=gen, dtype=torch.float64)
+        lr.append(("logistic_regression",
+                   dict(layout=layout, n_train=80, n_val=80, n_test=40), theta))
+    return tv + lr
+
+
+CASES = _cases()
+
+
+@pytest.fixture(scope="module")
+def references():
+    out = {}
+    for i, (name, params, theta) in enumerate(CASES):
+        problem = bilevel.make_problem(name, **params)
+        theta = theta.to(torch.float64)
+        out[i] = problem, theta, reference_solution(problem, theta)
+    return out
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("eps", [1e-2, 1e-5])
+def test_local_rates_bound_the_moves_at_the_true_minimiser(references, case, eps):
+    problem, theta, ref = references[case]
+    gen = torch.Generator().manual_seed(case)
+    hg = bilevel.hypergradient(problem, theta, eps, eps, lower_max_iter=200_000)
+    x, q = hg.lower.x, hg.linear.q
+    x_radius = hg.lower.error_bound
+    assert float((x - ref.x).norm()) <= x_radius
+    mu = problem.strong_convexity(theta)
+    rho = hg.linear.residual_norm / mu
+    M = problem.hessian_lipschitz_along(theta, x, q, rho, x_radius=x_radius)
+    radius = hg.constants.adjoint_radius(x_radius, hg.linear.residual_norm, mu,
+                                         hg.upper_grad_norm, M)
+    N = problem.mixed_lipschitz_along(theta, x, q, radius, x_radius=x_radius)
+    assert float((q - ref.q).norm()) <= radius
+    for q_probe, r in ((q, rho), (q + rho * _unit(q, gen), rho), (ref.q, radius)):
+        rate = problem.hessian_lipschitz_along(theta, x, q, r, x_radius=x_radius)
+        moved = problem.lower_hvp(ref.x, theta, q_probe) - problem.lower_hvp(x, theta, q_probe)
+        assert float(moved.norm()) <= rate * x_radius * (1 + 1e-9) + 1e-14
+    for q_probe in (q, ref.q, q + radius * _unit(q, gen)):
+        moved = problem.mixed_vjp(ref.x, theta, q_probe) - problem.mixed_vjp(x, theta, q_probe)
+        assert float(moved.norm()) <= N * x_radius * (1 + 1e-9) + 1e-14
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("eps", [1e-2, 1e-4, 1e-7])
+def test_sharp_omega_bounds_the_true_error_and_never_exceeds_the_plain_bound(references, case,
+                                                                             eps):
+    problem, theta, ref = references[case]
+    for x0 in (None, ref.x + 3 * eps * _unit(ref.x, torch.Generator().manual_seed(0))):
+        hg = bilevel.hypergradient(problem, theta, eps, eps, x0=x0, lower_max_iter=200_000)
+        true = float((hg.grad - ref.grad).norm())
+        assert hg.certified and hg.error_bound >= true
+        mu = problem.strong_convexity(theta)
+        plain = dataclasses.replace(hg.constants, sensitivity=None).omega(
+            hg.lower.error_bound, hg.linear.residual_norm, mu, hg.upper_grad_norm)
+        assert hg.error_bound <= plain * (1 + 1e-12)
+
+
+def test_tv_small_smoothing_is_much_sharper_than_the_global_constants(references):
+    problem, theta, ref = references[0]          # isotropic, smoothing e^-6
+    hg = bilevel.hypergradient(problem, theta, 1e-6, 1e-6)
+    plain = hg.constants.omega(hg.lower.error_bound, hg.linear.residual_norm, 1.0,
+                               hg.upper_grad_norm)
+    assert hg.error_bound < plain / 20
+
+
+@pytest.mark.parametrize("case", [i for i, c in enumerate(CASES) if c[0] == "logistic_regression"
+                                  and c[1]["layout"] != "weight"])
+def test_logistic_sensitivity_bounds_the_solution_map(references, case):
+    problem, theta, ref = references[case]
+    hg = bilevel.hypergradient(problem, theta, 1e-3, 1e-3)
+    x = hg.lower.x
+    # B(x~) column by column: B e_j = d/dt grad_x h(x~, theta + t e_j), exact (linear in e^theta).
+    cols = []
+    for j in range(theta.numel()):
+        e = torch.zeros_like(theta)
+        e[j] = 1.0
+        t = 1e-6
+        cols.append(((problem.lower_grad(x, theta + t * e) - problem.lower_grad(x, theta - t * e))
+                     / (2 * t)).reshape(-1))
+    B = torch.stack(cols, dim=1)
+    K = hg.constants.sensitivity
+    for point in (x, ref.x):
+        J = torch.linalg.solve(dense_hessian(problem, point, theta), B)
+        assert float(torch.linalg.matrix_norm(J, ord=2)) <= K * (1 + 1e-6)
+    assert K <= hg.constants.B_norm / problem.strong_convexity(theta) * (1 + 1e-12)
+    assert math.isfinite(K)
