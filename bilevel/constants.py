@@ -79,7 +79,7 @@ class BoundConstants:
         return plain if self.sensitivity is None else min(plain, self.sensitivity)
 
     def _hessian_rates(self, mu, grad_x_norm, hessian_along):
-        """(rate of ||(A(x~)^{-1} - A(x*)^{-1}) grad_x g||, rate of its image under B^T), per eps."""
+        """Per unit eps: rates of ||(A(x~)^{-1} - A(x*)^{-1}) grad_x g|| and of its B^T image."""
         adjoint = self.L_Ainv * grad_x_norm
         image = adjoint * self.B_norm
         if hessian_along is not None:

@@ -49,3 +49,18 @@ def test_quick_learned_tv(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "learned_tv.png").stat().st_size > 10_000
+
+
+def test_quick_certificate_tightness(tmp_path):
+    """benchmarks/certificate_tightness.py --quick: both files, no bound below its true error."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "certificate_tightness.py"),
+                           "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "certificate_tightness.json").read_text())
+    assert result["quick"] is True and result["rows"]
+    assert result["violations"] == 0, [r for r in result["rows"] if r["violation"]]
+    assert all(s["cases"] > 0 for s in result["problems"].values())
+    assert str(tmp_path) not in json.dumps(result)  # no absolute paths
+    table = (tmp_path / "certificate_tightness.md").read_text()
+    assert "| quadratic |" in table and str(tmp_path) not in table
