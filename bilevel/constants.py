@@ -98,14 +98,18 @@ class BoundConstants:
 
     def omega_terms(self, eps: float, delta: float, mu: float, grad_x_norm: float,
                     hessian_along: float | None = None, adjoint_norm: float | None = None,
-                    mixed_along: float | None = None) -> dict:
-        """The five terms of the bound (module docstring), by name; omega is their sum.
+                    mixed_along: float | None = None,
+                    hessian_at_q: float | None = None) -> dict:
+        """The terms of the bound (module docstring), by name; omega is their sum.
 
         ``hessian_along`` is the problem's M
         (:meth:`~bilevel.BilevelProblem.hessian_lipschitz_along`), ``adjoint_norm``
         is ||q~||, ``mixed_along`` the problem's N
         (:meth:`~bilevel.BilevelProblem.mixed_lipschitz_along`); each is optional
-        and only ever lowers the bound.
+        and only ever lowers the bound.  ``hessian_at_q`` is M at radius 0 (at q~
+        itself): it splits the Hessian term into the part at q~ ('hessian') and
+        the part due to the CG residual ('hessian_adjoint'), which tightening
+        delta, not eps, removes.  The sum does not depend on it.
         """
         K = self.solution_sensitivity(mu)
         _, hessian_rate = self._hessian_rates(mu, grad_x_norm, hessian_along)
@@ -116,9 +120,12 @@ class BoundConstants:
         mixed = self.L_B * q_star
         if mixed_along is not None:
             mixed = min(mixed, mixed_along)
+        at_q = hessian_rate
+        if hessian_at_q is not None and hessian_along is not None:
+            at_q = min(hessian_rate, self._hessian_rates(mu, grad_x_norm, hessian_at_q)[1])
         return dict(upper_theta=self.L_gtheta * eps, adjoint_solve=K * delta,
-                    upper_grad=K * self.L_g * eps, hessian=hessian_rate * eps,
-                    mixed=mixed * eps)
+                    upper_grad=K * self.L_g * eps, hessian=at_q * eps,
+                    hessian_adjoint=(hessian_rate - at_q) * eps, mixed=mixed * eps)
 
     def omega(self, eps: float, delta: float, mu: float, grad_x_norm: float,
               hessian_along: float | None = None, adjoint_norm: float | None = None,

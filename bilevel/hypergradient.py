@@ -47,7 +47,7 @@ class Hypergradient:
         The problem's bound N on ||(B(x') - B(x~))^T q'|| / ||x' - x~||, if it has one
         (:meth:`~bilevel.BilevelProblem.mixed_lipschitz_along`).
     terms : dict
-        omega split into its five terms (:meth:`BoundConstants.omega_terms`): where
+        omega split into its terms (:meth:`BoundConstants.omega_terms`): where
         the bound's looseness, and so MAID's cost, comes from.
     """
 
@@ -121,7 +121,8 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
     value, gx, gt = problem.upper_grads(x, theta)
     linear = conjugate_gradient(lambda v: problem.lower_hvp(x, theta, v), gx, q0,
                                 tol=delta, max_iter=cg_max_iter,
-                                dot=lambda a, b: problem.reduce_sum(torch.sum(a * b)))
+                                dot=lambda a, b: problem.reduce_sum(torch.sum(a * b)),
+                                preconditioner=problem.lower_preconditioner(theta, x))
     # Over data-parallel ranks, g and the theta-gradient are sums of the ranks' parts.
     grad = problem.reduce_sum(gt - problem.mixed_vjp(x, theta, linear.q))
     value = problem.reduce_sum(value.detach())
@@ -133,12 +134,15 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
     # The exact adjoint A(x~)^{-1} grad_x g lies within rho / mu of q~, and q* within
     # adjoint_radius of it: the balls on which the problem's local rates must hold.
     along = problem.hessian_lipschitz_along(theta, x, linear.q, rho / mu, x_radius=eps)
+    along_at_q = None if along is None else problem.hessian_lipschitz_along(
+        theta, x, linear.q, 0.0, x_radius=eps)
     mixed = None
     if math.isfinite(eps) and math.isfinite(rho):
         radius = constants.adjoint_radius(eps, rho, mu, gx_norm, along)
         mixed = problem.mixed_lipschitz_along(theta, x, linear.q, radius, x_radius=eps)
     terms = constants.omega_terms(eps, rho, mu, gx_norm, hessian_along=along,
-                                  adjoint_norm=problem.global_norm(linear.q), mixed_along=mixed)
+                                  adjoint_norm=problem.global_norm(linear.q), mixed_along=mixed,
+                                  hessian_at_q=along_at_q)
     omega = sum(terms.values())
     if not torch.isfinite(grad).all() or not math.isfinite(omega):
         omega = math.inf

@@ -135,6 +135,16 @@ class BilevelProblem(abc.ABC):
         """
         return None
 
+    def lower_preconditioner(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        """A positive diagonal shaped like x that approximates the Hessian's diagonal, or None.
+
+        Used by the adjoint CG and by :func:`bilevel.lower.newton_cg`; it changes
+        their speed, never a certificate (the residuals stay Euclidean).  Worth
+        giving where the curvature differs by orders of magnitude between
+        coordinates (e.g. ridges of different weights).  Default None.
+        """
+        return None
+
     # ------------------------------------------------- derivatives (autograd)
     def lower_grad(self, x, theta):
         """grad_x h(x, theta)."""

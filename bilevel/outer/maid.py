@@ -15,6 +15,7 @@ Salehi, Mukherjee, Roberts, Ehrhardt, SIAM J. Math. Data Sci. 2025
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from ..hypergradient import hypergradient, upper_bounds, upper_value
 from .base import OuterState, converged_message, finite, norm
@@ -24,6 +25,7 @@ from .base import OuterState, converged_message, finite, norm
 class MAIDState(OuterState):
     alpha: float = 1e-2
     max_backtracks: int = 5
+    certify_direction: bool = True  # run the descent test before the line search
 
 
 def hypergradient_costs(hg, new_constants=True):
@@ -34,7 +36,7 @@ def hypergradient_costs(hg, new_constants=True):
     return dict(lower_iterations=hg.lower.iterations, cg_iterations=hg.linear.iterations,
                 oracle_calls=hg.lower.evaluations + hg.linear.iterations + 2
                 + (hg.constants.cost if new_constants else 0)
-                + (hg.hessian_along is not None) + (hg.mixed_along is not None))
+                + 2 * (hg.hessian_along is not None) + (hg.mixed_along is not None))
 
 
 def _stalled(before, after):
@@ -61,8 +63,10 @@ class MAID:
     eps0, delta0 : float
         Starting lower-level accuracy and CG residual (1e-1: start loose, MAID
         tightens only when a certificate demands it).
-    alpha0 : float
-        Starting step (1e-2).
+    alpha0 : float or None
+        Starting step (1e-2).  None takes HOAG's first step sqrt(dim theta) / ||z0||
+        (a move of about one unit per hyperparameter, scale-free for log-parameters);
+        backtracking corrects it if it is too long.
     rho : float
         Backtracking factor (0.5).
     rho_bar : float
@@ -82,6 +86,32 @@ class MAID:
         Starting backtracking budget (5); grows by ``backtrack_growth`` after a failure.
     max_refinements : int
         Cap on accuracy refinements for the descent test in one iteration.
+    refinement : {'halve', 'predicted'}
+        How the descent test tightens the accuracies.  'halve' (the paper's):
+        eps and delta both times nu.  'predicted': omega is a sum of terms
+        proportional to the lower-level error and to the CG residual
+        (:meth:`~bilevel.BoundConstants.omega_terms`), so each accuracy is
+        scaled, from what its solve actually certified, by the factor that brings
+        its own terms under half of the margin (1 - eta) ||z|| / 2 (at least nu,
+        at most 1e-3 per refinement); an accuracy whose terms are already small
+        is left alone.  One or two refinements instead of many halvings, and no CG
+        spent where only the lower level is short (or the reverse).
+    trial_accuracy : {'same', 'matched'}
+        Accuracy of the line search's solves at trial points.  'same' (the
+        paper's): eps.  'matched': the looser of eps and the accuracy at which the
+        bounds' slack ||grad_x g|| eps_t + L_g eps_t^2 / 2 is a quarter of the
+        first-order decrease step ||z||^2 (the test needs only lam << 1 of it).
+        The test stays certified -- it uses the accuracy the solve certifies --
+        and the next hypergradient refines the accepted point from there.
+    direction_test : {'always', 'after_failure'}
+        'always' (the paper's): certify -z as a descent direction (step 1) before
+        every line search.  'after_failure': search along -z at the accuracy at
+        hand and run the descent test only on the retry after a failed search.
+        Every accepted step still carries the line search's proof that F
+        decreased by lam alpha ||z||^2 (certified bounds on F at both ends); what
+        is skipped is the proof, before searching, that a small enough step
+        would succeed -- the failure branch restores it.  Each row says whether
+        the direction was certified (``direction_certified``).
     eps_min : float
         Accuracy floor; below it the run stops with status 'accuracy_floor'.
     tol : float
@@ -102,6 +132,9 @@ class MAID:
     max_backtracks: int = 5
     backtrack_growth: int = 1
     max_refinements: int = 30
+    refinement: str = "halve"
+    trial_accuracy: str = "same"
+    direction_test: str = "always"
     eps_min: float = 1e-13
     tol: float = 1e-6
     lower_max_iter: int = 10_000
@@ -110,11 +143,15 @@ class MAID:
 
     def __post_init__(self):
         checks = [("eps0", self.eps0 > 0), ("delta0", self.delta0 > 0),
-                  ("alpha0", self.alpha0 > 0), ("rho", 0 < self.rho < 1),
+                  ("rho", 0 < self.rho < 1),
                   ("rho_bar", self.rho_bar >= 1), ("nu", 0 < self.nu < 1),
                   ("nu_bar", self.nu_bar >= 1), ("eta", 0 < self.eta < 1),
                   ("lam", self.lam is None or 0 < self.lam < self.eta),
-                  ("max_backtracks", self.max_backtracks >= 1), ("tol", self.tol >= 0)]
+                  ("max_backtracks", self.max_backtracks >= 1), ("tol", self.tol >= 0),
+                  ("alpha0", self.alpha0 is None or self.alpha0 > 0),
+                  ("refinement", self.refinement in ("halve", "predicted")),
+                  ("trial_accuracy", self.trial_accuracy in ("same", "matched")),
+                  ("direction_test", self.direction_test in ("always", "after_failure"))]
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"{type(self).__name__}: invalid {name}={getattr(self, name)}")
@@ -124,8 +161,37 @@ class MAID:
         return self.eta / 2 if self.lam is None else self.lam
 
     def init_state(self, problem, theta0):
-        return MAIDState(theta=theta0, eps=self.eps0, delta=self.delta0, alpha=self.alpha0,
-                         max_backtracks=self.max_backtracks)
+        return MAIDState(theta=theta0, eps=self.eps0, delta=self.delta0,
+                         alpha=math.nan if self.alpha0 is None else self.alpha0,
+                         max_backtracks=self.max_backtracks,
+                         certify_direction=self.direction_test == "always")
+
+    def _trial_accuracy(self, eps, decrease, hg):
+        """Lower-level accuracy of a line-search trial (see ``trial_accuracy``)."""
+        if self.trial_accuracy == "same":
+            return eps
+        budget, g, L = 0.25 * decrease, hg.upper_grad_norm, hg.constants.L_g
+        # Largest e with g e + L e^2 / 2 <= budget.
+        loose = 2 * budget / (g + math.sqrt(g * g + 2 * L * budget)) if budget > 0 else 0.0
+        return max(eps, loose)
+
+    def _refined(self, hg, eps, delta, z_norm):
+        """The accuracies of the next refinement of the descent test (see ``refinement``)."""
+        if self.refinement == "halve" or not finite(hg.error_bound) or not hg.terms:
+            return self.nu * eps, self.nu * delta
+        share = 0.25 * (1 - self.eta) * z_norm  # half the margin, split between the two
+        terms = hg.terms
+        adjoint = ("adjoint_solve", "hessian_adjoint")
+        parts = ((eps, hg.lower.error_bound, sum(v for k, v in terms.items() if k not in adjoint)),
+                 (delta, hg.linear.residual_norm, sum(terms.get(k, 0.0) for k in adjoint)))
+        out = []
+        for requested, certified, part in parts:
+            if part <= share:
+                out.append(requested)
+                continue
+            factor = min(self.nu, max(1e-3, share / part))
+            out.append(min(requested, certified) * factor)
+        return tuple(out)
 
     def _descent_direction(self, problem, state, costs):
         """Step 1: tighten until -z is a certified descent direction."""
@@ -147,13 +213,24 @@ class MAID:
             constants = None if hg.constants.certified else hg.constants
             z_norm = norm(hg.grad)
             usable = finite(z_norm, hg.error_bound)
+            if not state.certify_direction and finite(z_norm) and z_norm > 0:
+                # Search first (the direction is certified only after a failure), with
+                # F(theta) known well enough for the first trial's decrease to show.
+                alpha = math.sqrt(hg.grad.numel()) / z_norm \
+                    if math.isnan(state.alpha) else state.alpha
+                need = self._trial_accuracy(0.0, alpha * z_norm ** 2, hg)
+                if hg.lower.error_bound <= need or eps <= self.eps_min:
+                    return hg, eps, delta, None
+                eps = max(min(self.nu * eps, need), self.eps_min)
+                continue
             if usable and (z_norm + hg.error_bound <= self.tol
                            or hg.error_bound <= (1 - self.eta) * z_norm
                            or not self.adaptive):
                 return hg, eps, delta, None
             if not self.adaptive:
                 return hg, eps, delta, "diverged"
-            eps, delta = self.nu * eps, self.nu * delta
+            eps, delta = self._refined(hg, eps, delta, z_norm) if usable \
+                else (self.nu * eps, self.nu * delta)
             if eps < self.eps_min:
                 return hg, eps, delta, "accuracy_floor"
         return hg, eps, delta, "refinement_limit"
@@ -164,7 +241,8 @@ class MAID:
         z, z_norm, omega = hg.grad, norm(hg.grad), hg.error_bound
         row = dict(upper_value=hg.upper_value, grad_norm=z_norm, error_bound=omega,
                    certified=hg.certified, eps=eps, delta=delta, step=0.0, backtracks=0,
-                   accepted=False, nonfinite_trials=0)
+                   accepted=False, nonfinite_trials=0,
+                   direction_certified=bool(omega <= (1 - self.eta) * z_norm))
         state = dataclasses.replace(state, x=hg.lower.x, q=hg.linear.q, eps=eps, delta=delta,
                                     iteration=state.iteration + 1)
         if failure is not None:
@@ -180,6 +258,8 @@ class MAID:
         if z_norm + omega <= self.tol:
             return (dataclasses.replace(state, status="converged", message=converged_message(
                 z_norm, omega, self.tol, hg.certified)), {**row, **costs})
+        if math.isnan(state.alpha):  # alpha0=None: HOAG's first step
+            state = dataclasses.replace(state, alpha=math.sqrt(z.numel()) / z_norm)
 
         # Step 2: backtracking with certified bounds on F at both ends.
         L_g, convex = hg.constants.L_g, problem.upper_convex_in_x
@@ -189,7 +269,8 @@ class MAID:
         for i in range(state.max_backtracks):
             step = state.alpha * self.rho ** i
             trial = state.theta - step * z
-            sol = problem.solve_lower(trial, eps, x0=state.x, max_iter=self.lower_max_iter)
+            sol = problem.solve_lower(trial, self._trial_accuracy(eps, step * z2, hg),
+                                      x0=state.x, max_iter=self.lower_max_iter)
             _add(costs, lower_iterations=sol.iterations, oracle_calls=sol.evaluations + 1)
             row["backtracks"] = i + 1
             if not finite(sol.error_bound):
@@ -208,7 +289,8 @@ class MAID:
                 row.update(step=step, accepted=True, backtracks=i)
                 accepted = dataclasses.replace(
                     state, theta=trial, x=sol.x, alpha=self.rho_bar * step,
-                    eps=self.nu_bar * eps, delta=self.nu_bar * delta)
+                    eps=self.nu_bar * eps, delta=self.nu_bar * delta,
+                    certify_direction=self.direction_test == "always")
                 return accepted, {**row, **costs}
 
         # Step 3 (failure): tighten accuracy, grow the budget, retry at the same theta.
@@ -218,7 +300,8 @@ class MAID:
             return (dataclasses.replace(state, status="line_search_failed", message=message),
                     {**row, **costs})
         failed = dataclasses.replace(state, eps=self.nu * eps, delta=self.nu * delta,
-                                     max_backtracks=state.max_backtracks + self.backtrack_growth)
+                                     max_backtracks=state.max_backtracks + self.backtrack_growth,
+                                     certify_direction=True)
         if not (hg.lower.converged and hg.linear.converged):
             # The solvers already missed the current accuracy within their budgets
             # (lower_max_iter, cg_max_iter): asking for more only burns cost.
