@@ -11,6 +11,7 @@ certificate.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -136,8 +137,8 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
     CG to the relative residual min(0.5, sqrt(||grad||)) (Eisenstat-Walker: loose
     far away, tight near x*) but never below tol mu / 2 (the residual of the
     linear model is the next gradient: no need to overshoot), then takes the
-    full step if it reduces ||grad_x h|| by 10%, else backtracks on h with Armijo's test.  The certificate is the
-    same as FISTA's, ||grad_x h|| / mu.  ``iterations`` counts gradients and
+    full step if it reduces ||grad_x h|| by 10%, else backtracks on h with
+    Armijo's test.  The certificate is the same as FISTA's, ||grad_x h|| / mu.  ``iterations`` counts gradients and
     Hessian-vector products alike (each costs about one gradient), so costs
     compare with FISTA's.
     """
@@ -163,8 +164,9 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
             break
         # The linear model's residual is the next gradient: no need to go below tol mu.
         cg_tol = max(min(0.5, math.sqrt(g_norm)) * g_norm, 0.5 * tol * mu)
-        step = conjugate_gradient(lambda v: problem.lower_hvp(x, theta, v), grad, tol=cg_tol,
-                                  max_iter=max(1, max_iter - iterations), dot=dot, preconditioner=problem.lower_preconditioner(theta, x))
+        step = conjugate_gradient(functools.partial(problem.lower_hvp, x, theta), grad,
+                                  tol=cg_tol, max_iter=max(1, max_iter - iterations), dot=dot,
+                                  preconditioner=problem.lower_preconditioner(theta, x))
         iterations += step.iterations
         evaluations += step.iterations
         x_new = x - step.q
