@@ -138,9 +138,9 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
     far away, tight near x*) but never below tol mu / 2 (the residual of the
     linear model is the next gradient: no need to overshoot), then takes the
     full step if it reduces ||grad_x h|| by 10%, else backtracks on h with
-    Armijo's test.  The certificate is the same as FISTA's, ||grad_x h|| / mu.  ``iterations`` counts gradients and
-    Hessian-vector products alike (each costs about one gradient), so costs
-    compare with FISTA's.
+    Armijo's test.  The certificate is the same as FISTA's, ||grad_x h|| / mu.
+    ``iterations`` counts gradients and Hessian-vector products alike (each
+    costs about one gradient), so costs compare with FISTA's.
     """
     if not (tol > 0 and math.isfinite(tol)):
         raise ValueError(f"{problem.name}: lower-level tolerance must be > 0, got {tol}")
