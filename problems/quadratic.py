@@ -73,7 +73,10 @@ class Quadratic(BilevelProblem):
         self.L_g = float(torch.linalg.matrix_norm(A1, ord=2)) ** 2
         self.B_norm = float(torch.linalg.matrix_norm(A2.T @ A3, ord=2))
         # x*(theta) = M theta + c, so F is a least-squares problem in theta.
-        self.M = torch.linalg.solve(A2.T @ A2, -A2.T @ A3).to(**to)
+        M = torch.linalg.solve(A2.T @ A2, -A2.T @ A3)
+        # ||A^{-1} B|| = ||dx*/dtheta||, exact: the sensitivity K of the bound.
+        self.sensitivity = float(torch.linalg.matrix_norm(M, ord=2)) * (1 + 1e-12)
+        self.M = M.to(**to)
         self.c = torch.linalg.solve(A2.T @ A2, A2.T @ b2).to(**to)
         super().__init__()
 
@@ -100,7 +103,7 @@ class Quadratic(BilevelProblem):
 
     def bound_constants(self, theta, x):
         # A and B do not depend on x: L_A = L_B = 0, and g ignores theta.
-        return BoundConstants(L_g=self.L_g, B_norm=self.B_norm)
+        return BoundConstants(L_g=self.L_g, B_norm=self.B_norm, sensitivity=self.sensitivity)
 
     # closed forms of the derivatives
     def lower_grad(self, x, theta):

@@ -299,31 +299,40 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
 
     # ------------------------------------------------- local rates of the bound
     def _error_budgets(self, theta, x, x_radius):
-        """(scale, C1, C2, R_near, R_far, c) for the error d = D(x* - x) (bilevel.local_bounds).
+        """(scale, C1, C2, R_near, R_far, reach) for the error d = D(x* - x) (bilevel.local_bounds).
 
         scale = x_radius (1 without one: the rates are then per unit ||x' - x||);
         C1 = ||D||^2 scale^2 >= sum_p |d_p|^2; C2 bounds sum_p w_p |d_p|^2 with
-        w_p = lam nu^2 / R_far^3, the least curvature of phi_nu on the disc of
-        radius c x_radius about t_p (eigenvalues 1/r and nu^2/r^3 >= nu^2/r^3; per
-        component nu^2/r^3 when anisotropic), since A = I + lam D^T Hphi D (inf when
-        sharded, where the energy budget would need a global dual search).  R_near
-        and R_far are the smallest and largest r = sqrt(|t'|^2 + nu^2) on the disc;
-        c = ||D_p|| (sqrt 3 for a pixel's 2-vector, sqrt 2 for one component).
+        w_p = lam nu^2 / R_far^3, the least curvature of phi_nu on the disc that t_p
+        can reach (eigenvalues 1/r and nu^2/r^3 >= nu^2/r^3; per component nu^2/r^3
+        when anisotropic), since A = I + lam D^T Hphi D (inf when sharded, where the
+        energy budget would need a global dual search).  The disc's radius is
+        c x_radius (c = ||D_p||: sqrt 3 for a pixel's 2-vector, sqrt 2 for one
+        component), shrunk pixel by pixel to sqrt(C2 / w_p).  R_near and R_far are
+        the smallest and largest r = sqrt(|t'|^2 + nu^2) on the disc, reach_p >= |d_p|
+        (None without x_radius).
         """
-        nu = math.exp(float(theta[1]))
+        lam, nu = math.exp(float(theta[0])), math.exp(float(theta[1]))
         size = self._pixel_norms(x)
         c = math.sqrt(3) if self.variant == "isotropic" else math.sqrt(2)
-        reach = c * x_radius if math.isfinite(x_radius) else math.inf
-        near = (size - reach).clamp(min=0)
-        R_near = torch.sqrt(near * near + nu * nu)
-        R_far = torch.sqrt((size + reach) ** 2 + nu * nu)
         if not math.isfinite(x_radius):
-            return 1.0, self.D2, math.inf, R_near, R_far, c
+            R = torch.full_like(size, nu)
+            return 1.0, self.D2, math.inf, R, torch.full_like(size, math.inf), None
         C2 = math.inf
         if self.process_group is None:
             r_norm = float(torch.linalg.vector_norm(self.lower_grad(x, theta)))
             C2 = local_bounds.energy_budget(x_radius, r_norm)
-        return x_radius, self.D2 * x_radius ** 2, C2, R_near, R_far, c
+        # Each pixel's move |d_p| is at most c x_radius, and at most sqrt(C2 / w_p) with
+        # w_p the least curvature on the disc it may reach: a smaller disc has a larger
+        # w_p, so the reach shrinks, each round valid given the previous one.
+        reach = torch.full_like(size, c * x_radius)
+        for _ in range(20 if C2 < math.inf else 0):
+            w = lam * nu * nu / ((size + reach) ** 2 + nu * nu) ** 1.5
+            reach = torch.minimum(reach, torch.sqrt(C2 / w))
+        near = (size - reach).clamp(min=0)
+        R_near = torch.sqrt(near * near + nu * nu)
+        R_far = torch.sqrt((size + reach) ** 2 + nu * nu)
+        return x_radius, self.D2 * x_radius ** 2, C2, R_near, R_far, reach
 
     def _pixel_norms(self, v):
         """|(D v)_p| per pixel (isotropic) or per component (anisotropic)."""
@@ -358,16 +367,23 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
         Two oracle calls (the gradient at x, for the energy budget).
         """
         lam, nu = math.exp(float(theta[0])), math.exp(float(theta[1]))
-        scale, C1, C2, R_near, R_far, c = self._error_budgets(theta, x.detach(), x_radius)
+        scale, C1, C2, R_near, R_far, reach = self._error_budgets(theta, x.detach(), x_radius)
+        c = math.sqrt(3) if self.variant == "isotropic" else math.sqrt(2)
         C3, k = ((C3_ISOTROPIC, math.sqrt(2)) if self.variant == "isotropic"
                  else (C3_ANISOTROPIC, 2 / math.sqrt(3)))
         c3 = torch.clamp(k / (R_near * R_near), max=C3 / nu ** 2)
-        response = self._pixel_norms(q.detach()) + c * radius
+        Dq = self._pixel_norms(q.detach())
         if C2 == math.inf:  # Euclidean budget only: the max form, shard by shard
-            top = float(self.reduce_max(torch.max(c3 * response)))
+            top = float(self.reduce_max(torch.max(c3 * (Dq + c * radius))))
             return lam * self.D2 * top
         w = lam * nu * nu / R_far ** 3
-        total = local_bounds.max_weighted_sum((c3 * response) ** 2, w, C1, C2)
+        total = local_bounds.max_weighted_sum((c3 * (Dq + c * radius)) ** 2, w, C1, C2)
+        if radius > 0:
+            # Or split |(D q')_p|^2 <= 2 |(D q)_p|^2 + 2 |(D(q' - q))_p|^2: the CG part sums
+            # to ||D||^2 radius^2 at most, against the largest c3_p |d_p| <= c3_p reach_p.
+            split = (2 * local_bounds.max_weighted_sum((c3 * Dq) ** 2, w, C1, C2)
+                     + 2 * float(torch.max(c3 * reach)) ** 2 * self.D2 * radius ** 2)
+            total = min(total, split)
         return lam * math.sqrt(self.D2 * total) / scale
 
     def mixed_lipschitz_along(self, theta, x, q, radius, x_radius=math.inf):
@@ -386,7 +402,7 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
         j = 1/nu everywhere and ||D|| ||q|| for the weighted sum.)  Two oracle calls.
         """
         lam, nu = math.exp(float(theta[0])), math.exp(float(theta[1]))
-        scale, C1, C2, R_near, R_far, _ = self._error_budgets(theta, x.detach(), x_radius)
+        scale, C1, C2, R_near, R_far, _reach = self._error_budgets(theta, x.detach(), x_radius)
         Dq = self._pixel_norms(q.detach())
         D = math.sqrt(self.D2)
         w = lam * nu * nu / R_far ** 3
