@@ -305,8 +305,8 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
         C1 = ||D||^2 scale^2 >= sum_p |d_p|^2; C2 bounds sum_p w_p |d_p|^2 with
         w_p = lam nu^2 / R_far^3, the least curvature of phi_nu on the disc that t_p
         can reach (eigenvalues 1/r and nu^2/r^3 >= nu^2/r^3; per component nu^2/r^3
-        when anisotropic), since A = I + lam D^T Hphi D (inf when sharded, where the
-        energy budget would need a global dual search).  The disc's radius is
+        when anisotropic), since A = I + lam D^T Hphi D (C2 = inf without x_radius;
+        sharded, the sums and maxima run over all ranks).  The disc's radius is
         c x_radius (c = ||D_p||: sqrt 3 for a pixel's 2-vector, sqrt 2 for one
         component), shrunk pixel by pixel to sqrt(C2 / w_p).  R_near and R_far are
         the smallest and largest r = sqrt(|t'|^2 + nu^2) on the disc, reach_p >= |d_p|
@@ -318,15 +318,12 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
         if not math.isfinite(x_radius):
             R = torch.full_like(size, nu)
             return 1.0, self.D2, math.inf, R, torch.full_like(size, math.inf), None
-        C2 = math.inf
-        if self.process_group is None:
-            r_norm = float(torch.linalg.vector_norm(self.lower_grad(x, theta)))
-            C2 = local_bounds.energy_budget(x_radius, r_norm)
+        C2 = local_bounds.energy_budget(x_radius, self.global_norm(self.lower_grad(x, theta)))
         # Each pixel's move |d_p| is at most c x_radius, and at most sqrt(C2 / w_p) with
         # w_p the least curvature on the disc it may reach: a smaller disc has a larger
         # w_p, so the reach shrinks, each round valid given the previous one.
         reach = torch.full_like(size, c * x_radius)
-        for _ in range(20 if C2 < math.inf else 0):
+        for _ in range(20):
             w = lam * nu * nu / ((size + reach) ** 2 + nu * nu) ** 1.5
             reach = torch.minimum(reach, torch.sqrt(C2 / w))
         near = (size - reach).clamp(min=0)
@@ -377,12 +374,13 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
             top = float(self.reduce_max(torch.max(c3 * (Dq + c * radius))))
             return lam * self.D2 * top
         w = lam * nu * nu / R_far ** 3
-        total = local_bounds.max_weighted_sum((c3 * (Dq + c * radius)) ** 2, w, C1, C2)
+        top = self.reduce_max
+        total = local_bounds.max_weighted_sum((c3 * (Dq + c * radius)) ** 2, w, C1, C2, top)
         if radius > 0:
             # Or split |(D q')_p|^2 <= 2 |(D q)_p|^2 + 2 |(D(q' - q))_p|^2: the CG part sums
             # to ||D||^2 radius^2 at most, against the largest c3_p |d_p| <= c3_p reach_p.
-            split = (2 * local_bounds.max_weighted_sum((c3 * Dq) ** 2, w, C1, C2)
-                     + 2 * float(torch.max(c3 * reach)) ** 2 * self.D2 * radius ** 2)
+            split = (2 * local_bounds.max_weighted_sum((c3 * Dq) ** 2, w, C1, C2, top)
+                     + 2 * float(top(torch.max(c3 * reach))) ** 2 * self.D2 * radius ** 2)
             total = min(total, split)
         return lam * math.sqrt(self.D2 * total) / scale
 
@@ -411,7 +409,8 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
             if C2 == math.inf:
                 weighted = math.sqrt(C1 * float(self.reduce_sum(torch.sum((j * Dq) ** 2))))
             else:
-                weighted = local_bounds.max_weighted_abs_sum(j * Dq, w, C1, C2)
+                weighted = local_bounds.max_weighted_abs_sum(j * Dq, w, C1, C2, self.reduce_sum,
+                                                             self.reduce_max)
             top = float(self.reduce_max(torch.max(j)))
             total += (weighted + math.sqrt(C1) * D * radius * top) ** 2
         return lam * math.sqrt(total) / scale

@@ -6,12 +6,13 @@ import functools
 
 from .base import HISTORY_COLUMNS, ConvergenceWarning, OuterState, SolveResult, run
 from .hoag import HOAG
-from .maid import MAID, FixedAccuracy
+from .maid import MAID, PAPER, FixedAccuracy
 from .torch_optim import TorchOptimizer
 
 #: method name -> factory of the method's settings object.
 METHODS = {
     "maid": MAID,
+    "maid_paper": functools.partial(MAID, **PAPER),
     "fixed": FixedAccuracy,
     "hoag": HOAG,
     "hoag_geometric": functools.partial(HOAG, schedule="geometric"),
@@ -48,7 +49,8 @@ def solve(problem, method="maid", *, theta0=None, max_iter=100, max_cost=None, c
     problem : BilevelProblem or str
         A problem, or a registry spec such as ``"quadratic[n=200]"``.
     method : str or method object
-        'maid' (default), 'fixed', 'hoag' (with ``schedule=``), 'hoag_geometric',
+        'maid' (default), 'maid_paper' (the paper's settings), 'fixed', 'hoag' (with
+        ``schedule=``), 'hoag_geometric',
         'hoag_quadratic', 'hoag_cubic', 'adam', 'sgd', 'torch_optim'.
     theta0 : torch.Tensor, optional
         Starting hyperparameters (``problem.initial_theta()`` by default).
