@@ -7,7 +7,8 @@ The paper's fields-of-experts comparison at CPU size: K zero-mean s x s
 Charbonnier experts with their weights and smoothings (1 + 2K + K s^2
 hyperparameters, problems/fields_of_experts/) learned on ``--n-train`` noisy
 crops (BSD400 beside the repository when present, else scikit-image's images),
-sigma 0.1.  MAID (the paper's defaults, alpha0 ``--alpha0``) and HOAG with the
+sigma 0.1.  MAID (the library's defaults and the paper's settings, ``maid_paper``,
+both with alpha0 ``--alpha0``) and HOAG with the
 geometric, quadratic and cubic schedules (eps0 ``--hoag-eps0``) start from the
 same theta and spend the same budget of lower-level + CG iterations.
 
@@ -37,8 +38,9 @@ from bilevel.results import write_csv
 from problems import datasets
 from problems.fields_of_experts import FieldsOfExperts
 
-METHODS = ("maid", "hoag_geometric", "hoag_quadratic", "hoag_cubic")
-LABELS = {"maid": "MAID", "hoag_geometric": "HOAG geometric",
+METHODS = ("maid", "maid_paper", "hoag_geometric", "hoag_quadratic", "hoag_cubic")
+LABELS = {"maid": "MAID", "maid_paper": "MAID (paper's settings)",
+          "hoag_geometric": "HOAG geometric",
           "hoag_quadratic": "HOAG quadratic", "hoag_cubic": "HOAG cubic"}
 TEST_TOL = 1e-3  # certified ||x - x*|| of the test denoisings: far below PSNR resolution
 KEEP = ("iteration", "cost", "upper_value", "grad_norm", "error_bound", "eps", "step",
@@ -90,7 +92,8 @@ def compute(args):
           flush=True)
     rows, tests, runs = [], [], {}
     for method in METHODS:
-        settings = dict(alpha0=args.alpha0) if method == "maid" else dict(eps0=args.hoag_eps0)
+        settings = dict(alpha0=args.alpha0) if method.startswith("maid") \
+            else dict(eps0=args.hoag_eps0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
             result = bilevel.solve(problem, method, max_iter=100_000, max_cost=args.budget,
@@ -155,9 +158,10 @@ def plot(out):
         rows = list(csv.DictReader(f))
     meta = json.loads((out / "meta.json").read_text())
     s = meta["settings"]
-    fig = plt.figure(figsize=(15, 7.5))
-    grid = fig.add_gridspec(2, 6, height_ratios=[1.2, 1])
-    loss, acc = fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])
+    fig = plt.figure(figsize=(17, 7.5))
+    grid = fig.add_gridspec(2, len(METHODS) + 2, height_ratios=[1.2, 1])
+    half = (len(METHODS) + 2) // 2
+    loss, acc = fig.add_subplot(grid[0, :half]), fig.add_subplot(grid[0, half:])
     start = []
     for i, method in enumerate(METHODS):
         sel = [r for r in rows if r["method"] == method]

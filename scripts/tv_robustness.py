@@ -4,8 +4,9 @@
 
 Upper loss against total lower-level + CG iterations for MAID started at eps0
 from 1e2 down to 1e-5 (alpha0 = 1e-2) and at several alpha0 (eps0 = 1e-1),
-against fixed accuracy at eps in {1e-1, 1e-3, 1e-5}; and the accuracy eps and
-step MAID chose against outer iterations.  Writes results/tv_robustness/
+against fixed accuracy at eps in {1e-1, 1e-3, 1e-5}, MAID with the paper's
+settings and HOAG's three accuracy schedules (a TV race of several images); and
+the accuracy eps and step MAID chose against outer iterations.  Writes results/tv_robustness/
 {data.csv, meta.json, tv_robustness.png}.
 """
 from __future__ import annotations
@@ -30,6 +31,9 @@ def runs():
         yield f"MAID alpha0={alpha0:.0e}", "maid", dict(alpha0=alpha0)
     for eps in FIXED:
         yield f"fixed eps={eps:.0e}", "fixed", dict(eps0=eps, delta0=eps)
+    yield "MAID (paper's settings)", "maid_paper", {}
+    for schedule in ("geometric", "quadratic", "cubic"):
+        yield f"HOAG {schedule}", f"hoag_{schedule}", {}
 
 
 def compute(args):
@@ -59,7 +63,7 @@ def plot(out):
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for i, label in enumerate(labels):
         sel = [r for r in rows if r["run"] == label]
-        style = "--" if label.startswith("fixed") else "-"
+        style = "--" if label.startswith("fixed") else ":" if label.startswith("HOAG") else "-"
         color = f"C{i % 10}"
         axes[0].plot([int(r["cost"]) for r in sel], [float(r["upper_value"]) for r in sel],
                      style, color=color, label=label)
