@@ -51,6 +51,7 @@ def _gap_callback(problem, target):
 
 @pytest.mark.parametrize("method,settings", [
     ("maid", {}),
+    ("maid_paper", {}),
     ("fixed", dict(eps0=1e-8, delta0=1e-8)),
     ("hoag_geometric", {}),
     ("hoag_quadratic", {}),
@@ -69,7 +70,7 @@ def test_methods_reach_relative_gap(method, settings):
     result = bilevel.solve(problem, method, max_iter=10_000, callback=stop, tol=0, **settings)
     assert result.status == "callback", result.message
     assert problem.value(result.theta) - F_star <= 1e-6 * abs(F_star)
-    if method in ("maid", "fixed"):
+    if method in ("maid", "maid_paper", "fixed"):
         # every accepted step of the certified line search decreased the true F
         previous = problem.value(problem.initial_theta())
         for accepted, value in values:
@@ -80,13 +81,14 @@ def test_methods_reach_relative_gap(method, settings):
             previous = value
 
 
-def test_maid_certified_decrease_is_at_least_promised():
+@pytest.mark.parametrize("method", ["maid", "maid_paper"])
+def test_maid_certified_decrease_is_at_least_promised(method):
     problem = Quadratic(**FAST)
     thetas = [problem.initial_theta()]
     with pytest.warns(bilevel.ConvergenceWarning, match="max_iter"):
-        result = bilevel.solve(problem, "maid", max_iter=300, tol=0,
+        result = bilevel.solve(problem, method, max_iter=300, tol=0,
                                callback=lambda state, row: thetas.append(state.theta) and False)
-    lam = bilevel.METHODS["maid"]().sufficient_decrease
+    lam = bilevel.METHODS[method]().sufficient_decrease
     accepted = 0
     for before, after, row in zip(thetas[:-1], thetas[1:], result.history, strict=True):
         if row["accepted"]:

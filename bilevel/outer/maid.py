@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import torch
+
 from ..hypergradient import hypergradient, upper_bounds, upper_value
 from .base import OuterState, converged_message, finite, norm
 
@@ -119,7 +121,11 @@ class MAID:
         would succeed -- the failure branch restores it.  Each row says whether
         the direction was certified (``direction_certified``).
     eps_min : float
-        Accuracy floor; below it the run stops with status 'accuracy_floor'.
+        Accuracy floor; below it the run stops with status 'accuracy_floor'.  The
+        floor is raised to what the dtype can certify, 4 finfo(dtype).eps
+        max(1, ||x~||) / mu: below it ||grad_x h|| is rounding noise, and asking
+        for more would spin the solvers at their iteration budgets (float32:
+        about 5e-7 ||x~|| / mu).
     tol : float
         Stop when ||z|| + omega <= tol (then ||grad F(theta)|| <= tol).
     lower_max_iter, cg_max_iter : int
@@ -181,6 +187,11 @@ class MAID:
         loose = 2 * budget / (g + math.sqrt(g * g + 2 * L * budget)) if budget > 0 else 0.0
         return max(eps, loose)
 
+    def _floor(self, problem, theta, x):
+        """The smallest accuracy worth asking for: eps_min, or the dtype's rounding level."""
+        rounding = 4 * torch.finfo(x.dtype).eps * max(1.0, problem.global_norm(x))
+        return max(self.eps_min, rounding / problem.check_mu(theta))
+
     def _refined(self, hg, eps, delta, z_norm):
         """The accuracies of the next refinement of the descent test (see ``refinement``)."""
         if self.refinement == "halve" or not finite(hg.error_bound) or not hg.terms:
@@ -225,9 +236,10 @@ class MAID:
                 alpha = math.sqrt(hg.grad.numel()) / z_norm \
                     if math.isnan(state.alpha) else state.alpha
                 need = self._trial_accuracy(0.0, alpha * z_norm ** 2, hg)
-                if hg.lower.error_bound <= need or eps <= self.eps_min:
+                floor = self._floor(problem, state.theta, hg.lower.x)
+                if hg.lower.error_bound <= need or eps <= floor:
                     return hg, eps, delta, None
-                eps = max(min(self.nu * eps, need), self.eps_min)
+                eps = max(min(self.nu * eps, need), floor)
                 continue
             if usable and (z_norm + hg.error_bound <= self.tol
                            or hg.error_bound <= (1 - self.eta) * z_norm
@@ -237,7 +249,7 @@ class MAID:
                 return hg, eps, delta, "diverged"
             eps, delta = self._refined(hg, eps, delta, z_norm) if usable \
                 else (self.nu * eps, self.nu * delta)
-            if eps < self.eps_min:
+            if eps < self._floor(problem, state.theta, hg.lower.x):
                 return hg, eps, delta, "accuracy_floor"
         return hg, eps, delta, "refinement_limit"
 
@@ -254,8 +266,10 @@ class MAID:
         if failure is not None:
             message = {
                 "accuracy_floor": f"no descent direction certified down to eps={eps:.2e} "
-                                  f"(floor eps_min={self.eps_min:g}, or the solvers' "
-                                  "certificates stalled at their iteration budgets)",
+                                  f"(the floor: eps_min={self.eps_min:g} or what "
+                                  f"{hg.lower.x.dtype} can certify, "
+                                  f"{self._floor(problem, state.theta, hg.lower.x):.1e}; "
+                                  "or the solvers' certificates stalled at their budgets)",
                 "refinement_limit": f"{self.max_refinements} accuracy refinements (down to "
                                     f"eps={eps:.2e}) did not certify a descent direction",
                 "diverged": "the hypergradient is not finite",
@@ -316,10 +330,13 @@ class MAID:
                 f"certificates stalled at eps={hg.lower.error_bound:.2e}, "
                 f"delta={hg.linear.residual_norm:.2e} (requested {eps:.2e}, {delta:.2e}) "
                 "within lower_max_iter / cg_max_iter")), {**row, **costs})
-        if failed.eps < self.eps_min:
+        floor = self._floor(problem, state.theta, hg.lower.x)
+        if failed.eps < floor:
             failed = dataclasses.replace(
                 failed, status="accuracy_floor",
-                message=f"line search failed down to eps_min={self.eps_min:g}")
+                message=f"line search failed down to the accuracy floor {floor:.1e} "
+                        f"(eps_min={self.eps_min:g}, or the rounding level of "
+                        f"{hg.lower.x.dtype})")
         return failed, {**row, **costs}
 
 
