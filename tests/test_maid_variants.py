@@ -28,7 +28,7 @@ def test_accepted_steps_decrease_the_certified_bounds_on_F():
     problem = bilevel.make_problem("tv_denoising", n_images=2, size=12)
     thetas = [problem.initial_theta()]
     with pytest.warns(bilevel.ConvergenceWarning, match="max_iter"):
-        result = bilevel.solve(problem, "maid", max_iter=25, tol=0,
+        result = bilevel.solve(problem, "maid", max_iter=14, tol=0,
                                callback=lambda s, r: thetas.append(s.theta) and False)
     lam = bilevel.METHODS["maid"]().sufficient_decrease
 
@@ -41,13 +41,13 @@ def test_accepted_steps_decrease_the_certified_bounds_on_F():
             promised = lam * row["step"] * row["grad_norm"] ** 2
             assert F(after) - F(before) <= -promised + 1e-12
             checked += 1
-    assert checked >= 10
+    assert checked >= 6
 
 
 def test_float32_stops_at_what_the_dtype_can_certify():
     problem = bilevel.make_problem("tv_denoising", n_images=1, size=12, dtype=torch.float32)
     with pytest.warns(bilevel.ConvergenceWarning, match="float32"):
-        result = bilevel.solve(problem, "maid", max_iter=2000, tol=0)
+        result = bilevel.solve(problem, "maid", max_iter=2000, tol=0, lower_max_iter=1500)
     assert result.status == "accuracy_floor"
     assert "torch.float32" in result.message
     floor = 4 * torch.finfo(torch.float32).eps
