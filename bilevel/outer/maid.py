@@ -130,6 +130,11 @@ class MAID:
         Stop when ||z|| + omega <= tol (then ||grad F(theta)|| <= tol).
     lower_max_iter, cg_max_iter : int
         Budgets of each lower-level solve and each CG solve.
+
+    Besides the common history columns, a row holds ``direction_certified``
+    (omega <= (1 - eta) ||z|| at the accuracy used), ``search_iterations``
+    (lower-level iterations spent at trial points; the rest of the row's cost went
+    to hypergradients: where the cost goes) and ``nonfinite_trials``.
     """
 
     eps0: float = 1e-1
@@ -259,7 +264,7 @@ class MAID:
         z, z_norm, omega = hg.grad, norm(hg.grad), hg.error_bound
         row = dict(upper_value=hg.upper_value, grad_norm=z_norm, error_bound=omega,
                    certified=hg.certified, eps=eps, delta=delta, step=0.0, backtracks=0,
-                   accepted=False, nonfinite_trials=0,
+                   accepted=False, nonfinite_trials=0, search_iterations=0,
                    direction_certified=bool(omega <= (1 - self.eta) * z_norm))
         state = dataclasses.replace(state, x=hg.lower.x, q=hg.linear.q, eps=eps, delta=delta,
                                     iteration=state.iteration + 1)
@@ -292,6 +297,7 @@ class MAID:
             sol = problem.solve_lower(trial, self._trial_accuracy(eps, step * z2, hg),
                                       x0=state.x, max_iter=self.lower_max_iter)
             _add(costs, lower_iterations=sol.iterations, oracle_calls=sol.evaluations + 1)
+            row["search_iterations"] += sol.iterations
             row["backtracks"] = i + 1
             if not finite(sol.error_bound):
                 # NaN/Inf from the solve (or a user's derivative) rejects this trial only;
