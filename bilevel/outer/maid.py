@@ -135,8 +135,8 @@ class MAID:
     (omega <= (1 - eta) ||z|| at the accuracy used), ``search_iterations``
     (lower-level iterations spent at trial points; the rest of the row's cost went
     to hypergradients: where the cost goes), ``nonfinite_trials`` and, on accepted
-    rows, ``next_upper_value``: g(x~+) at the new theta, known (with its certified
-    bracket) when the row ends.
+    rows, ``next_upper_bound``: the certified upper bound on F at the new theta,
+    known when the row ends.
     """
 
     eps0: float = 1e-1
@@ -267,7 +267,7 @@ class MAID:
         row = dict(upper_value=hg.upper_value, grad_norm=z_norm, error_bound=omega,
                    certified=hg.certified, eps=eps, delta=delta, step=0.0, backtracks=0,
                    accepted=False, nonfinite_trials=0, search_iterations=0,
-                   next_upper_value=float("nan"),
+                   next_upper_bound=float("nan"),
                    direction_certified=bool(omega <= (1 - self.eta) * z_norm))
         state = dataclasses.replace(state, x=hg.lower.x, q=hg.linear.q, eps=eps, delta=delta,
                                     iteration=state.iteration + 1)
@@ -315,7 +315,7 @@ class MAID:
                 row["nonfinite_trials"] += 1
                 continue
             if upper_next - lower_now + lam * step * z2 <= 0:
-                row.update(step=step, accepted=True, backtracks=i, next_upper_value=value)
+                row.update(step=step, accepted=True, backtracks=i, next_upper_bound=upper_next)
                 accepted = dataclasses.replace(
                     state, theta=trial, x=sol.x, alpha=self.rho_bar * step,
                     eps=self.nu_bar * eps, delta=self.nu_bar * delta,
