@@ -64,7 +64,7 @@ def plot(out):
     for i, label in enumerate(labels):
         sel = [r for r in rows if r["run"] == label]
         style = "--" if label.startswith("fixed") else ":" if label.startswith("HOAG") else "-"
-        color = f"C{i % 10}"
+        color = plt.cm.tab20(i % 20)
         axes[0].plot([int(r["cost"]) for r in sel], [float(r["upper_value"]) for r in sel],
                      style, color=color, label=label)
         if label.startswith("MAID"):
