@@ -135,81 +135,193 @@ class BoundConstants:
                                     mixed_along).values())
 
 
-def _unit(like, generator):
-    v = torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
-    return v / v.norm()
-
-
-def _power(apply, v, iterations):
-    """Largest eigenvalue of a symmetric PSD operator by power iteration."""
-    value = 0.0
-    for _ in range(iterations):
-        w = apply(v)
-        value = float(w.norm())
-        if value == 0.0:
-            return 0.0
-        v = w / value
-    return value
-
-
-def _upper_hvp(problem, x, theta, v):
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        (gx,) = torch.autograd.grad(problem.upper_objective(x, theta), x, create_graph=True)
-        (hv,) = torch.autograd.grad(gx, x, grad_outputs=v, allow_unused=True)
-    return torch.zeros_like(x) if hv is None else hv
-
-
-def _mixed_jvp(problem, x, theta, u):
-    """B u = d/dt grad_x h(x, theta + t u), by double backward."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        theta = theta.detach().requires_grad_(True)
-        (gt,) = torch.autograd.grad(problem.lower_objective(x, theta), theta,
-                                    create_graph=True)
-        (bu,) = torch.autograd.grad(gt, x, grad_outputs=u, allow_unused=True)
-    return torch.zeros_like(x) if bu is None else bu
-
-
 def estimate_bound_constants(problem, theta, x, *, iterations=15, probes=3, seed=0,
-                             safety=2.0) -> BoundConstants:
-    """Estimate the bound constants near ``x`` numerically; never certified.
+                             safety=2.0, reuse=True, theta_radius=0.1,
+                             x_rtol=0.1) -> BoundConstants:
+    """Estimate the bound constants near ``(theta, x)`` numerically; never certified.
 
-    L_g and ||B|| by power iteration (autograd second derivatives); L_B, L_A and
-    L_gtheta by finite differences of the operators along a few random
-    directions at a step comparable to the accuracies MAID uses.  Power
-    iteration and sampled differences approach their targets from below, so
-    the Lipschitz estimates are multiplied by ``safety``.  Every derivative
-    evaluation is counted in ``cost``.
+    L_g and ||B|| by power iteration on autograd second derivatives (stopped
+    early once the estimate grows by less than 0.1% per step); L_B, L_A and
+    L_gtheta by central differences of the operators along ``probes`` random
+    directions.  Everything runs in the problem's dtype, and the difference
+    step is set by that dtype: each entry of x moves by about sqrt(machine
+    epsilon) times its typical size (at least sqrt(eps) itself), the step at
+    which rounding in the operators stays far below the differences measured
+    (a fixed step such as 1e-3 is rounding noise in float32 and inflates L_A and
+    L_B).  Power iteration and sampled differences approach their targets from
+    below, so each estimate is multiplied by ``safety``.  Second derivatives
+    that vanish identically (an upper loss linear in x, a mixed derivative
+    independent of x) give 0, a valid constant.
+
+    Estimates are costly (tens of oracle calls) and only approximate anyway, so
+    they are reused.  **Reuse rule**: the raw estimates are cached on the problem
+    with the point (theta_e, x_e) where they were made, and a later call at
+    (theta, x) reuses them when ``||theta - theta_e||_inf <= theta_radius`` and
+    ``||x - x_e|| <= x_rtol * max(||x_e||, ||x||)`` (and the settings, dtype and
+    device are the same); otherwise it estimates afresh and replaces the cache.
+    The anchor is never moved on reuse, so drift cannot accumulate.  Only mu is
+    re-read at each call (it is certified and cheap): L_Ainv = safety L_A / mu^2
+    with the current mu.  A reused result has ``cost=0``; ``cost`` counts the
+    oracle calls of an actual estimate.  With log-scale hyperparameters the
+    default radius 0.1 lets a weight change by about 10%, which ``safety``
+    covers for constants that scale with it.
+
+    Parameters
+    ----------
+    problem : BilevelProblem
+    theta, x : torch.Tensor
+        The hyperparameters and the approximate lower-level solution x~.
+    iterations : int
+        Most power iterations per operator.
+    probes : int
+        Random directions of the finite differences.
+    seed : int
+        Seed of the random start vectors and directions.
+    safety : float
+        Factor applied to every estimate.
+    reuse : bool
+        Use and update the cache on the problem (False: always estimate, and
+        leave the cache alone).
+    theta_radius, x_rtol : float
+        The reuse rule above.
+
+    Returns
+    -------
+    BoundConstants
+        With ``certified=False``.
     """
-    gen = torch.Generator().manual_seed(seed)
-    theta = theta.detach()
-    x = x.detach()
-    cost = 0
-
-    L_g = _power(lambda v: _upper_hvp(problem, x, theta, v), _unit(x, gen), iterations)
-    cost += iterations
-    B_norm = math.sqrt(_power(
-        lambda u: problem.mixed_vjp(x, theta, _mixed_jvp(problem, x, theta, u)),
-        _unit(theta, gen), iterations))
-    cost += 2 * iterations
-
+    theta, x = theta.detach(), x.detach()
     mu = problem.check_mu(theta)
-    step = 1e-3 * max(1.0, float(x.norm()) / math.sqrt(x.numel()))
+    settings = (iterations, probes, seed, theta.dtype, x.dtype, str(x.device), tuple(x.shape))
+    cache = problem.__dict__.get("_estimated_constants") if reuse else None
+    if cache is not None and _reusable(cache, settings, theta, x, theta_radius, x_rtol):
+        return _assemble(cache.raw, mu, safety, cost=0)
+    raw, cost = _estimate(problem, theta, x, iterations, probes, seed)
+    if reuse:
+        problem._estimated_constants = _CachedEstimate(
+            settings, theta.clone(), x.clone(), float(torch.linalg.vector_norm(x)), raw)
+    return _assemble(raw, mu, safety, cost=cost)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CachedEstimate:
+    """Raw estimates (before ``safety`` and mu) and the point where they were made."""
+
+    settings: tuple
+    theta: torch.Tensor
+    x: torch.Tensor
+    x_norm: float
+    raw: dict
+
+
+def _reusable(cache, settings, theta, x, theta_radius, x_rtol):
+    if cache.settings != settings:
+        return False
+    if float(torch.max(torch.abs(theta - cache.theta))) > theta_radius:
+        return False
+    distance = float(torch.linalg.vector_norm(x - cache.x))
+    return distance <= x_rtol * max(cache.x_norm, float(torch.linalg.vector_norm(x)))
+
+
+def _assemble(raw, mu, safety, cost):
+    return BoundConstants(L_g=safety * raw["L_g"], B_norm=safety * raw["B_norm"],
+                          L_B=safety * raw["L_B"], L_Ainv=safety * raw["L_A"] / mu ** 2,
+                          L_gtheta=safety * raw["L_gtheta"], certified=False, cost=cost)
+
+
+def _estimate(problem, theta, x, iterations, probes, seed):
+    """The raw estimates (dict) and the oracle calls they took."""
+    gen = torch.Generator().manual_seed(seed)
+    L_g, used = _power(lambda v: _upper_hvp(problem, x, theta, v), _unit(x, gen), iterations)
+    cost = used
+    BtB, used = _power(lambda u: problem.mixed_vjp(x, theta, _mixed_jvp(problem, x, theta, u)),
+                       _unit(theta, gen), iterations)
+    cost += 2 * used
+
+    step = _difference_step(x)
     L_B = L_A = L_gt = 0.0
     reads_theta = problem.upper_depends_on_theta()
+
+    def rate(op, d, *args):
+        return float(torch.linalg.vector_norm(op(x + d, theta, *args)
+                                              - op(x - d, theta, *args))) / (2 * step)
+
     for _ in range(probes):
         d = _unit(x, gen) * step
         w, v = _unit(x, gen), _unit(x, gen)
-        L_B = max(L_B, float((problem.mixed_vjp(x + d, theta, w)
-                              - problem.mixed_vjp(x - d, theta, w)).norm()) / (2 * step))
-        L_A = max(L_A, float((problem.lower_hvp(x + d, theta, v)
-                              - problem.lower_hvp(x - d, theta, v)).norm()) / (2 * step))
+        L_B = max(L_B, rate(problem.mixed_vjp, d, w))
+        L_A = max(L_A, rate(problem.lower_hvp, d, v))
         cost += 4
         if reads_theta:
-            L_gt = max(L_gt, float((problem.upper_grads(x + d, theta)[2]
-                                    - problem.upper_grads(x - d, theta)[2]).norm()) / (2 * step))
+            L_gt = max(L_gt, rate(lambda y, t: problem.upper_grads(y, t)[2], d))
             cost += 2
-    return BoundConstants(L_g=safety * L_g, B_norm=safety * B_norm, L_B=safety * L_B,
-                          L_Ainv=safety * L_A / mu ** 2, L_gtheta=safety * L_gt,
-                          certified=False, cost=cost)
+    raw = dict(L_g=L_g, B_norm=math.sqrt(BtB), L_B=L_B, L_A=L_A, L_gtheta=L_gt)
+    return raw, cost
+
+
+def _difference_step(x):
+    """||d|| of the central differences: each entry moves by ~sqrt(eps) of its size.
+
+    The differences of a Hessian-vector product carry rounding errors of about
+    eps ||A v||; dividing by 2 ||d|| amplifies them by 1 / ||d||, so ||d|| must
+    grow with the dtype's eps.  sqrt(eps) per entry balances that rounding
+    against the change of the operator itself (and, for float64, keeps the step
+    well inside any ball MAID certifies).  Entries below 1 in size count as 1,
+    so x = 0 still gets a usable step.
+    """
+    eps = torch.finfo(x.dtype).eps
+    n = max(x.numel(), 1)
+    typical = max(float(torch.linalg.vector_norm(x)) / math.sqrt(n), 1.0)
+    return math.sqrt(eps) * typical * math.sqrt(n)
+
+
+def _unit(like, generator):
+    """A random unit vector shaped like ``like``, drawn on the CPU in its dtype."""
+    v = torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+    return v / torch.linalg.vector_norm(v)
+
+
+def _power(apply, v, iterations, rtol=1e-3):
+    """Largest eigenvalue of a symmetric PSD operator by power iteration; (value, calls).
+
+    ||A v_k|| never decreases for a PSD operator, so the loop stops once it grows
+    by less than ``rtol`` relatively (at once for a multiple of the identity).
+    """
+    value = 0.0
+    for k in range(1, iterations + 1):
+        w = apply(v)
+        new = float(torch.linalg.vector_norm(w))
+        if not new > 0.0:  # zero operator (or NaN): nothing more to learn
+            return (0.0 if new == 0.0 else new), k
+        converged = k > 1 and new <= value * (1 + rtol)
+        value, v = max(value, new), w / new
+        if converged:
+            return value, k
+    return value, iterations
+
+
+def _upper_hvp(problem, x, theta, v):
+    """Hessian_xx g applied to v; zero where g is linear in x (or ignores x)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        value = problem.upper_objective(x, theta.detach())
+        if not value.requires_grad:
+            return torch.zeros_like(x)
+        (gx,) = torch.autograd.grad(value, x, create_graph=True, allow_unused=True)
+        if gx is None or not gx.requires_grad:
+            return torch.zeros_like(x)
+        (hv,) = torch.autograd.grad(gx, x, grad_outputs=v, allow_unused=True)
+    return torch.zeros_like(x) if hv is None else hv.detach()
+
+
+def _mixed_jvp(problem, x, theta, u):
+    """B u = d/dt grad_x h(x, theta + t u), by double backward; zero where B vanishes."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        theta = theta.detach().requires_grad_(True)
+        value = problem.lower_objective(x, theta)
+        (gt,) = torch.autograd.grad(value, theta, create_graph=True, allow_unused=True)
+        if gt is None or not gt.requires_grad:
+            return torch.zeros_like(x)
+        (bu,) = torch.autograd.grad(gt, x, grad_outputs=u, allow_unused=True)
+    return torch.zeros_like(x) if bu is None else bu.detach()
