@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from bilevel import BoundConstants
+from bilevel import BoundConstants, local_bounds
 
 C3 = 1.5 / 1.25 ** 2.5  # 0.858650...
 
@@ -119,16 +119,34 @@ class CertifiedConstants:
                               cost=2)
 
     def hessian_lipschitz_along(self, theta, x, q, radius, x_radius=math.inf):
-        r"""M >= ||(A(x1) - A(x2)) q'|| / ||x1 - x2|| for all x1, x2 and ||q' - q|| <= radius.
+        r"""M with ||(A(x*) - A(x)) q'|| <= M x_radius for every ||q' - q|| <= radius.
 
-        (A(x1) - A(x2)) q' = sum_k alpha_k K_k^T [(phi''(z1_k) - phi''(z2_k)) o K_k q'],
-        and |phi''(t1) - phi''(t2)| <= C3 / nu_k^2 |t1 - t2| pixel by pixel, so its
-        norm is at most sum_k alpha_k kappa_k C3 / nu_k^2 ||K_k (x1 - x2)|| ||K_k q'||_inf
+        (A(x1) - A(x2)) q' = sum_k alpha_k K_k^T [(phi''(z1_k) - phi''(z2_k)) o K_k q'].
+
+        Global form (valid for every x1, x2: the rate per unit ||x1 - x2||):
+        |phi''(t1) - phi''(t2)| <= C3 / nu_k^2 |t1 - t2| pixel by pixel, so the norm
+        is at most sum_k alpha_k kappa_k C3 / nu_k^2 ||K_k (x1 - x2)|| ||K_k q'||_inf
         <= sum_k alpha_k kappa_k^2 C3 / nu_k^2 (||K_k q||_inf + ||c_k||_2 radius).
-        L_A of :meth:`bound_constants` has ||c_k||_2 ||q'|| in place of the
-        bracket; a response is one s x s patch of q against c_k, so for an adjoint
-        spread over many pixels the bracket is smaller by about sqrt(s^2 / #pixels).
-        Global in x.  Costs one sweep of responses (one oracle call).
+        A response is one s x s patch of q against c_k, so for an adjoint spread
+        over many pixels the bracket is smaller than L_A's ||c_k||_2 ||q'|| by about
+        sqrt(s^2 / #pixels).
+
+        Local form, at the true minimiser (given ``x_radius``; docs/certificates.md,
+        section 3): with d_k = K_k (x* - x), sum_p d_kp^2 <= kappa_k^2 x_radius^2
+        (Euclidean budget), and A >= I + sum_k alpha_k K_k^T diag(w_k) K_k with w_kp
+        the least phi'' = nu_k^2 / r^3 on the interval each response can reach gives
+        sum_{k,p} alpha_k w_kp d_kp^2 <= C2 (energy budget).  The third derivative
+        decays: |phi'''(t)| <= (2 / sqrt 3) / (t^2 + nu^2) (3 u / (1 + u^2)^{3/2} <= 2 / sqrt 3,
+        u = t / nu), so c3_kp = min(C3 / nu_k^2, (2 / sqrt 3) / R_near^2) on the
+        interval, and
+            ||(A(x*) - A(x)) q'||
+                <= sum_k alpha_k kappa_k (sum_p c3_kp^2 |(K_k q')_p|^2 d_kp^2)^{1/2},
+        each filter's sum bounded under both budgets
+        (:func:`bilevel.local_bounds.max_weighted_sum`).  A response moves by at most
+        ||c_k||_2 x_radius, shrunk to sqrt(C2 / (alpha_k w_kp)) where the curvature
+        is high.  Used when the responses fit in memory (N K pixels <= 2e7) in one
+        process; the smaller of the two forms is returned.  Costs a gradient and
+        two sweeps of responses (3 oracle calls).
         """
         p = self.params(theta.detach())
         _, kappa = self._kernel_norms(p)
@@ -136,7 +154,34 @@ class CertifiedConstants:
         for ch in self._chunks(p, q.shape):
             sup = torch.maximum(sup, ch.response(q.detach()).abs().amax(dim=(0, 2)))
         c2 = torch.linalg.vector_norm(p.filters, dim=1)
-        return float(torch.sum(p.alpha * kappa ** 2 * C3 / p.nu ** 2 * (sup + c2 * radius)))
+        rate = float(torch.sum(p.alpha * kappa ** 2 * C3 / p.nu ** 2 * (sup + c2 * radius)))
+        big = x.numel() * self.K > 2e7
+        if not math.isfinite(x_radius) or self.process_group is not None or big:
+            return rate
+        return min(rate, self._local_hessian_rate(theta.detach(), x.detach(), q.detach(),
+                                                  radius, x_radius, p, kappa, c2))
+
+    def _local_hessian_rate(self, theta, x, q, radius, x_radius, p, kappa, c2):
+        """The local form of :meth:`hessian_lipschitz_along` (responses held in memory)."""
+        C2 = local_bounds.energy_budget(x_radius, self.global_norm(self.lower_grad(x, theta)))
+        z = self.convolve(x, theta).abs().transpose(0, 1).flatten(1)   # (K, N P)
+        u = self.convolve(q, theta).abs().transpose(0, 1).flatten(1)
+        nu = p.nu.view(-1, 1)
+        alpha = p.alpha.view(-1, 1)
+        reach = (c2 * x_radius).view(-1, 1).expand_as(z).clone()
+        for _ in range(20):
+            w = alpha * nu * nu / ((z + reach) ** 2 + nu * nu) ** 1.5
+            reach = torch.minimum(reach, torch.sqrt(C2 / w))
+        w = alpha * nu * nu / ((z + reach) ** 2 + nu * nu) ** 1.5
+        near = (z - reach).clamp(min=0)
+        c3 = torch.clamp((2 / math.sqrt(3)) / (near * near + nu * nu), max=C3 / nu ** 2)
+        a = (c3 * (u + (c2 * radius).view(-1, 1))) ** 2
+        total = 0.0
+        for k in range(self.K):
+            C1 = float(kappa[k]) ** 2 * x_radius ** 2
+            total += float(p.alpha[k] * kappa[k]) * math.sqrt(
+                local_bounds.max_weighted_sum(a[k], w[k], C1, C2))
+        return total / x_radius
 
     def mixed_norm_bound(self, theta, x) -> float:
         r"""A certified upper bound on ||B(x)||, B = d/dtheta grad_x h, at x itself.
