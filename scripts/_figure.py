@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +19,9 @@ def bsd_folder(name: str, given: str | None = None) -> str | None:
     if given:
         return given
     folder = BSD / name
-    return str(folder) if folder.is_dir() else None
+    # Relative to the working directory: loads the same, and no run folder records a
+    # machine's absolute path (../shared/data/bsd/... from the repository root).
+    return os.path.relpath(folder) if folder.is_dir() else None
 
 
 def parser(doc: str, name: str) -> argparse.ArgumentParser:
