@@ -164,7 +164,10 @@ def estimate_bound_constants(problem, theta, x, *, iterations=15, probes=3, seed
     with the current mu.  A reused result has ``cost=0``; ``cost`` counts the
     oracle calls of an actual estimate.  With log-scale hyperparameters the
     default radius 0.1 lets a weight change by about 10%, which ``safety``
-    covers for constants that scale with it.
+    covers for constants that scale with it.  The cache knows nothing of the
+    problem's data: after changing them in place, call with ``reuse=False`` once
+    (which also leaves the old cache in place) or delete
+    ``problem._estimated_constants``.
 
     Parameters
     ----------
@@ -193,7 +196,7 @@ def estimate_bound_constants(problem, theta, x, *, iterations=15, probes=3, seed
     theta, x = theta.detach(), x.detach()
     mu = problem.check_mu(theta)
     settings = (iterations, probes, seed, theta.dtype, x.dtype, str(x.device), tuple(x.shape))
-    cache = problem.__dict__.get("_estimated_constants") if reuse else None
+    cache = getattr(problem, "_estimated_constants", None) if reuse else None
     if cache is not None and _reusable(cache, settings, theta, x, theta_radius, x_rtol):
         return _assemble(cache.raw, mu, safety, cost=0)
     raw, cost = _estimate(problem, theta, x, iterations, probes, seed)
@@ -276,8 +279,13 @@ def _difference_step(x):
 
 
 def _unit(like, generator):
-    """A random unit vector shaped like ``like``, drawn on the CPU in its dtype."""
-    v = torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+    """A random unit vector shaped like ``like``, in its dtype and on its device.
+
+    Drawn in float64 on the CPU, so that one seed probes the same directions
+    in every dtype and on every device.
+    """
+    v = torch.randn(like.shape, generator=generator, dtype=torch.float64)
+    v = v.to(device=like.device, dtype=like.dtype)
     return v / torch.linalg.vector_norm(v)
 
 

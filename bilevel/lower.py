@@ -95,6 +95,7 @@ def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
     y = x
     bound = math.inf
     iterations = 0
+    best, best_at = math.inf, 0
     while True:
         grad = problem.lower_grad(y, theta)
         evaluations += 1
@@ -102,6 +103,12 @@ def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
         if not math.isfinite(bound):
             return LowerSolution(y, math.inf, iterations, False, evaluations)
         if bound <= tol or iterations >= max_iter:
+            break
+        if bound < 0.99 * best:
+            best, best_at = bound, iterations
+        elif iterations - best_at > max(200, 10 * math.sqrt(L / mu)):
+            # No 1% progress in many condition-number spans: the certificate is at
+            # the rounding floor of the dtype (float32), more iterations only burn cost.
             break
         x_new = y - grad / L
         if checked:

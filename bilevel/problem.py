@@ -104,7 +104,12 @@ class BilevelProblem(abc.ABC):
         """Constants of the hypergradient error bound (ALGORITHMS.md section 3).
 
         The default estimates them numerically near ``x`` and marks them as
-        estimates (``certified=False``).  Override with closed forms.
+        estimates (``certified=False``), in the problem's dtype.  An estimate costs
+        tens of oracle calls, so it is cached on the problem and reused while
+        ``||theta - theta_e||_inf <= 0.1`` and ``||x - x_e|| <= 0.1 max(||x_e||, ||x||)``
+        around the point (theta_e, x_e) where it was made; a reused result has
+        ``cost=0`` (:func:`~bilevel.estimate_bound_constants`).  Override with
+        closed forms.
         """
         return estimate_bound_constants(self, theta, x)
 

@@ -64,3 +64,26 @@ def test_quick_certificate_tightness(tmp_path):
     assert str(tmp_path) not in json.dumps(result)  # no absolute paths
     table = (tmp_path / "certificate_tightness.md").read_text()
     assert "| quadratic |" in table and str(tmp_path) not in table
+
+
+def test_quick_plugin_regularizer(tmp_path):
+    """plugin_regularizer --quick: MAID in both dtypes against a grid, its files, --replot."""
+    script = str(ROOT / "scripts" / "plugin_regularizer.py")
+    done = subprocess.run([sys.executable, script, "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["quick"] is True and set(summary["maid"]) == {"float64", "float32"}
+    for run in summary["maid"].values():
+        assert run["iterations"] >= 1 and not run["certified"]  # estimated constants
+        assert run["final_psnr"] > summary["start"]["psnr"]
+        assert 1 <= run["constant_estimates"] <= run["iterations"]
+    assert summary["grid"]["points"] >= 9 and summary["grid"]["lower_iterations"] > 0
+    assert "| MAID float32 |" in (tmp_path / "summary.md").read_text()
+    assert json.loads((tmp_path / "meta.json").read_text())["quick"] is True
+    png = tmp_path / "plugin_regularizer.png"
+    png.unlink()
+    done = subprocess.run([sys.executable, script, "--replot", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert png.stat().st_size > 10_000
