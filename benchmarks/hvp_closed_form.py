@@ -75,7 +75,8 @@ BEFORE = "gemm backend before (F.fold, serial chunks)"
 def load_images(n, size, folder):
     """n gray images size x size: a folder of PNGs if present, else scikit-image crops."""
     if folder is not None and Path(folder).is_dir():
-        return datasets.load_images(str(folder), n=n, size=size), str(folder)
+        # Recorded relative to the working directory: no machine path in results/.
+        return datasets.load_images(str(folder), n=n, size=size), os.path.relpath(folder)
     crops, seed = [], 0
     while sum(len(c) for c in crops) < n:
         crops.append(datasets.load_images(None, size=size, mode="crop", seed=seed))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -62,8 +63,11 @@ def parse_args():
 
 
 def load_sets(args):
-    train_dir = args.train_dir or (str(SHARED / "train") if (SHARED / "train").is_dir() else None)
-    test_dir = args.test_dir or (str(SHARED / "Set68") if (SHARED / "Set68").is_dir() else None)
+    # Relative to the working directory: no machine path in results/.
+    train_dir = args.train_dir or (os.path.relpath(SHARED / "train")
+                                   if (SHARED / "train").is_dir() else None)
+    test_dir = args.test_dir or (os.path.relpath(SHARED / "Set68")
+                                 if (SHARED / "Set68").is_dir() else None)
     train, test, _, sources = datasets.train_test_images(
         train_dir, test_dir, args.n_train, args.n_test, args.size, args.test_size, seed=args.seed)
     return train, test, sources
