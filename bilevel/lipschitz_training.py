@@ -1,4 +1,4 @@
-"""Lipschitz-regularised regression (Oberman and Calder 2018; ALGORITHMS.md section 9).
+"""Lipschitz-regularised regression (Oberman and Calder 2018; docs/problems.md).
 
     minimise over u   (1/n) sum_i loss(u(x_i), y_i) + lam * Lip(u)
 

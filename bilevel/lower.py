@@ -67,7 +67,7 @@ def _estimate_smoothness(problem, theta, x, iterations=10):
 
 
 def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
-    """Strongly convex FISTA to certified accuracy ``tol`` (ALGORITHMS.md section 2).
+    """Strongly convex FISTA to certified accuracy ``tol`` (docs/certificates.md, section 1).
 
     Step 1/L and constant momentum (1 - sqrt(q)) / (1 + sqrt(q)), q = mu/L.  The
     certificate is tested at the extrapolated point y_k, whose gradient the step

@@ -44,7 +44,7 @@ class BilevelProblem(abc.ABC):
         Used in messages and run folders.
     upper_convex_in_x : bool
         True when ``g(., theta)`` is convex; the lower bound on the upper loss
-        then drops its ``eps**2`` term (ALGORITHMS.md section 4).
+        then drops its ``eps**2`` term (docs/certificates.md, section 5).
     """
 
     name: str = "custom"
@@ -101,7 +101,7 @@ class BilevelProblem(abc.ABC):
         return None
 
     def bound_constants(self, theta: torch.Tensor, x: torch.Tensor) -> BoundConstants:
-        """Constants of the hypergradient error bound (ALGORITHMS.md section 3).
+        """Constants of the hypergradient error bound (docs/certificates.md, section 2).
 
         The default estimates them numerically near ``x`` and marks them as
         estimates (``certified=False``), in the problem's dtype.  An estimate costs

@@ -1,4 +1,4 @@
-"""Bilevel choice of the weight of a Lipschitz penalty (ALGORITHMS.md section 9).
+"""Bilevel choice of the weight of a Lipschitz penalty (docs/problems.md).
 
 The model is a 1-D linear spline u(x) = sum_k c_k phi_k(x): hat functions phi_k on
 K uniform knots t_k = a + k T of [a, b] (constant beyond them, by clamping x), so
@@ -31,7 +31,7 @@ Norms are Euclidean / spectral; G = Phi^T Phi, G_val likewise.
   L = (2/n) lambda_max(G) + lam ||D||^2 (beta/2 + 1/nu) + r.
 - L_g = (2/n_val) lambda_max(G_val); g is convex and ignores theta (L_gtheta = 0).
 - B = d/dtheta grad_c h = lam grad S(c), one column: ||B(c~)|| = lam ||grad S(c~)||
-  at the point the bound is used (ALGORITHMS.md section 3 needs ||B|| at x~).
+  at the point the bound is used (docs/certificates.md, section 2 needs ||B|| at x~).
 - L_B = lam sup ||Hess S|| <= lam ||D||^2 (beta/2 + 1/nu).
 - L_A = lam ||D||^3 C3, the Lipschitz constant of c -> Hess h.  With
   G(s) = f(phi(s)), f(z) = (1/beta) lse(beta z), b = phi' a, e = phi'' a^2:

@@ -1,4 +1,4 @@
-"""Multinomial logistic regression with learned ridge weights (ALGORITHMS.md section 7).
+"""Multinomial logistic regression with learned ridge weights (docs/problems.md).
 
     h(X, theta) = (1/n) sum_n CE(softmax(X^T a_n), y_n) + 1/2 sum_j e^{theta_j} W_j^2
     g(X)        = (1/n_val) sum_n CE(softmax(X^T a_n^val), y_n^val)
@@ -59,7 +59,7 @@ norms (x is measured as a flat vector, i.e. Frobenius norm of X).
 - B = d/dtheta grad_x h = d/dtheta (Lambda * X) maps a unit vector of group j
   (a weight, a feature row or all weights) to e^{theta_j} X restricted to the
   group; the groups are disjoint, so ||B(x)|| = max_j e^{theta_j} ||X_group j||.
-  The bound of ALGORITHMS.md section 3 needs ||B|| at x~ (its term is
+  The bound of docs/certificates.md, section 2 needs ||B|| at x~ (its term is
   ||B(x~)|| ||q~ - q*||), which :meth:`bound_constants` computes at the x it is
   given.
 - L_B: ||B(x) - B(x')|| = max_j e^{theta_j} ||X_j - X'_j|| <= max_j e^{theta_j} ||x - x'||.

@@ -3,7 +3,7 @@
     h(x, theta) = 1/2 ||A2 x + A3 theta - b2||^2,     g(x) = 1/2 ||A1 x - b1||^2
 
 A_i in R^{n x m} uniform on [0, 1), b1 = A1 x1 + 0.01 noise,
-b2 = A2 x2 + A3 theta_e + 0.01 noise (ALGORITHMS.md section 7).  x*(theta),
+b2 = A2 x2 + A3 theta_e + 0.01 noise (docs/problems.md).  x*(theta),
 F(theta), grad F(theta) and theta* are exact, which makes this the problem on
 which every certificate of the library is tested.
 """

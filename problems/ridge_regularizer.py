@@ -1,4 +1,4 @@
-r"""A learned convex ridge regularizer for denoising (Goujon et al.; ALGORITHMS.md section 8).
+r"""A learned convex ridge regularizer for denoising (Goujon et al.; docs/problems.md).
 
 Lower level, for N images x_i of size H x W:
 

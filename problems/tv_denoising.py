@@ -1,6 +1,6 @@
 r"""Learning the weight and the smoothing of total-variation denoising.
 
-Lower level (ALGORITHMS.md section 7), for N images x_i of size H x W:
+Lower level (docs/problems.md), for N images x_i of size H x W:
 
     h(x, theta) = sum_i [ 1/2 ||x_i - y_i||^2 + lam sum_p phi_nu((D x_i)_p) ],
     lam = e^{theta_0},  nu = e^{theta_1},

@@ -1,4 +1,4 @@
-"""Figure: the 1-D check of Lipschitz-regularised regression (ALGORITHMS.md section 9).
+"""Figure: the 1-D check of Lipschitz-regularised regression (docs/problems.md).
 
     python scripts/lipschitz_1d.py [--quick] [--seed 0]
 

@@ -2,7 +2,7 @@
 
     python scripts/quadratic_table.py [--quick]
 
-Two instances of the paper's quadratic (ALGORITHMS.md section 7): the paper's
+Two instances of the paper's quadratic (docs/problems.md): the paper's
 uniform draw, whose F is badly conditioned (no first-order method reaches the
 target within the budget: we report the gap reached), and the same family with
 standard normal matrices, where every method gets there.  Writes

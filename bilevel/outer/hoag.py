@@ -1,6 +1,6 @@
 """HOAG (Pedregosa 2016): a-priori accuracy schedules and an adaptive 1/L step.
 
-ALGORITHMS.md section 5.  The accuracy at iteration k follows a schedule fixed
+docs/certificates.md, section 7.  The accuracy at iteration k follows a schedule fixed
 in advance (geometric eps0 0.9^k, quadratic eps0 / k^2, cubic eps0 / k^3); the
 step is -z / L_lambda with L_lambda adapted from the (inexact) upper values:
 

@@ -1,7 +1,7 @@
 """MAID: the adaptively inexact outer method, and its fixed-accuracy baseline.
 
 Salehi, Mukherjee, Roberts, Ehrhardt, SIAM J. Math. Data Sci. 2025
-(arXiv 2308.10098); ALGORITHMS.md section 4.  One iteration:
+(arXiv 2308.10098); docs/certificates.md, section 5.  One iteration:
 
 1. an inexact hypergradient z with error bound omega, accuracy tightened
    (eps, delta <- nu eps, nu delta) until omega <= (1 - eta) ||z||, which makes

@@ -8,7 +8,7 @@ on the uniform grid
 so the grid is symmetric about 0 and 0 is a knot (t_{(N-1)/2} = 0).  Outside
 [-R, R] the spline continues linearly with its end slopes, so it is affine
 beyond the grid and its breakpoints are the interior knots t_1..t_{N-2} only.
-With slopes s_k = (c_{k+1} - c_k) / T (ALGORITHMS.md section 8):
+With slopes s_k = (c_{k+1} - c_k) / T (docs/problems.md):
 
     TV(2)(sigma) = sum_{k=1}^{N-2} |s_k - s_{k-1}| = sum_k |c_{k+1} - 2 c_k + c_{k-1}| / T
     Lip(sigma)   = max_k |s_k|.

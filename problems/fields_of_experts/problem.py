@@ -1,6 +1,6 @@
 r"""Fields of experts: learning convolution filters, their weights and smoothings.
 
-Lower level (ALGORITHMS.md section 7), for N images x_i of size H x W:
+Lower level (docs/problems.md), for N images x_i of size H x W:
 
     h(x, theta) = sum_i [ 1/2 ||x_i - y_i||^2
                           + e^{theta_0} sum_k e^{w_k} sum_p phi_{nu_k}((K_k x_i)_p) ],
