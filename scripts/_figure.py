@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -55,9 +56,18 @@ def pyplot():
     return plt
 
 
-def main(doc: str, name: str, compute, plot, argv=None) -> Path:
-    """Parse the common arguments, compute, write the run folder and plot it."""
-    args = parser(doc, name).parse_args(argv)
+def main(doc: str, name: str, compute, plot, argv=None, add_arguments=None) -> Path:
+    """Parse the common arguments, compute, write the run folder and plot it.
+
+    ``add_arguments(parser)`` adds a script's own options; ``args.command`` is the
+    command line that reproduces the run.
+    """
+    p = parser(doc, name)
+    if add_arguments is not None:
+        add_arguments(p)
+    args = p.parse_args(argv)
+    args.command = " ".join([f"python scripts/{name}.py",
+                             *(sys.argv[1:] if argv is None else argv)])
     if args.replot:
         plot(Path(args.out))
         print(f"redrew {args.out}")

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -50,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _figure import bsd_folder, parser, pyplot, write
+from _figure import bsd_folder, main, pyplot
 
 import bilevel
 from problems import datasets
@@ -455,8 +454,7 @@ def plot(out):
     plt.close(fig)
 
 
-def build_parser():
-    p = parser(__doc__, "plugin_regularizer")
+def add_arguments(p):
     p.add_argument("--theta0", type=float, nargs=2, default=(-1.0, 1.0),
                    help="MAID's start (log weight, log smoothing scale); default (-1, 1)")
     p.add_argument("--n-images", type=int, default=12)
@@ -476,23 +474,10 @@ def build_parser():
                    help="'train' ignores the committed prior and the cache")
     p.add_argument("--prior-iter", type=int, default=100, help="MAID iterations of training")
     p.add_argument("--threads", type=int, default=1)
-    return p
 
 
 def run(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.replot:
-        plot(args.out)
-        print(f"redrew {args.out}")
-        return
-    args.command = " ".join(["python scripts/plugin_regularizer.py",
-                             *(sys.argv[1:] if argv is None else argv)])
-    started = time.perf_counter()
-    rows, settings = compute(args)
-    out = write(args.out, rows, dict(settings, quick=args.quick), started)
-    if not args.no_plot:
-        plot(out)
-    print(f"wrote {out}")
+    return main(__doc__, "plugin_regularizer", compute, plot, argv, add_arguments)
 
 
 if __name__ == "__main__":
