@@ -370,7 +370,7 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
                  else (C3_ANISOTROPIC, 2 / math.sqrt(3)))
         c3 = torch.clamp(k / (R_near * R_near), max=C3 / nu ** 2)
         Dq = self._pixel_norms(q.detach())
-        if C2 == math.inf:  # Euclidean budget only: the max form, shard by shard
+        if C2 == math.inf:  # no x_radius: the Euclidean max form, a rate per unit distance
             top = float(self.reduce_max(torch.max(c3 * (Dq + c * radius))))
             return lam * self.D2 * top
         w = lam * nu * nu / R_far ** 3
