@@ -1,7 +1,13 @@
 """bilevel: bilevel hyperparameter learning with certified inexact hypergradients."""
 from . import distributed, local_bounds, results, testing  # public submodules
 from .constants import BoundConstants, estimate_bound_constants
-from .hypergradient import Hypergradient, hypergradient, unrolled_hypergradient, upper_bounds
+from .hypergradient import (
+    AccuracyWarning,
+    Hypergradient,
+    hypergradient,
+    unrolled_hypergradient,
+    upper_bounds,
+)
 from .linalg import CGResult, conjugate_gradient
 from .lower import LowerSolution, certificate, fista
 from .outer import METHODS, ConvergenceWarning, SolveResult, resume, solve
@@ -11,8 +17,8 @@ from .registry import list_problems, make_problem, register_problem
 __version__ = "0.1.0"
 
 __all__ = [
-    "BilevelProblem", "BoundConstants", "CGResult", "ConvergenceWarning", "Hypergradient",
-    "LowerSolution", "METHODS", "SolveResult", "certificate", "conjugate_gradient",
+    "AccuracyWarning", "BilevelProblem", "BoundConstants", "CGResult", "ConvergenceWarning",
+    "Hypergradient", "LowerSolution", "METHODS", "SolveResult", "certificate", "conjugate_gradient",
     "estimate_bound_constants", "fista", "hypergradient", "list_problems", "make_problem",
     "distributed", "local_bounds", "register_problem", "results", "resume", "solve", "testing",
     "unrolled_hypergradient",

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import torch
 
 from .constants import BoundConstants
 from .linalg import CGResult, conjugate_gradient
 from .lower import LowerSolution
+
+
+class AccuracyWarning(UserWarning):
+    """An accuracy was requested below what the dtype can certify."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +74,18 @@ class Hypergradient:
         return self.lower.iterations + self.linear.iterations
 
 
+def certifiable_accuracy(problem, theta, x) -> float:
+    """The smallest ||x~ - x*|| the dtype of ``x`` can certify at ``theta``.
+
+    The certificate is ||grad_x h(x~)|| / mu, and grad_x h is computed with a
+    rounding error of a few finfo(dtype).eps ||x|| (relative to the curvature);
+    below 4 eps max(1, ||x||) / mu the certificate is rounding noise (float32:
+    about 5e-7 ||x|| / mu).
+    """
+    rounding = 4 * torch.finfo(x.dtype).eps * max(1.0, problem.global_norm(x))
+    return rounding / problem.check_mu(theta)
+
+
 def upper_bounds(value, grad_norm, eps, L_g, convex=False):
     """(lower, upper) bounds on g(x*) from g(x~), ||grad_x g(x~)|| and ||x~ - x*|| <= eps.
 
@@ -118,6 +135,11 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
         problem.check_x(q0, theta, "q0")
     lower = problem.solve_lower(theta, eps, x0=x0, max_iter=lower_max_iter)
     x = lower.x
+    if not lower.converged and eps < certifiable_accuracy(problem, theta, x):
+        warnings.warn(f"{problem.name}: eps={eps:.1e} is below what {x.dtype} can certify "
+                      f"here ({certifiable_accuracy(problem, theta, x):.1e}, rounding of "
+                      "grad_x h): the lower-level certificate stalled above it",
+                      AccuracyWarning, stacklevel=2)
     value, gx, gt = problem.upper_grads(x, theta)
     linear = conjugate_gradient(lambda v: problem.lower_hvp(x, theta, v), gx, q0,
                                 tol=delta, max_iter=cg_max_iter,

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import torch
 
+from .budget import charge
+
 
 @dataclasses.dataclass(frozen=True)
 class CGResult:
@@ -100,6 +102,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
             break
         Ap = matvec(p)
         products += 1
+        charge()
         pAp = _dot(p, Ap)
         if not pAp > 0:  # A is not positive definite along p (or NaN)
             break

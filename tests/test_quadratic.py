@@ -125,8 +125,9 @@ def test_cost_budget_and_callback():
     problem = Quadratic(**FAST)
     with pytest.warns(bilevel.ConvergenceWarning, match="cost budget"):
         result = bilevel.solve(problem, "maid", max_iter=1000, max_cost=300, tol=0)
-    assert result.status == "max_cost" and result.history[-1]["cost"] >= 300
-    assert result.history[-2]["cost"] < 300
+    # The budget holds inside iterations too: the iteration that would overrun it is
+    # abandoned, so every recorded row stays within it.
+    assert result.status == "max_cost" and 0 < result.history[-1]["cost"] <= 300
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = bilevel.solve(problem, "maid", max_iter=100,

@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable
 
 import torch
+
+from ..budget import BudgetExhausted, limit
 
 logger = logging.getLogger("bilevel")
 
@@ -53,8 +56,9 @@ class SolveResult:
     history : list of dict
         One row per outer iteration (see :data:`HISTORY_COLUMNS`).
     status : str
-        'converged', 'max_iter', 'max_cost', 'callback', or a method's own
-        reason to stop ('accuracy_floor', 'line_search_failed', ...).
+        'converged', 'max_iter', 'max_cost', 'max_time', 'callback',
+        'interrupted' (Ctrl-C), or a method's own reason to stop
+        ('accuracy_floor', 'line_search_failed', ...).
     message : str
         A sentence saying why the run stopped.
     state : OuterState
@@ -79,13 +83,13 @@ HISTORY_COLUMNS = (
     "oracle_calls", "time",
 )
 
-_STATUS_WARNS = {"max_iter", "max_cost", "accuracy_floor", "refinement_limit",
-                 "line_search_failed", "diverged"}
+_STATUS_WARNS = {"max_iter", "max_cost", "max_time", "interrupted", "accuracy_floor",
+                 "refinement_limit", "line_search_failed", "diverged"}
 
 
 def run(method, problem, theta0=None, *, max_iter: int = 100, max_cost: float | None = None,
-        callback: Callable | None = None, progress: bool = False,
-        state: OuterState | None = None, history: list | None = None,
+        max_time: float | None = None, callback: Callable | None = None,
+        progress: bool = False, state: OuterState | None = None, history: list | None = None,
         checkpoint: Callable | None = None, checkpoint_every: int = 0) -> SolveResult:
     """Run an outer method from ``theta0``, or continue from ``state`` and ``history``.
 
@@ -94,21 +98,53 @@ def run(method, problem, theta0=None, *, max_iter: int = 100, max_cost: float | 
     max_iter : int
         Outer iterations (line-search failures count as iterations).
     max_cost : float, optional
-        Budget of lower-level + CG iterations.
+        Budget of lower-level + CG iterations, enforced inside an iteration too:
+        an iteration that would overrun it is abandoned (its partial work is not
+        a row; theta stays at the last completed iteration) and the run ends
+        with status 'max_cost'.
+    max_time : float, optional
+        Wall-time budget in seconds, enforced the same way (status 'max_time').
     callback : callable, optional
         ``callback(state, row) -> bool``, called after every iteration (the last
-        included); returning True stops the run.
+        included); returning True stops the run.  ``row`` is the history row of
+        the iteration (see below).
     progress : bool
         Show a tqdm progress bar.
     state, history : optional
-        Continue a run (from :func:`bilevel.checkpoint.load_checkpoint`): ``max_iter``
-        and ``max_cost`` count from the start of the original run, so a resumed run
-        ends where the uninterrupted one would have.
+        Continue a run (from :func:`bilevel.checkpoint.load_checkpoint`): ``max_iter``,
+        ``max_cost`` and ``max_time`` count from the start of the original run, so a
+        resumed run ends where the uninterrupted one would have.
     checkpoint : callable, optional
         ``checkpoint(state, history)``, called every ``checkpoint_every`` iterations.
+
+    Ctrl-C (KeyboardInterrupt) ends the run with status 'interrupted' and the
+    history of the completed iterations, instead of losing them.
+
+    History rows
+    ------------
+    Every row holds :data:`HISTORY_COLUMNS`:
+
+    - ``iteration``: 1, 2, ... (a line-search failure is an iteration);
+    - ``upper_value``: g(x~, theta) at the iteration's theta;
+    - ``grad_norm``: ||z||, the inexact hypergradient's norm;
+    - ``error_bound``: omega >= ||z - grad F(theta)||;
+    - ``certified``: whether omega is a proof (False: some constant was estimated);
+    - ``eps``, ``delta``: the lower-level accuracy and CG residual asked for;
+    - ``step``: the step taken (0 if none), ``backtracks``: trials rejected,
+      ``accepted``: whether theta moved;
+    - ``lower_iterations``, ``cg_iterations``, ``oracle_calls``: cumulative counts;
+      ``cost`` = lower + CG iterations (cumulative);
+    - ``time``: seconds since the start of the run.
+
+    MAID adds ``direction_certified``, ``search_iterations``, ``nonfinite_trials``
+    and ``next_upper_bound`` (see :class:`~bilevel.MAID`).
     """
     if max_iter < 0:
         raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+    for label, value in (("max_cost", max_cost), ("max_time", max_time)):
+        if value is not None and not (_is_number(value) and value > 0):
+            raise ValueError(f"{label} must be a positive number (or None: no budget), "
+                             f"got {value!r}")
     if state is None:
         theta0 = problem.initial_theta() if theta0 is None else theta0
         state = method.init_state(problem, problem.check_theta(theta0).detach().clone())
@@ -126,15 +162,28 @@ def run(method, problem, theta0=None, *, max_iter: int = 100, max_cost: float | 
     if state.status is not None:  # a finished run, resumed: nothing left to do
         return SolveResult(theta=state.theta, history=history, status=state.status,
                            message=state.message, state=state)
+    deadline = math.inf if max_time is None else start + max_time
+    labels = dict(max_cost_label=f"max_cost={max_cost:g}" if max_cost else "",
+                  max_time_label=f"max_time={max_time:g} s" if max_time else "")
     try:
         for _ in range(max_iter - len(history)):
-            state, row = method.update(problem, state)
+            spent = totals["lower_iterations"] + totals["cg_iterations"]
+            if max_cost is not None and spent >= max_cost:
+                status, message = "max_cost", f"spent the cost budget max_cost={max_cost:g}"
+                break
+            if time.perf_counter() >= deadline:
+                status, message = "max_time", f"spent the time budget max_time={max_time:g} s"
+                break
+            remaining = math.inf if max_cost is None else max_cost - spent
+            with limit(remaining, deadline, **labels):
+                updated, row = method.update(problem, state)
             for key in totals:
                 totals[key] += row.pop(key, 0)
-            row = dict(iteration=state.iteration, **row, **totals,
+            row = dict(iteration=updated.iteration, **row, **totals,
                        cost=totals["lower_iterations"] + totals["cg_iterations"],
                        time=time.perf_counter() - start)
             history.append(row)
+            state = updated  # only with its row: an interrupt never splits the two
             logger.debug("%s", row)
             if checkpoint is not None and checkpoint_every and len(history) % checkpoint_every == 0:
                 checkpoint(state, history)
@@ -150,9 +199,15 @@ def run(method, problem, theta0=None, *, max_iter: int = 100, max_cost: float | 
             if stop:
                 status, message = "callback", "stopped by the callback"
                 break
-            if max_cost is not None and row["cost"] >= max_cost:
-                status, message = "max_cost", f"spent the cost budget max_cost={max_cost:g}"
-                break
+    except BudgetExhausted as out:
+        status = out.reason
+        message = (f"{out}: iteration {len(history) + 1} was abandoned after "
+                   f"{out.spent} lower-level + CG iterations; theta is the one of "
+                   f"iteration {len(history)}")
+    except KeyboardInterrupt:
+        status = "interrupted"
+        message = (f"interrupted (KeyboardInterrupt) during iteration {len(history) + 1}; "
+                   f"theta is the one of iteration {len(history)}")
     finally:
         if bar is not None:
             bar.close()
@@ -162,10 +217,63 @@ def run(method, problem, theta0=None, *, max_iter: int = 100, max_cost: float | 
                        state=state)
 
 
+def degenerate(problem, theta) -> str | None:
+    """Why the lower problem cannot be solved at ``theta`` (mu not a positive number,
+    constants that overflow), or None.  Outer methods reject such points like NaN ones
+    instead of letting the error end the run."""
+    try:
+        problem.check_mu(theta)
+    except (ValueError, ArithmeticError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def warm(start):
+    """``start`` as a warm start, or None where it holds NaN or inf (it would poison the
+    next solve)."""
+    return start if start is None or bool(torch.isfinite(start).all()) else None
+
+
 def converged_message(grad_norm, omega, tol, certified):
     kind = "certified" if certified else "estimated (bound constants are estimates)"
     return (f"||z|| + omega = {grad_norm + omega:.3e} <= tol = {tol:g}: "
             f"||grad F|| <= tol, {kind}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _finite_number(value) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+# Ranges of method settings, as (predicate, what is accepted) for check_settings.
+POSITIVE = (lambda v: _finite_number(v) and v > 0, "a finite number > 0")
+NONNEGATIVE = (lambda v: _finite_number(v) and v >= 0, "a finite number >= 0")
+AT_LEAST_ONE = (lambda v: _finite_number(v) and v >= 1, "a finite number >= 1")
+OPEN_UNIT = (lambda v: _finite_number(v) and 0 < v < 1, "a number in (0, 1)")
+
+
+def count(minimum):
+    return (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
+            and v >= minimum, f"an integer >= {minimum}")
+
+
+def one_of(*options):
+    return (lambda v: v in options, "one of " + ", ".join(map(repr, options)))
+
+
+def check_settings(method, **rules):
+    """Refuse the first setting outside its range, in one line naming it and the range.
+
+    ``rules`` maps a setting's name to ``(predicate, accepted)``, e.g. ``eps0=POSITIVE``.
+    """
+    for name, (ok, accepted) in rules.items():
+        value = getattr(method, name)
+        if not ok(value):
+            raise ValueError(f"{type(method).__name__}: invalid {name}={value!r}; "
+                             f"accepted: {accepted}")
 
 
 def norm(t) -> float:

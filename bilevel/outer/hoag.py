@@ -18,7 +18,19 @@ import dataclasses
 import math
 
 from ..hypergradient import hypergradient
-from .base import OuterState, converged_message, finite, norm
+from .base import (
+    NONNEGATIVE,
+    POSITIVE,
+    OuterState,
+    check_settings,
+    converged_message,
+    count,
+    degenerate,
+    finite,
+    norm,
+    one_of,
+    warm,
+)
 from .maid import hypergradient_costs
 
 SCHEDULES = {
@@ -62,11 +74,9 @@ class HOAG:
     cg_max_iter: int = 10_000
 
     def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"HOAG: unknown schedule {self.schedule!r}; "
-                             f"choose one of {', '.join(SCHEDULES)}")
-        if not self.eps0 > 0:
-            raise ValueError(f"HOAG: eps0 must be > 0, got {self.eps0}")
+        check_settings(self, schedule=one_of(*SCHEDULES), eps0=POSITIVE, C=NONNEGATIVE,
+                       tol=NONNEGATIVE, eps_min=POSITIVE, lower_max_iter=count(1),
+                       cg_max_iter=count(1))
 
     def init_state(self, problem, theta0):
         return HOAGState(theta=theta0, eps=self.eps0, delta=self.eps0)
@@ -80,8 +90,8 @@ class HOAG:
         row = dict(upper_value=g, grad_norm=z_norm, error_bound=hg.error_bound,
                    certified=hg.certified, eps=eps, delta=eps, backtracks=0, accepted=True,
                    **hypergradient_costs(hg))
-        state = dataclasses.replace(state, x=hg.lower.x, q=hg.linear.q, eps=eps, delta=eps,
-                                    iteration=k + 1)
+        state = dataclasses.replace(state, x=warm(hg.lower.x), q=warm(hg.linear.q), eps=eps,
+                                    delta=eps, iteration=k + 1)
         L, scale, base = state.L_lambda, state.scale, (state.theta, z, g, eps)
         if state.previous is None:
             L = z_norm / math.sqrt(z.numel())
@@ -103,6 +113,16 @@ class HOAG:
                                         message=f"HOAG step constant L_lambda={L}"),
                     {**row, "step": 0.0})
         theta_base, z_base = base[0], base[1]
+        for _ in range(60):
+            if degenerate(problem, theta_base - z_base / L) is None:
+                break
+            # The lower problem cannot be solved there (mu not > 0, overflow): a
+            # rejection like g >= 1.2 g_prev, before it costs a solve.
+            L, scale = 2 * L, 0.5 * scale
+        else:
+            return (dataclasses.replace(state, status="diverged", message=(
+                "HOAG: every step along -z down to 1/L_lambda="
+                f"{1 / L:.1e} leads where the lower problem is degenerate")), {**row, "step": 0.0})
         row["step"] = 1.0 / L
         new = dataclasses.replace(state, theta=theta_base - z_base / L, L_lambda=L,
                                   scale=scale, previous=base)

@@ -17,10 +17,22 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import torch
-
-from ..hypergradient import hypergradient, upper_bounds, upper_value
-from .base import OuterState, converged_message, finite, norm
+from ..hypergradient import certifiable_accuracy, hypergradient, upper_bounds, upper_value
+from .base import (
+    AT_LEAST_ONE,
+    NONNEGATIVE,
+    OPEN_UNIT,
+    POSITIVE,
+    OuterState,
+    check_settings,
+    converged_message,
+    count,
+    degenerate,
+    finite,
+    norm,
+    one_of,
+    warm,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,19 +173,16 @@ class MAID:
     adaptive = True  # the fixed-accuracy baseline switches this off
 
     def __post_init__(self):
-        checks = [("eps0", self.eps0 > 0), ("delta0", self.delta0 > 0),
-                  ("rho", 0 < self.rho < 1),
-                  ("rho_bar", self.rho_bar >= 1), ("nu", 0 < self.nu < 1),
-                  ("nu_bar", self.nu_bar >= 1), ("eta", 0 < self.eta < 1),
-                  ("lam", self.lam is None or 0 < self.lam < self.eta),
-                  ("max_backtracks", self.max_backtracks >= 1), ("tol", self.tol >= 0),
-                  ("alpha0", self.alpha0 is None or self.alpha0 > 0),
-                  ("refinement", self.refinement in ("halve", "predicted")),
-                  ("trial_accuracy", self.trial_accuracy in ("same", "matched")),
-                  ("direction_test", self.direction_test in ("always", "after_failure"))]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"{type(self).__name__}: invalid {name}={getattr(self, name)}")
+        check_settings(
+            self, eps0=POSITIVE, delta0=POSITIVE, rho=OPEN_UNIT, rho_bar=AT_LEAST_ONE,
+            nu=OPEN_UNIT, nu_bar=AT_LEAST_ONE, eta=OPEN_UNIT,
+            lam=(lambda v: v is None or (OPEN_UNIT[0](v) and v < self.eta),
+                 f"None or a number in (0, eta={self.eta})"),
+            alpha0=(lambda v: v is None or POSITIVE[0](v), "None or a finite number > 0"),
+            max_backtracks=count(1), backtrack_growth=count(0), max_refinements=count(0),
+            refinement=one_of("halve", "predicted"), trial_accuracy=one_of("same", "matched"),
+            direction_test=one_of("always", "after_failure"), eps_min=POSITIVE, tol=NONNEGATIVE,
+            lower_max_iter=count(1), cg_max_iter=count(1))
 
     @property
     def sufficient_decrease(self):
@@ -194,10 +203,18 @@ class MAID:
         loose = 2 * budget / (g + math.sqrt(g * g + 2 * L * budget)) if budget > 0 else 0.0
         return max(eps, loose)
 
+    def _solve_trial(self, problem, theta, eps, x0):
+        """The lower solve at a trial point; None where the lower problem is degenerate."""
+        if degenerate(problem, theta) is not None:
+            return None
+        try:
+            return problem.solve_lower(theta, eps, x0=x0, max_iter=self.lower_max_iter)
+        except ArithmeticError:  # the problem's constants overflow at this theta
+            return None
+
     def _floor(self, problem, theta, x):
         """The smallest accuracy worth asking for: eps_min, or the dtype's rounding level."""
-        rounding = 4 * torch.finfo(x.dtype).eps * max(1.0, problem.global_norm(x))
-        return max(self.eps_min, rounding / problem.check_mu(theta))
+        return max(self.eps_min, certifiable_accuracy(problem, theta, x))
 
     def _refined(self, hg, eps, delta, z_norm):
         """The accuracies of the next refinement of the descent test (see ``refinement``)."""
@@ -220,18 +237,23 @@ class MAID:
     def _descent_direction(self, problem, state, costs):
         """Step 1: tighten until -z is a certified descent direction."""
         eps, delta, x, q, constants = state.eps, state.delta, state.x, state.q, None
-        previous = None
+        previous, nonfinite = None, 0
         for _ in range(self.max_refinements + 1):
             hg = hypergradient(problem, state.theta, eps, delta, x0=x, q0=q,
                                constants=constants, lower_max_iter=self.lower_max_iter,
                                cg_max_iter=self.cg_max_iter)
             _add(costs, **hypergradient_costs(hg, new_constants=constants is None))
+            # A NaN solution is no warm start: the next solve starts afresh, and a
+            # hypergradient that is not finite from a fresh start ends the run.
+            x, q = warm(hg.lower.x), warm(hg.linear.q)
+            nonfinite = 0 if finite(norm(hg.grad), hg.error_bound) else nonfinite + 1
+            if nonfinite == 2:
+                return hg, eps, delta, "diverged"
             if previous is not None and _stalled(previous, hg):
                 # The solvers spent their whole budgets without improving their
                 # certificates (rounding error): tightening further only burns cost.
                 return hg, eps, delta, "accuracy_floor"
             previous = hg
-            x, q = hg.lower.x, hg.linear.q
             # Certified constants may depend on x~ (e.g. ||B(x~)||) and are cheap: recompute
             # them at the new x~.  Estimated ones are costly and no truer near x~: reuse.
             constants = None if hg.constants.certified else hg.constants
@@ -269,8 +291,8 @@ class MAID:
                    accepted=False, nonfinite_trials=0, search_iterations=0,
                    next_upper_bound=float("nan"),
                    direction_certified=bool(omega <= (1 - self.eta) * z_norm))
-        state = dataclasses.replace(state, x=hg.lower.x, q=hg.linear.q, eps=eps, delta=delta,
-                                    iteration=state.iteration + 1)
+        state = dataclasses.replace(state, x=warm(hg.lower.x), q=warm(hg.linear.q), eps=eps,
+                                    delta=delta, iteration=state.iteration + 1)
         if failure is not None:
             message = {
                 "accuracy_floor": f"no descent direction certified down to eps={eps:.2e} "
@@ -280,7 +302,8 @@ class MAID:
                                   "or the solvers' certificates stalled at their budgets)",
                 "refinement_limit": f"{self.max_refinements} accuracy refinements (down to "
                                     f"eps={eps:.2e}) did not certify a descent direction",
-                "diverged": "the hypergradient is not finite",
+                "diverged": "the hypergradient is not finite (twice, the second time from "
+                            "fresh warm starts)",
             }[failure] + f" (omega={omega:.3e}, ||z||={z_norm:.3e})"
             return dataclasses.replace(state, status=failure, message=message), {**row, **costs}
         if z_norm + omega <= self.tol:
@@ -297,14 +320,16 @@ class MAID:
         for i in range(state.max_backtracks):
             step = state.alpha * self.rho ** i
             trial = state.theta - step * z
-            sol = problem.solve_lower(trial, self._trial_accuracy(eps, step * z2, hg),
-                                      x0=state.x, max_iter=self.lower_max_iter)
-            _add(costs, lower_iterations=sol.iterations, oracle_calls=sol.evaluations + 1)
-            row["search_iterations"] += sol.iterations
             row["backtracks"] = i + 1
-            if not finite(sol.error_bound):
-                # NaN/Inf from the solve (or a user's derivative) rejects this trial only;
-                # theta is never moved to a point whose loss cannot be bounded.
+            sol = self._solve_trial(problem, trial, self._trial_accuracy(eps, step * z2, hg),
+                                    state.x)
+            if sol is not None:
+                _add(costs, lower_iterations=sol.iterations, oracle_calls=sol.evaluations + 1)
+                row["search_iterations"] += sol.iterations
+            if sol is None or not finite(sol.error_bound):
+                # A degenerate lower problem (mu not > 0, overflow) or NaN/Inf from the
+                # solve (or a user's derivative) rejects this trial only; theta is never
+                # moved to a point whose loss cannot be bounded.
                 row["nonfinite_trials"] += 1
                 continue
             if not sol.converged:

@@ -6,7 +6,18 @@ import dataclasses
 import torch
 
 from ..hypergradient import hypergradient
-from .base import OuterState, converged_message, finite, norm
+from .base import (
+    NONNEGATIVE,
+    POSITIVE,
+    OuterState,
+    check_settings,
+    converged_message,
+    count,
+    degenerate,
+    finite,
+    norm,
+    warm,
+)
 from .maid import hypergradient_costs
 
 
@@ -47,6 +58,9 @@ class TorchOptimizer:
         cls = getattr(torch.optim, self.optimizer, None)
         if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
             raise ValueError(f"unknown torch.optim optimizer {self.optimizer!r}")
+        check_settings(self, lr=POSITIVE, eps=POSITIVE, delta=POSITIVE, tol=NONNEGATIVE,
+                       lower_max_iter=count(1), cg_max_iter=count(1),
+                       options=(lambda v: isinstance(v, dict), "a dict of keyword arguments"))
 
     def init_state(self, problem, theta0):
         parameter = theta0.detach().clone().requires_grad_(True)
@@ -61,7 +75,7 @@ class TorchOptimizer:
         row = dict(upper_value=hg.upper_value, grad_norm=z_norm, error_bound=hg.error_bound,
                    certified=hg.certified, eps=self.eps, delta=self.delta, step=self.lr,
                    backtracks=0, accepted=True, **hypergradient_costs(hg))
-        state = dataclasses.replace(state, x=hg.lower.x, q=hg.linear.q,
+        state = dataclasses.replace(state, x=warm(hg.lower.x), q=warm(hg.linear.q),
                                     iteration=state.iteration + 1)
         if not finite(z_norm, hg.error_bound):
             return dataclasses.replace(state, status="diverged",
@@ -71,4 +85,10 @@ class TorchOptimizer:
                 z_norm, hg.error_bound, self.tol, hg.certified)), row
         state.parameter.grad = hg.grad.detach().clone()
         state.optimizer.step()
-        return dataclasses.replace(state, theta=state.parameter.detach().clone()), row
+        theta = state.parameter.detach().clone()
+        reason = degenerate(problem, theta)
+        if reason is not None:  # an optimizer has no line search to back off with
+            return dataclasses.replace(state, status="diverged", message=(
+                f"the {self.optimizer} step led where the lower problem is degenerate "
+                f"({reason}); theta is the last good one")), row
+        return dataclasses.replace(state, theta=theta), row
