@@ -252,14 +252,19 @@ def _estimate(problem, theta, x, iterations, probes, seed):
     for _ in range(probes):
         d = _unit(x, gen) * step
         w, v = _unit(x, gen), _unit(x, gen)
-        L_B = max(L_B, rate(problem.mixed_vjp, d, w))
-        L_A = max(L_A, rate(problem.lower_hvp, d, v))
+        L_B = _max(L_B, rate(problem.mixed_vjp, d, w))
+        L_A = _max(L_A, rate(problem.lower_hvp, d, v))
         cost += 4
         if reads_theta:
-            L_gt = max(L_gt, rate(lambda y, t: problem.upper_grads(y, t)[2], d))
+            L_gt = _max(L_gt, rate(lambda y, t: problem.upper_grads(y, t)[2], d))
             cost += 2
     raw = dict(L_g=L_g, B_norm=math.sqrt(BtB), L_B=L_B, L_A=L_A, L_gtheta=L_gt)
     return raw, cost
+
+
+def _max(a, b):
+    """max that keeps NaN (``max(0.0, nan)`` is 0.0: a broken operator would read as 0)."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
 
 
 def _difference_step(x):
@@ -308,28 +313,96 @@ def _power(apply, v, iterations, rtol=1e-3):
     return value, iterations
 
 
+def _overrides(problem, method):
+    """Whether ``problem`` has its own ``method`` instead of the autograd default."""
+    from .problem import BilevelProblem
+
+    return getattr(type(problem), method) is not getattr(BilevelProblem, method)
+
+
+def _central_difference(fn, point, direction):
+    """(fn(point + s d) - fn(point - s d)) / (2 s) for a unit d, s set by the dtype.
+
+    The fallback where autograd has no second derivative: fn is a first
+    derivative the problem computes itself (exactly zero differences where the
+    true second derivative vanishes, e.g. a linear loss).
+    """
+    step = _difference_step(point)
+    d = direction * step
+    return ((fn(point + d) - fn(point - d)) / (2 * step)).detach()
+
+
+def _first_order_vjp(fn, at, v):
+    """<v, d fn / d at> by one backward through ``fn`` (a derivative the problem
+    computes itself), or None where ``fn`` keeps no graph (closed forms in numpy,
+    a custom Function, detached results)."""
+    with torch.enable_grad():
+        at = at.detach().requires_grad_(True)
+        out = fn(at)
+        if not out.requires_grad:
+            return None
+        (res,) = torch.autograd.grad(out, at, grad_outputs=v, allow_unused=True)
+    return torch.zeros_like(at) if res is None else res.detach()
+
+
 def _upper_hvp(problem, x, theta, v):
-    """Hessian_xx g applied to v; zero where g is linear in x (or ignores x)."""
+    """Hessian_xx g applied to v; zero where g is linear in x (or ignores x).
+
+    A problem's own ``upper_grads`` is differentiated once (or by central
+    differences); otherwise g is differentiated twice by autograd, with central
+    differences of ``upper_grads`` where the first derivative keeps no graph (g
+    linear in x, or not twice differentiable by autograd): never a silent zero.
+    """
+    theta = theta.detach()
+
+    def grad_x(y):
+        return problem.upper_grads(y, theta)[1]
+
+    if _overrides(problem, "upper_grads"):
+        hv = _first_order_vjp(grad_x, x, v)
+        return _central_difference(grad_x, x.detach(), v) if hv is None else hv
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        value = problem.upper_objective(x, theta.detach())
-        if not value.requires_grad:
-            return torch.zeros_like(x)
+        value = problem.upper_objective(x, theta)
+        if not (isinstance(value, torch.Tensor) and value.requires_grad):
+            return torch.zeros_like(x)  # g reads neither x nor theta
         (gx,) = torch.autograd.grad(value, x, create_graph=True, allow_unused=True)
-        if gx is None or not gx.requires_grad:
-            return torch.zeros_like(x)
+        if gx is None:
+            return torch.zeros_like(x)  # g ignores x
+        if not gx.requires_grad:
+            return _central_difference(grad_x, x.detach(), v)
         (hv,) = torch.autograd.grad(gx, x, grad_outputs=v, allow_unused=True)
     return torch.zeros_like(x) if hv is None else hv.detach()
 
 
 def _mixed_jvp(problem, x, theta, u):
-    """B u = d/dt grad_x h(x, theta + t u), by double backward; zero where B vanishes."""
+    """B u = d/dt grad_x h(x, theta + t u); zero where B vanishes.
+
+    Uses the problem's own derivatives where it has them: B u is the transpose
+    of its ``mixed_vjp`` (linear in w, so one backward through it), else central
+    differences of ``lower_grad`` in theta.  Only with the autograd defaults is
+    ``lower_objective`` differentiated twice, and there too a first derivative
+    without a graph (not twice differentiable by autograd) falls back to the
+    differences instead of reading as B = 0.
+    """
+    x, theta = x.detach(), theta.detach()
+
+    def grad_x(t):
+        return problem.lower_grad(x, t)
+
+    if _overrides(problem, "mixed_vjp"):
+        bu = _first_order_vjp(lambda w: problem.mixed_vjp(x, theta, w), torch.zeros_like(x), u)
+        if bu is None:
+            bu = _central_difference(grad_x, theta, u)
+        return bu
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        theta = theta.detach().requires_grad_(True)
-        value = problem.lower_objective(x, theta)
-        (gt,) = torch.autograd.grad(value, theta, create_graph=True, allow_unused=True)
-        if gt is None or not gt.requires_grad:
-            return torch.zeros_like(x)
-        (bu,) = torch.autograd.grad(gt, x, grad_outputs=u, allow_unused=True)
+        xg = x.requires_grad_(True)
+        tg = theta.clone().requires_grad_(True)
+        value = problem.lower_objective(xg, tg)
+        (gt,) = torch.autograd.grad(value, tg, create_graph=True, allow_unused=True)
+        if gt is None:
+            return torch.zeros_like(x)  # h ignores theta
+        if not gt.requires_grad:
+            return _central_difference(grad_x, theta, u)
+        (bu,) = torch.autograd.grad(gt, xg, grad_outputs=u, allow_unused=True)
     return torch.zeros_like(x) if bu is None else bu.detach()

@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from .budget import charge
 from .linalg import conjugate_gradient
 
 
@@ -87,7 +88,9 @@ def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
         if L is None:
             L, spent = _estimate_smoothness(problem, theta, x)
             evaluations += spent
-        L = max(float(L), mu)
+        # Power iteration only gives a start: a NaN from it (a broken lower_hvp) leaves
+        # the descent-lemma safeguard, which reads h alone, to find L from mu up.
+        L = max(float(L), mu) if math.isfinite(float(L)) else mu
     L = float(L)
     sq = math.sqrt(mu / L)
     beta = (1 - sq) / (1 + sq)
@@ -112,26 +115,58 @@ def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
             break
         x_new = y - grad / L
         if checked:
-            # Descent lemma h(y - g/L) <= h(y) - ||g||^2 / (2L) holds for L >= the
-            # true constant; if it fails, the estimate was too small.
-            def h(point):
-                return float(problem.reduce_sum(problem.lower_objective(point, theta).detach()))
-
-            h_y, g2 = h(y), (bound * mu) ** 2
-            evaluations += 2
-            slack = 1e-12 * abs(h_y)  # rounding in h must not double L forever
-            while h(x_new) > h_y - g2 / (2 * L) + slack:
-                L *= 2
-                x_new = y - grad / L
-                evaluations += 1
+            L, x_new, spent = _descent_safeguard(problem, theta, y, grad, bound * mu, L)
+            evaluations += spent
             sq = math.sqrt(mu / L)
             beta = (1 - sq) / (1 + sq)
         y = x_new + beta * (x_new - x)
         x = x_new
         iterations += 1
-    if checked:
+        charge()
+    if checked and bound <= tol:
+        # Only a solve that reached its tolerance vouches for L: a stalled one may
+        # have raised it on rounding, and a cached inflated L would slow every
+        # later solve (its steps 1/L vanish) until they all stall.
         problem._smoothness_estimate = L
     return LowerSolution(y, bound, iterations, bound <= tol, evaluations)
+
+
+def _rounding_slack(h_y, h_new, g_norm, y):
+    """What rounding alone can add to h(y - g/L) - h(y), in the dtype of ``y``.
+
+    Each value of h carries a relative error of a few machine epsilons, and
+    forming y - g/L moves the point by about eps ||y||, which moves h by
+    ||g|| eps ||y|| to first order.  A fixed relative slack (1e-12 |h|) is below
+    float32 rounding: the descent test then fails on noise and doubles L
+    without end.
+    """
+    eps = torch.finfo(y.dtype).eps
+    return 4 * eps * (abs(h_y) + abs(h_new) + g_norm * float(torch.linalg.vector_norm(y)))
+
+
+def _descent_safeguard(problem, theta, y, grad, g_norm, L):
+    """Raise L until the descent lemma holds at y; (L, y - grad / L, evaluations).
+
+    h(y - g/L) <= h(y) - ||g||^2 / (2L) holds for every L >= the true constant,
+    so a failure beyond rounding (:func:`_rounding_slack`) means the estimate
+    was too small.  Once the step no longer moves y (L beyond ||g|| / (eps ||y||)),
+    raising L cannot help: the failure was rounding, and L is left as it was.
+    """
+    def h(point):
+        return float(problem.reduce_sum(problem.lower_objective(point, theta).detach()))
+
+    h_y, g2, start = h(y), g_norm ** 2, L
+    x_new = y - grad / L
+    h_new = h(x_new)
+    evaluations = 2
+    while h_new > h_y - g2 / (2 * L) + _rounding_slack(h_y, h_new, g_norm, y):
+        if torch.equal(x_new, y):  # the step vanished in rounding: nothing was learned
+            return start, y - grad / start, evaluations
+        L *= 2
+        x_new = y - grad / L
+        h_new = h(x_new)
+        evaluations += 1
+    return L, x_new, evaluations
 
 
 def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
@@ -179,6 +214,7 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
         x_new = x - step.q
         grad_new = problem.lower_grad(x_new, theta)
         iterations += 1
+        charge()
         evaluations += 1
         norm_new = problem.global_norm(grad_new)
         if not norm_new <= 0.9 * g_norm:
@@ -194,6 +230,7 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
             grad_new = problem.lower_grad(x_new, theta)
             norm_new = problem.global_norm(grad_new)
             iterations += 1
+            charge()
             evaluations += 1
         x, grad, g_norm = x_new, grad_new, norm_new
     return LowerSolution(x, bound, iterations, bound <= tol, evaluations)

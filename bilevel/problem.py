@@ -151,39 +151,72 @@ class BilevelProblem(abc.ABC):
         return None
 
     # ------------------------------------------------- derivatives (autograd)
+    # The second-derivative defaults differentiate lower_objective twice.  An
+    # objective that autograd can differentiate only once (a custom
+    # torch.autograd.Function with first derivatives only, numpy inside) has no
+    # graph behind its gradient: that is refused by name below rather than read as
+    # zero curvature; a problem with such an objective overrides lower_hvp and
+    # mixed_vjp (check_problem flags the silent case, a partly missing graph).
     def lower_grad(self, x, theta):
         """grad_x h(x, theta)."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.lower_objective(x, theta.detach()), x)
+            value = self.lower_objective(x, theta.detach())
+            if not value.requires_grad:
+                _fail(self, "lower_objective(x, theta) does not depend on x (no autograd "
+                            "graph): h must be strongly convex in x")
+            (grad,) = torch.autograd.grad(value, x)
+        return grad
+
+    def _lower_grad_graph(self, x, theta):
+        """grad_x h with its graph (create_graph), for the second-derivative defaults."""
+        value = self.lower_objective(x, theta)
+        if not value.requires_grad:
+            _fail(self, "lower_objective(x, theta) does not depend on x (no autograd graph): "
+                        "h must be strongly convex in x")
+        (grad,) = torch.autograd.grad(value, x, create_graph=True)
+        if not grad.requires_grad:
+            _fail(self, "the autograd default of lower_hvp / mixed_vjp needs lower_objective "
+                        "twice differentiable, but its gradient has no autograd graph (a "
+                        "custom torch.autograd.Function with first derivatives only?); "
+                        "override lower_hvp and mixed_vjp", TypeError)
         return grad
 
     def lower_hvp(self, x, theta, v):
         """Hessian_xx h(x, theta) applied to v (same shape as x)."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(
-                self.lower_objective(x, theta.detach()), x, create_graph=True)
-            (hv,) = torch.autograd.grad(grad, x, grad_outputs=v)
+            grad = self._lower_grad_graph(x, theta.detach())
+            (hv,) = torch.autograd.grad(grad, x, grad_outputs=v, allow_unused=True)
+        if hv is None:
+            _fail(self, "the autograd default of lower_hvp found grad_x h independent of x "
+                        "(h is not strongly convex, or its second derivative is missing); "
+                        "override lower_hvp", TypeError)
         return hv
 
     def mixed_vjp(self, x, theta, w):
-        """B^T w with B = d/dtheta grad_x h(x, theta); theta-shaped."""
+        """B^T w with B = d/dtheta grad_x h(x, theta); theta-shaped (zero if theta is unused)."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             theta = theta.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(
-                self.lower_objective(x, theta), x, create_graph=True)
+            grad = self._lower_grad_graph(x, theta)
             (bw,) = torch.autograd.grad(grad, theta, grad_outputs=w, allow_unused=True)
         return torch.zeros_like(theta) if bw is None else bw
 
     def upper_grads(self, x, theta):
-        """(g, grad_x g, grad_theta g) at (x, theta); g as a 0-d tensor."""
+        """(g, grad_x g, grad_theta g) at (x, theta); g as a 0-d tensor.
+
+        A g that reads neither x nor theta (a constant) has zero gradients.
+        """
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             theta = theta.detach().requires_grad_(True)
             value = self.upper_objective(x, theta)
-            gx, gt = torch.autograd.grad(value, (x, theta), allow_unused=True)
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                gx, gt = torch.autograd.grad(value, (x, theta), allow_unused=True)
+            else:
+                gx = gt = None
+        value = torch.as_tensor(value, dtype=x.dtype, device=x.device)
         gx = torch.zeros_like(x) if gx is None else gx
         gt = torch.zeros_like(theta) if gt is None else gt
         return value.detach(), gx, gt
@@ -242,16 +275,34 @@ class BilevelProblem(abc.ABC):
 
     # ----------------------------------------------------------- contract checks
     def check_theta(self, theta) -> torch.Tensor:
-        """Return theta if it is a finite flat 1-D floating tensor, else raise."""
+        """Return theta if it is a finite flat 1-D floating tensor shaped like
+        ``initial_theta()``, else raise (a wrong length would otherwise surface as a
+        size mismatch deep inside torch)."""
         if not isinstance(theta, torch.Tensor):
             _fail(self, f"theta must be a torch.Tensor, got {type(theta).__name__}", TypeError)
         if theta.ndim != 1:
             _fail(self, f"theta must be a flat 1-D tensor, got shape {tuple(theta.shape)}")
+        expected = self._theta_shape()
+        if expected is not None and tuple(theta.shape) != expected:
+            _fail(self, f"theta has shape {tuple(theta.shape)}, expected {expected} "
+                        "(the shape of initial_theta())")
         if not theta.is_floating_point():
             _fail(self, f"theta must be floating point, got {theta.dtype}", TypeError)
         if not torch.isfinite(theta).all():
             _fail(self, "theta contains NaN or Inf")
         return theta
+
+    def _theta_shape(self):
+        """The shape of ``initial_theta()``, read once; None while it cannot be read yet."""
+        if not hasattr(self, "_theta_shape_cache"):
+            try:
+                initial = self.initial_theta()
+            except Exception:  # noqa: BLE001 - validate() names a broken initial_theta
+                return None
+            if not isinstance(initial, torch.Tensor):
+                return None
+            self._theta_shape_cache = tuple(initial.shape)
+        return self._theta_shape_cache
 
     def check_x(self, x, theta, what="x") -> torch.Tensor:
         """Return x if it has the shape of ``initial_x(theta)`` and is finite."""
