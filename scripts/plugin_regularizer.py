@@ -18,7 +18,9 @@ constants (``certified=False``).  mu = 1 is certified (R is convex).
 Steps:
 
 1. MAID (``bilevel.solve(problem, "maid")`` with its default settings, plus
-   ``max_iter`` and ``max_cost``) from ``--theta0``, in float64 and in float32.
+   ``max_iter`` and ``max_cost``) from ``--theta0``, in float64 and in float32; and
+   the same with ``direction="lbfgs"`` (L-BFGS directions, certified the same way:
+   with two hyperparameters, one flat and one steep, steepest descent zig-zags).
 2. A two-stage grid over the same two scalars, in float64: a coarse 7 x 7 grid,
    then a fine 7 x 7 grid around its best point (spacing a quarter of the coarse
    one, kept inside the coarse box; points already solved are not solved again).
@@ -243,8 +245,8 @@ def run_grid(evaluate, axis0, axis1, stage, done, x):
     return rows, x
 
 
-def run_maid(args, problem, dtype_name):
-    """MAID with the library's defaults; its path, the result and its wall time."""
+def run_maid(args, problem, dtype_name, direction):
+    """MAID with the library's defaults but ``direction``; its path, result and wall time."""
     path = [[float(v) for v in problem.initial_theta()]]
     seen = {"estimates": 0, "cache": None}
 
@@ -267,7 +269,7 @@ def run_maid(args, problem, dtype_name):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bilevel.ConvergenceWarning)
         result = bilevel.solve(problem, "maid", max_iter=args.max_iter, max_cost=args.max_cost,
-                               callback=callback, **settings)
+                               callback=callback, direction=direction, **settings)
     wall = time.perf_counter() - started
     return result, path, seen["estimates"], wall, [str(w.message) for w in caught]
 
@@ -300,9 +302,12 @@ def compute(args):
     start_score, _ = evaluate(args.theta0)
 
     rows, maid, histories = [], {}, {}
-    for name in args.dtypes:
-        problem = PluginDenoiser(clean, noisy, prior, args.theta0, DTYPES[name])
-        result, path, estimates, wall, caught = run_maid(args, problem, name)
+    runs = [(dtype, direction) for direction in args.directions for dtype in args.dtypes]
+    for dtype, direction in runs:
+        # "float64" is the library's default direction; "float64 L-BFGS" direction="lbfgs".
+        name = dtype if direction == "gradient" else f"{dtype} L-BFGS"
+        problem = PluginDenoiser(clean, noisy, prior, args.theta0, DTYPES[dtype])
+        result, path, estimates, wall, caught = run_maid(args, problem, name, direction)
         final, _ = evaluate(path[-1])
         histories[name] = result.history
         last = result.history[-1] if result.history else {}
@@ -356,7 +361,8 @@ def compute(args):
                    filter_size=int(prior["filters"].shape[-1])),
         theta0=list(args.theta0), start=start_score, eval_tol=args.eval_tol,
         maid_settings=dict(max_iter=args.max_iter, max_cost=args.max_cost,
-                           lower_max_iter=args.lower_max_iter, other="library defaults"),
+                           lower_max_iter=args.lower_max_iter, directions=args.directions,
+                           other="library defaults"),
         maid=maid, grid=grid)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -430,7 +436,8 @@ def plot(out):
     fig.colorbar(sc, ax=ax, label="PSNR (dB)")
     best = summary["grid"]["best_theta"]
     ax.plot(*best, marker="*", ms=16, color="red", ls="none", label="grid best")
-    styles = {"float64": "-o", "float32": "--s"}
+    styles = {"float64": "-o", "float32": "--s", "float64 L-BFGS": "-^",
+              "float32 L-BFGS": "--v"}
     for name in summary["maid"]:
         path = [r for r in rows if r["kind"] == f"maid_{name}"]
         ax.plot([float(r["theta0"]) for r in path], [float(r["theta1"]) for r in path],
@@ -465,6 +472,9 @@ def add_arguments(p):
     p.add_argument("--lower-max-iter", type=int, default=None,
                    help="MAID's lower_max_iter (default: the library's)")
     p.add_argument("--dtypes", nargs="+", default=["float64", "float32"], choices=list(DTYPES))
+    p.add_argument("--directions", nargs="+", default=["gradient", "lbfgs"],
+                   choices=["gradient", "lbfgs"],
+                   help="MAID's search directions to run (the default 'gradient', and 'lbfgs')")
     p.add_argument("--grid", type=int, default=7, help="points per axis of each grid stage")
     p.add_argument("--box0", type=float, nargs=2, default=(-1.5, 1.5), help="grid theta_0 range")
     p.add_argument("--box1", type=float, nargs=2, default=(-2.0, 2.0), help="grid theta_1 range")

@@ -17,7 +17,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import torch
+
 from ..hypergradient import certifiable_accuracy, hypergradient, upper_bounds, upper_value
+from . import quasi_newton
 from .base import (
     AT_LEAST_ONE,
     NONNEGATIVE,
@@ -40,6 +43,8 @@ class MAIDState(OuterState):
     alpha: float = 1e-2
     max_backtracks: int = 5
     certify_direction: bool = True  # run the descent test before the line search
+    memory: tuple = ()  # L-BFGS pairs (s, y), direction="lbfgs"
+    previous: tuple | None = None  # (theta, z) of the last accepted step's start
 
 
 def hypergradient_costs(hg, new_constants=True):
@@ -132,6 +137,16 @@ class MAID:
         is skipped is the proof, before searching, that a small enough step
         would succeed -- the failure branch restores it.  Each row says whether
         the direction was certified (``direction_certified``).
+    direction : {'gradient', 'lbfgs'}
+        The search direction.  'gradient' (the paper's): -z.  'lbfgs': -H z, with H
+        the L-BFGS model of the inverse Hessian of F from the last ``memory_size``
+        accepted steps and hypergradient differences (pairs without positive
+        curvature skipped), tried at the unit step first.  H is positive definite, so
+        the line search's test F(theta+) <= F(theta) - lam alpha <z, H z> is a proof
+        of decrease exactly as for -z; a failed search drops the memory and searches
+        along -z at the same accuracy next (a failure there is handled as always).
+    memory_size : int
+        L-BFGS pairs kept (10).
     eps_min : float
         Accuracy floor; below it the run stops with status 'accuracy_floor'.  The
         floor is raised to what the dtype can certify, 4 finfo(dtype).eps
@@ -146,7 +161,8 @@ class MAID:
     Besides the common history columns, a row holds ``direction_certified``
     (omega <= (1 - eta) ||z|| at the accuracy used), ``search_iterations``
     (lower-level iterations spent at trial points; the rest of the row's cost went
-    to hypergradients: where the cost goes), ``nonfinite_trials`` and, on accepted
+    to hypergradients: where the cost goes), ``nonfinite_trials``, ``memory`` (L-BFGS pairs
+    used for the direction; 0: -z) and, on accepted
     rows, ``next_upper_bound``: the certified upper bound on F at the new theta,
     known when the row ends.
     """
@@ -166,6 +182,8 @@ class MAID:
     refinement: str = "predicted"
     trial_accuracy: str = "matched"
     direction_test: str = "after_failure"
+    direction: str = "gradient"
+    memory_size: int = 10
     eps_min: float = 1e-13
     tol: float = 1e-6
     lower_max_iter: int = 10_000
@@ -181,7 +199,8 @@ class MAID:
             alpha0=(lambda v: v is None or POSITIVE[0](v), "None or a finite number > 0"),
             max_backtracks=count(1), backtrack_growth=count(0), max_refinements=count(0),
             refinement=one_of("halve", "predicted"), trial_accuracy=one_of("same", "matched"),
-            direction_test=one_of("always", "after_failure"), eps_min=POSITIVE, tol=NONNEGATIVE,
+            direction_test=one_of("always", "after_failure"), direction=one_of("gradient", "lbfgs"),
+            memory_size=count(1), eps_min=POSITIVE, tol=NONNEGATIVE,
             lower_max_iter=count(1), cg_max_iter=count(1))
 
     @property
@@ -203,6 +222,22 @@ class MAID:
         loose = 2 * budget / (g + math.sqrt(g * g + 2 * L * budget)) if budget > 0 else 0.0
         return max(eps, loose)
 
+    def _direction(self, state, z):
+        """(memory, H z): the memory with the newest pair, and the direction's H z."""
+        memory = state.memory
+        if self.direction == "gradient":
+            return (), z
+        if state.previous is not None:
+            theta_prev, z_prev = state.previous
+            memory = quasi_newton.add_pair(memory, state.theta - theta_prev, z - z_prev,
+                                           self.memory_size)
+        return memory, quasi_newton.direction(memory, z)
+
+    def _margin(self, z, Hz):
+        """The largest omega that certifies -H z a descent direction:
+        <grad F, H z> >= <z, H z> - omega ||H z|| >= eta <z, H z>."""
+        return (1 - self.eta) * float(torch.dot(z, Hz)) / max(norm(Hz), 1e-300)
+
     def _solve_trial(self, problem, theta, eps, x0):
         """The lower solve at a trial point; None where the lower problem is degenerate."""
         if degenerate(problem, theta) is not None:
@@ -212,15 +247,22 @@ class MAID:
         except ArithmeticError:  # the problem's constants overflow at this theta
             return None
 
+    def _first_step(self, state, memory, z):
+        """The line search's first trial step: 1 along an L-BFGS direction (its natural
+        scale), else the step carried over (HOAG's sqrt(dim theta) / ||z|| at the start)."""
+        if memory:
+            return 1.0
+        return math.sqrt(z.numel()) / norm(z) if math.isnan(state.alpha) else state.alpha
+
     def _floor(self, problem, theta, x):
         """The smallest accuracy worth asking for: eps_min, or the dtype's rounding level."""
         return max(self.eps_min, certifiable_accuracy(problem, theta, x))
 
-    def _refined(self, hg, eps, delta, z_norm):
+    def _refined(self, hg, eps, delta, margin):
         """The accuracies of the next refinement of the descent test (see ``refinement``)."""
         if self.refinement == "halve" or not finite(hg.error_bound) or not hg.terms:
             return self.nu * eps, self.nu * delta
-        share = 0.25 * (1 - self.eta) * z_norm  # half the margin, split between the two
+        share = 0.25 * margin  # half the margin, split between the two
         terms = hg.terms
         adjoint = ("adjoint_solve", "hessian_adjoint")
         parts = ((eps, hg.lower.error_bound, sum(v for k, v in terms.items() if k not in adjoint)),
@@ -262,21 +304,22 @@ class MAID:
             if not state.certify_direction and finite(z_norm) and z_norm > 0:
                 # Search first (the direction is certified only after a failure), with
                 # F(theta) known well enough for the first trial's decrease to show.
-                alpha = math.sqrt(hg.grad.numel()) / z_norm \
-                    if math.isnan(state.alpha) else state.alpha
-                need = self._trial_accuracy(0.0, alpha * z_norm ** 2, hg)
+                memory, Hz = self._direction(state, hg.grad)
+                alpha = self._first_step(state, memory, hg.grad)
+                need = self._trial_accuracy(0.0, alpha * float(torch.dot(hg.grad, Hz)), hg)
                 floor = self._floor(problem, state.theta, hg.lower.x)
                 if hg.lower.error_bound <= need or eps <= floor:
                     return hg, eps, delta, None
                 eps = max(min(self.nu * eps, need), floor)
                 continue
-            if usable and (z_norm + hg.error_bound <= self.tol
-                           or hg.error_bound <= (1 - self.eta) * z_norm
+            margin = self._margin(hg.grad, self._direction(state, hg.grad)[1]) \
+                if usable and z_norm > 0 else 0.0
+            if usable and (z_norm + hg.error_bound <= self.tol or hg.error_bound <= margin
                            or not self.adaptive):
                 return hg, eps, delta, None
             if not self.adaptive:
                 return hg, eps, delta, "diverged"
-            eps, delta = self._refined(hg, eps, delta, z_norm) if usable \
+            eps, delta = self._refined(hg, eps, delta, margin) if usable \
                 else (self.nu * eps, self.nu * delta)
             if eps < self._floor(problem, state.theta, hg.lower.x):
                 return hg, eps, delta, "accuracy_floor"
@@ -286,11 +329,13 @@ class MAID:
         costs = {}
         hg, eps, delta, failure = self._descent_direction(problem, state, costs)
         z, z_norm, omega = hg.grad, norm(hg.grad), hg.error_bound
+        memory, Hz = self._direction(state, z) if finite(z_norm) else ((), z)
         row = dict(upper_value=hg.upper_value, grad_norm=z_norm, error_bound=omega,
                    certified=hg.certified, eps=eps, delta=delta, step=0.0, backtracks=0,
                    accepted=False, nonfinite_trials=0, search_iterations=0,
-                   next_upper_bound=float("nan"),
-                   direction_certified=bool(omega <= (1 - self.eta) * z_norm))
+                   next_upper_bound=float("nan"), memory=len(memory),
+                   direction_certified=bool(finite(z_norm) and z_norm > 0
+                                            and omega <= self._margin(z, Hz)))
         state = dataclasses.replace(state, x=warm(hg.lower.x), q=warm(hg.linear.q), eps=eps,
                                     delta=delta, iteration=state.iteration + 1)
         if failure is not None:
@@ -311,15 +356,16 @@ class MAID:
                 z_norm, omega, self.tol, hg.certified)), {**row, **costs})
         if math.isnan(state.alpha):  # alpha0=None: HOAG's first step
             state = dataclasses.replace(state, alpha=math.sqrt(z.numel()) / z_norm)
+        first = self._first_step(state, memory, z)
 
         # Step 2: backtracking with certified bounds on F at both ends.
         L_g, convex = hg.constants.L_g, problem.upper_convex_in_x
         lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm, hg.lower.error_bound,
                                     L_g, convex)
-        lam, z2 = self.sufficient_decrease, z_norm ** 2
+        lam, z2 = self.sufficient_decrease, float(torch.dot(z, Hz))  # <z, H z> > 0
         for i in range(state.max_backtracks):
-            step = state.alpha * self.rho ** i
-            trial = state.theta - step * z
+            step = first * self.rho ** i
+            trial = state.theta - step * Hz
             row["backtracks"] = i + 1
             sol = self._solve_trial(problem, trial, self._trial_accuracy(eps, step * z2, hg),
                                     state.x)
@@ -342,9 +388,11 @@ class MAID:
             if upper_next - lower_now + lam * step * z2 <= 0:
                 row.update(step=step, accepted=True, backtracks=i, next_upper_bound=upper_next)
                 accepted = dataclasses.replace(
-                    state, theta=trial, x=sol.x, alpha=self.rho_bar * step,
+                    state, theta=trial, x=sol.x,
+                    alpha=state.alpha if memory else self.rho_bar * step,
                     eps=self.nu_bar * eps, delta=self.nu_bar * delta,
-                    certify_direction=self.direction_test == "always")
+                    certify_direction=self.direction_test == "always", memory=memory,
+                    previous=(state.theta, z) if self.direction == "lbfgs" else None)
                 return accepted, {**row, **costs}
 
         # Step 3 (failure): tighten accuracy, grow the budget, retry at the same theta.
@@ -353,6 +401,10 @@ class MAID:
                        "certified bounds cannot show further decrease")
             return (dataclasses.replace(state, status="line_search_failed", message=message),
                     {**row, **costs})
+        if memory:
+            # The curvature model misled the search (inexact pairs, a region of other
+            # curvature): drop it and search along -z at the same accuracy first.
+            return dataclasses.replace(state, memory=(), previous=None), {**row, **costs}
         failed = dataclasses.replace(state, eps=self.nu * eps, delta=self.nu * delta,
                                      max_backtracks=state.max_backtracks + self.backtrack_growth,
                                      certify_direction=True)
