@@ -177,7 +177,7 @@ def run_case(problem, theta, ref, eps, start, gen):
                 lower_resolved=bool(lower_resolved),
                 hg_true=hg_true, omega=omega,
                 omega_ratio=omega / hg_true if hg_true > 0 else math.inf,
-                certified=bool(hg.certified), cost=int(hg.cost),
+                certified=bool(hg.certified), cost=int(hg.cost.total),
                 lower_iterations=int(hg.lower.iterations),
                 cg_iterations=int(hg.linear.iterations),
                 lower_converged=bool(hg.lower.converged), cg_converged=bool(hg.linear.converged),

@@ -15,6 +15,7 @@ import warnings
 import torch
 
 from .constants import BoundConstants
+from .cost import Cost
 from .linalg import CGResult, conjugate_gradient
 from .lower import LowerSolution
 
@@ -54,6 +55,9 @@ class Hypergradient:
     terms : dict
         omega split into its terms (:meth:`BoundConstants.omega_terms`): where
         the bound's looseness, and so MAID's cost, comes from.
+    cost : Cost
+        The work spent: the lower solve, CG, g and its gradients, the mixed
+        product, the constants (when computed here) and each local rate.
     """
 
     grad: torch.Tensor
@@ -67,11 +71,7 @@ class Hypergradient:
     hessian_along: float | None = None
     mixed_along: float | None = None
     terms: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def cost(self) -> int:
-        """Lower-level iterations plus CG iterations (the paper's cost unit)."""
-        return self.lower.iterations + self.linear.iterations
+    cost: Cost = Cost()
 
 
 def certifiable_accuracy(problem, theta, x) -> float:
@@ -148,7 +148,8 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
     # Over data-parallel ranks, g and the theta-gradient are sums of the ranks' parts.
     grad = problem.reduce_sum(gt - problem.mixed_vjp(x, theta, linear.q))
     value = problem.reduce_sum(value.detach())
-    if constants is None:
+    new_constants = constants is None
+    if new_constants:
         constants = problem.bound_constants(theta, x)
     mu = problem.check_mu(theta)
     gx_norm = problem.global_norm(gx)
@@ -168,10 +169,15 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
     omega = sum(terms.values())
     if not torch.isfinite(grad).all() or not math.isfinite(omega):
         omega = math.inf
+    # Besides the solves: g with its gradients and the mixed product (2), the constants,
+    # and one call per local rate (the Hessian's twice: at radius rho / mu and at q~).
+    calls = (2 + (constants.cost if new_constants else 0) + 2 * (along is not None)
+             + (mixed is not None))
     return Hypergradient(grad=grad, upper_value=float(value), error_bound=omega,
                          certified=constants.certified, lower=lower, linear=linear,
                          upper_grad_norm=gx_norm, constants=constants, hessian_along=along,
-                         mixed_along=mixed, terms=terms)
+                         mixed_along=mixed, terms=terms,
+                         cost=lower.cost + linear.cost + Cost(oracle_calls=calls))
 
 
 def unrolled_hypergradient(problem, theta, iterations, x0=None, step=None):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from .budget import charge
+from .cost import Cost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,10 @@ class CGResult:
     residual_norm: float
     iterations: int
     converged: bool
+
+    @property
+    def cost(self) -> Cost:
+        return Cost(cg_iterations=self.iterations, oracle_calls=self.iterations)
 
 
 def _local_dot(a, b):

@@ -17,6 +17,7 @@ import math
 import torch
 
 from .budget import charge
+from .cost import Cost
 from .linalg import conjugate_gradient
 
 
@@ -44,6 +45,10 @@ class LowerSolution:
     iterations: int
     converged: bool
     evaluations: int = 0
+
+    @property
+    def cost(self) -> Cost:
+        return Cost(lower_iterations=self.iterations, oracle_calls=self.evaluations)
 
 
 def certificate(problem, x, theta, mu=None) -> float:

@@ -1,7 +1,8 @@
 """What every outer method shares: the state record, the run loop, the result.
 
 An outer method is a frozen dataclass of settings with ``init_state(problem,
-theta0)`` and ``update(problem, state) -> (state, row)``; :func:`run` drives it,
+theta0)`` and ``update(problem, state) -> (state, row)``, the row holding the
+iteration's :class:`~bilevel.cost.Cost` under ``"spent"``; :func:`run` drives it,
 keeps the history (tidy rows, cumulative costs, wall time), and stops on
 convergence, ``max_iter``, a cost budget, a callback, or a status set by the
 method.  Non-convergence is a :class:`ConvergenceWarning` and a status.
@@ -19,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from ..budget import BudgetExhausted, limit
+from ..cost import Cost
 
 logger = logging.getLogger("bilevel")
 
@@ -149,9 +151,10 @@ def run(method, problem, theta0=None, *, max_iter: int = 100, max_cost: float | 
         theta0 = problem.initial_theta() if theta0 is None else theta0
         state = method.init_state(problem, problem.check_theta(theta0).detach().clone())
     history = list(history or [])
-    totals = dict(lower_iterations=0, cg_iterations=0, oracle_calls=0)
+    totals = Cost()
     if history:
-        totals = {key: history[-1][key] for key in totals}
+        last = history[-1]
+        totals = Cost(last["lower_iterations"], last["cg_iterations"], last["oracle_calls"])
     start = time.perf_counter() - (history[-1]["time"] if history else 0.0)
     bar = None
     if progress:
@@ -167,7 +170,7 @@ def run(method, problem, theta0=None, *, max_iter: int = 100, max_cost: float | 
                   max_time_label=f"max_time={max_time:g} s" if max_time else "")
     try:
         for _ in range(max_iter - len(history)):
-            spent = totals["lower_iterations"] + totals["cg_iterations"]
+            spent = totals.total
             if max_cost is not None and spent >= max_cost:
                 status, message = "max_cost", f"spent the cost budget max_cost={max_cost:g}"
                 break
@@ -177,10 +180,8 @@ def run(method, problem, theta0=None, *, max_iter: int = 100, max_cost: float | 
             remaining = math.inf if max_cost is None else max_cost - spent
             with limit(remaining, deadline, **labels):
                 updated, row = method.update(problem, state)
-            for key in totals:
-                totals[key] += row.pop(key, 0)
-            row = dict(iteration=updated.iteration, **row, **totals,
-                       cost=totals["lower_iterations"] + totals["cg_iterations"],
+            totals += row.pop("spent")  # the one place where costs are summed
+            row = dict(iteration=updated.iteration, **row, **totals.as_row(),
                        time=time.perf_counter() - start)
             history.append(row)
             state = updated  # only with its row: an interrupt never splits the two

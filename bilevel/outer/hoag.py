@@ -31,7 +31,6 @@ from .base import (
     one_of,
     warm,
 )
-from .maid import hypergradient_costs
 
 SCHEDULES = {
     "geometric": lambda eps0, k: eps0 * 0.9 ** k,
@@ -89,7 +88,7 @@ class HOAG:
         z, z_norm, g = hg.grad, norm(hg.grad), hg.upper_value
         row = dict(upper_value=g, grad_norm=z_norm, error_bound=hg.error_bound,
                    certified=hg.certified, eps=eps, delta=eps, backtracks=0, accepted=True,
-                   **hypergradient_costs(hg))
+                   spent=hg.cost)
         state = dataclasses.replace(state, x=warm(hg.lower.x), q=warm(hg.linear.q), eps=eps,
                                     delta=eps, iteration=k + 1)
         L, scale, base = state.L_lambda, state.scale, (state.theta, z, g, eps)

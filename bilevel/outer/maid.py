@@ -19,7 +19,8 @@ import math
 
 import torch
 
-from ..hypergradient import certifiable_accuracy, hypergradient, upper_bounds, upper_value
+from ..cost import Cost
+from ..hypergradient import certifiable_accuracy, hypergradient, upper_bounds
 from . import quasi_newton
 from .base import (
     AT_LEAST_ONE,
@@ -30,12 +31,12 @@ from .base import (
     check_settings,
     converged_message,
     count,
-    degenerate,
     finite,
     norm,
     one_of,
     warm,
 )
+from .line_search import LineSearch, certified_line_search
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,28 +48,12 @@ class MAIDState(OuterState):
     previous: tuple | None = None  # (theta, z) of the last accepted step's start
 
 
-def hypergradient_costs(hg, new_constants=True):
-    """Cost counters of one hypergradient (its lower solve, CG, constants, g).
-
-    Each local rate of the bound the problem gives (Hessian, mixed) is one more call.
-    """
-    return dict(lower_iterations=hg.lower.iterations, cg_iterations=hg.linear.iterations,
-                oracle_calls=hg.lower.evaluations + hg.linear.iterations + 2
-                + (hg.constants.cost if new_constants else 0)
-                + 2 * (hg.hessian_along is not None) + (hg.mixed_along is not None))
-
-
 def _stalled(before, after):
     """Whether a refinement failed to improve a solve that missed its tolerance."""
     lower = not after.lower.converged and after.lower.error_bound >= 0.9 * before.lower.error_bound
     linear = (not after.linear.converged
               and after.linear.residual_norm >= 0.9 * before.linear.residual_norm)
     return lower or linear
-
-
-def _add(costs, **more):
-    for key, value in more.items():
-        costs[key] = costs.get(key, 0) + value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,15 +223,6 @@ class MAID:
         <grad F, H z> >= <z, H z> - omega ||H z|| >= eta <z, H z>."""
         return (1 - self.eta) * float(torch.dot(z, Hz)) / max(norm(Hz), 1e-300)
 
-    def _solve_trial(self, problem, theta, eps, x0):
-        """The lower solve at a trial point; None where the lower problem is degenerate."""
-        if degenerate(problem, theta) is not None:
-            return None
-        try:
-            return problem.solve_lower(theta, eps, x0=x0, max_iter=self.lower_max_iter)
-        except ArithmeticError:  # the problem's constants overflow at this theta
-            return None
-
     def _first_step(self, state, memory, z):
         """The line search's first trial step: 1 along an L-BFGS direction (its natural
         scale), else the step carried over (HOAG's sqrt(dim theta) / ||z|| at the start)."""
@@ -276,25 +252,28 @@ class MAID:
             out.append(min(requested, certified) * factor)
         return tuple(out)
 
-    def _descent_direction(self, problem, state, costs):
-        """Step 1: tighten until -z is a certified descent direction."""
+    def _descent_direction(self, problem, state):
+        """Step 1: tighten until -z is a certified descent direction.
+
+        Returns (hypergradient, eps, delta, failure or None, cost of every refinement).
+        """
         eps, delta, x, q, constants = state.eps, state.delta, state.x, state.q, None
-        previous, nonfinite = None, 0
+        previous, nonfinite, spent = None, 0, Cost()
         for _ in range(self.max_refinements + 1):
             hg = hypergradient(problem, state.theta, eps, delta, x0=x, q0=q,
                                constants=constants, lower_max_iter=self.lower_max_iter,
                                cg_max_iter=self.cg_max_iter)
-            _add(costs, **hypergradient_costs(hg, new_constants=constants is None))
+            spent += hg.cost
             # A NaN solution is no warm start: the next solve starts afresh, and a
             # hypergradient that is not finite from a fresh start ends the run.
             x, q = warm(hg.lower.x), warm(hg.linear.q)
             nonfinite = 0 if finite(norm(hg.grad), hg.error_bound) else nonfinite + 1
             if nonfinite == 2:
-                return hg, eps, delta, "diverged"
+                return hg, eps, delta, "diverged", spent
             if previous is not None and _stalled(previous, hg):
                 # The solvers spent their whole budgets without improving their
                 # certificates (rounding error): tightening further only burns cost.
-                return hg, eps, delta, "accuracy_floor"
+                return hg, eps, delta, "accuracy_floor", spent
             previous = hg
             # Certified constants may depend on x~ (e.g. ||B(x~)||) and are cheap: recompute
             # them at the new x~.  Estimated ones are costly and no truer near x~: reuse.
@@ -309,121 +288,106 @@ class MAID:
                 need = self._trial_accuracy(0.0, alpha * float(torch.dot(hg.grad, Hz)), hg)
                 floor = self._floor(problem, state.theta, hg.lower.x)
                 if hg.lower.error_bound <= need or eps <= floor:
-                    return hg, eps, delta, None
+                    return hg, eps, delta, None, spent
                 eps = max(min(self.nu * eps, need), floor)
                 continue
             margin = self._margin(hg.grad, self._direction(state, hg.grad)[1]) \
                 if usable and z_norm > 0 else 0.0
             if usable and (z_norm + hg.error_bound <= self.tol or hg.error_bound <= margin
                            or not self.adaptive):
-                return hg, eps, delta, None
+                return hg, eps, delta, None, spent
             if not self.adaptive:
-                return hg, eps, delta, "diverged"
+                return hg, eps, delta, "diverged", spent
             eps, delta = self._refined(hg, eps, delta, margin) if usable \
                 else (self.nu * eps, self.nu * delta)
             if eps < self._floor(problem, state.theta, hg.lower.x):
-                return hg, eps, delta, "accuracy_floor"
-        return hg, eps, delta, "refinement_limit"
+                return hg, eps, delta, "accuracy_floor", spent
+        return hg, eps, delta, "refinement_limit", spent
 
     def update(self, problem, state):
-        costs = {}
-        hg, eps, delta, failure = self._descent_direction(problem, state, costs)
+        hg, eps, delta, failure, spent = self._descent_direction(problem, state)
         z, z_norm, omega = hg.grad, norm(hg.grad), hg.error_bound
         memory, Hz = self._direction(state, z) if finite(z_norm) else ((), z)
         row = dict(upper_value=hg.upper_value, grad_norm=z_norm, error_bound=omega,
-                   certified=hg.certified, eps=eps, delta=delta, step=0.0, backtracks=0,
-                   accepted=False, nonfinite_trials=0, search_iterations=0,
-                   next_upper_bound=float("nan"), memory=len(memory),
+                   certified=hg.certified, eps=eps, delta=delta, memory=len(memory),
                    direction_certified=bool(finite(z_norm) and z_norm > 0
                                             and omega <= self._margin(z, Hz)))
         state = dataclasses.replace(state, x=warm(hg.lower.x), q=warm(hg.linear.q), eps=eps,
                                     delta=delta, iteration=state.iteration + 1)
+        stop = None
         if failure is not None:
-            message = {
-                "accuracy_floor": f"no descent direction certified down to eps={eps:.2e} "
-                                  f"(the floor: eps_min={self.eps_min:g} or what "
-                                  f"{hg.lower.x.dtype} can certify, "
-                                  f"{self._floor(problem, state.theta, hg.lower.x):.1e}; "
-                                  "or the solvers' certificates stalled at their budgets)",
-                "refinement_limit": f"{self.max_refinements} accuracy refinements (down to "
-                                    f"eps={eps:.2e}) did not certify a descent direction",
-                "diverged": "the hypergradient is not finite (twice, the second time from "
-                            "fresh warm starts)",
-            }[failure] + f" (omega={omega:.3e}, ||z||={z_norm:.3e})"
-            return dataclasses.replace(state, status=failure, message=message), {**row, **costs}
-        if z_norm + omega <= self.tol:
-            return (dataclasses.replace(state, status="converged", message=converged_message(
-                z_norm, omega, self.tol, hg.certified)), {**row, **costs})
+            stop = failure, self._failure_message(problem, state, hg, failure, eps)
+        elif z_norm + omega <= self.tol:
+            stop = "converged", converged_message(z_norm, omega, self.tol, hg.certified)
+        if stop is not None:
+            return (dataclasses.replace(state, status=stop[0], message=stop[1]),
+                    {**row, **LineSearch().row(), "spent": spent})
         if math.isnan(state.alpha):  # alpha0=None: HOAG's first step
             state = dataclasses.replace(state, alpha=math.sqrt(z.numel()) / z_norm)
-        first = self._first_step(state, memory, z)
 
         # Step 2: backtracking with certified bounds on F at both ends.
-        L_g, convex = hg.constants.L_g, problem.upper_convex_in_x
+        L_g = hg.constants.L_g
         lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm, hg.lower.error_bound,
-                                    L_g, convex)
-        lam, z2 = self.sufficient_decrease, float(torch.dot(z, Hz))  # <z, H z> > 0
-        for i in range(state.max_backtracks):
-            step = first * self.rho ** i
-            trial = state.theta - step * Hz
-            row["backtracks"] = i + 1
-            sol = self._solve_trial(problem, trial, self._trial_accuracy(eps, step * z2, hg),
-                                    state.x)
-            if sol is not None:
-                _add(costs, lower_iterations=sol.iterations, oracle_calls=sol.evaluations + 1)
-                row["search_iterations"] += sol.iterations
-            if sol is None or not finite(sol.error_bound):
-                # A degenerate lower problem (mu not > 0, overflow) or NaN/Inf from the
-                # solve (or a user's derivative) rejects this trial only; theta is never
-                # moved to a point whose loss cannot be bounded.
-                row["nonfinite_trials"] += 1
-                continue
-            if not sol.converged:
-                break  # out of iterations at this accuracy: smaller steps will not help
-            value, gx_norm = upper_value(problem, sol.x, trial)
-            _, upper_next = upper_bounds(value, gx_norm, sol.error_bound, L_g, convex)
-            if not finite(upper_next):
-                row["nonfinite_trials"] += 1
-                continue
-            if upper_next - lower_now + lam * step * z2 <= 0:
-                row.update(step=step, accepted=True, backtracks=i, next_upper_bound=upper_next)
-                accepted = dataclasses.replace(
-                    state, theta=trial, x=sol.x,
-                    alpha=state.alpha if memory else self.rho_bar * step,
-                    eps=self.nu_bar * eps, delta=self.nu_bar * delta,
-                    certify_direction=self.direction_test == "always", memory=memory,
-                    previous=(state.theta, z) if self.direction == "lbfgs" else None)
-                return accepted, {**row, **costs}
+                                    L_g, problem.upper_convex_in_x)
+        slope = float(torch.dot(z, Hz))  # <z, H z> > 0
+        search = certified_line_search(
+            problem, state.theta, Hz, slope, first=self._first_step(state, memory, z),
+            rho=self.rho, backtracks=state.max_backtracks, lam=self.sufficient_decrease,
+            lower_now=lower_now, L_g=L_g, x0=state.x, lower_max_iter=self.lower_max_iter,
+            accuracy=lambda step: self._trial_accuracy(eps, step * slope, hg))
+        row = {**row, **search.row(), "spent": spent + search.cost}
+        if search.accepted:
+            return dataclasses.replace(
+                state, theta=search.theta, x=search.x,
+                alpha=state.alpha if memory else self.rho_bar * search.step,
+                eps=self.nu_bar * eps, delta=self.nu_bar * delta,
+                certify_direction=self.direction_test == "always", memory=memory,
+                previous=(state.theta, z) if self.direction == "lbfgs" else None), row
+        return self._after_failure(problem, state, hg, memory), row
 
-        # Step 3 (failure): tighten accuracy, grow the budget, retry at the same theta.
+    def _failure_message(self, problem, state, hg, failure, eps):
+        floor = self._floor(problem, state.theta, hg.lower.x)
+        return {
+            "accuracy_floor": f"no descent direction certified down to eps={eps:.2e} "
+                              f"(the floor: eps_min={self.eps_min:g} or what "
+                              f"{hg.lower.x.dtype} can certify, {floor:.1e}; "
+                              "or the solvers' certificates stalled at their budgets)",
+            "refinement_limit": f"{self.max_refinements} accuracy refinements (down to "
+                                f"eps={eps:.2e}) did not certify a descent direction",
+            "diverged": "the hypergradient is not finite (twice, the second time from "
+                        "fresh warm starts)",
+        }[failure] + f" (omega={hg.error_bound:.3e}, ||z||={norm(hg.grad):.3e})"
+
+    def _after_failure(self, problem, state, hg, memory):
+        """Step 3: tighten accuracy, grow the budget, retry at the same theta."""
+        eps, delta = state.eps, state.delta
         if not self.adaptive:
-            message = (f"the line search failed at fixed accuracy eps={eps:g}: the "
-                       "certified bounds cannot show further decrease")
-            return (dataclasses.replace(state, status="line_search_failed", message=message),
-                    {**row, **costs})
+            return dataclasses.replace(state, status="line_search_failed", message=(
+                f"the line search failed at fixed accuracy eps={eps:g}: the "
+                "certified bounds cannot show further decrease"))
         if memory:
             # The curvature model misled the search (inexact pairs, a region of other
             # curvature): drop it and search along -z at the same accuracy first.
-            return dataclasses.replace(state, memory=(), previous=None), {**row, **costs}
+            return dataclasses.replace(state, memory=(), previous=None)
         failed = dataclasses.replace(state, eps=self.nu * eps, delta=self.nu * delta,
                                      max_backtracks=state.max_backtracks + self.backtrack_growth,
                                      certify_direction=True)
         if not (hg.lower.converged and hg.linear.converged):
             # The solvers already missed the current accuracy within their budgets
             # (lower_max_iter, cg_max_iter): asking for more only burns cost.
-            return (dataclasses.replace(failed, status="accuracy_floor", message=(
+            return dataclasses.replace(failed, status="accuracy_floor", message=(
                 f"the line search needs more accuracy than the solvers reach: their "
                 f"certificates stalled at eps={hg.lower.error_bound:.2e}, "
                 f"delta={hg.linear.residual_norm:.2e} (requested {eps:.2e}, {delta:.2e}) "
-                "within lower_max_iter / cg_max_iter")), {**row, **costs})
+                "within lower_max_iter / cg_max_iter"))
         floor = self._floor(problem, state.theta, hg.lower.x)
         if failed.eps < floor:
-            failed = dataclasses.replace(
+            return dataclasses.replace(
                 failed, status="accuracy_floor",
                 message=f"line search failed down to the accuracy floor {floor:.1e} "
                         f"(eps_min={self.eps_min:g}, or the rounding level of "
                         f"{hg.lower.x.dtype})")
-        return failed, {**row, **costs}
+        return failed
 
 
 #: The paper's values of the settings where :class:`MAID`'s defaults differ.

@@ -18,7 +18,6 @@ from .base import (
     norm,
     warm,
 )
-from .maid import hypergradient_costs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +73,7 @@ class TorchOptimizer:
         z_norm = norm(hg.grad)
         row = dict(upper_value=hg.upper_value, grad_norm=z_norm, error_bound=hg.error_bound,
                    certified=hg.certified, eps=self.eps, delta=self.delta, step=self.lr,
-                   backtracks=0, accepted=True, **hypergradient_costs(hg))
+                   backtracks=0, accepted=True, spent=hg.cost)
         state = dataclasses.replace(state, x=warm(hg.lower.x), q=warm(hg.linear.q),
                                     iteration=state.iteration + 1)
         if not finite(z_norm, hg.error_bound):

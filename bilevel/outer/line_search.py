@@ -1,0 +1,118 @@
+"""MAID's certified backtracking line search (docs/certificates.md, section 5).
+
+A trial theta+ = theta - alpha d is accepted only when a certified upper bound on
+F(theta+) lies below a certified lower bound on F(theta) by lam alpha <z, d>: a
+proof that F decreased, whatever the direction d.  The outcome is a record, like
+optax's line-search info: what was tried, what it cost, and what it proved.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+
+from ..cost import Cost
+from ..hypergradient import upper_bounds, upper_value
+from .base import degenerate, finite
+
+
+@dataclasses.dataclass(frozen=True)
+class LineSearch:
+    """The outcome of one certified backtracking search.
+
+    Attributes
+    ----------
+    accepted : bool
+        Whether a trial proved a decrease.
+    step : float
+        The accepted step alpha (0 if none).
+    backtracks : int
+        Trials rejected before the accepted one (all trials if none was).
+    theta, x : torch.Tensor or None
+        The accepted point and its certified lower-level solution.
+    next_upper_bound : float
+        The certified upper bound on F(theta+) (NaN if none was accepted).
+    nonfinite_trials : int
+        Trials rejected because the lower problem was degenerate there (mu not
+        > 0, overflow) or a solve or bound was not finite.
+    search_iterations : int
+        Lower-level iterations spent at trial points.
+    cost : Cost
+        Everything the search spent.
+    """
+
+    accepted: bool = False
+    step: float = 0.0
+    backtracks: int = 0
+    theta: torch.Tensor | None = None
+    x: torch.Tensor | None = None
+    next_upper_bound: float = float("nan")
+    nonfinite_trials: int = 0
+    search_iterations: int = 0
+    cost: Cost = Cost()
+
+    def row(self) -> dict:
+        """The history columns of the search."""
+        return dict(step=self.step, backtracks=self.backtracks, accepted=self.accepted,
+                    next_upper_bound=self.next_upper_bound,
+                    nonfinite_trials=self.nonfinite_trials,
+                    search_iterations=self.search_iterations)
+
+
+def _solve_trial(problem, theta, eps, x0, max_iter):
+    """The lower solve at a trial point; None where the lower problem is degenerate."""
+    if degenerate(problem, theta) is not None:
+        return None
+    try:
+        return problem.solve_lower(theta, eps, x0=x0, max_iter=max_iter)
+    except ArithmeticError:  # the problem's constants overflow at this theta
+        return None
+
+
+def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, lam, lower_now,
+                          accuracy: Callable[[float], float], L_g, x0=None,
+                          lower_max_iter=10_000) -> LineSearch:
+    """Backtrack along -d from ``first`` by ``rho`` until F provably decreased.
+
+    Parameters
+    ----------
+    d : torch.Tensor
+        The direction's H z (steps go to theta - alpha d).
+    slope : float
+        <z, d> > 0: the first-order decrease rate the test demands a share of.
+    lower_now : float
+        A certified lower bound on F(theta).
+    accuracy : callable
+        alpha -> the lower-level accuracy of the trial at step alpha.
+    L_g : float
+        Lipschitz constant of grad_x g (for the bound on g(x*) at trials).
+    """
+    convex = problem.upper_convex_in_x
+    spent, nonfinite, searched, tried = Cost(), 0, 0, 0
+    for i in range(backtracks):
+        tried = i + 1
+        step = first * rho ** i
+        trial = theta - step * d
+        sol = _solve_trial(problem, trial, accuracy(step), x0, lower_max_iter)
+        if sol is not None:
+            spent += sol.cost
+            searched += sol.iterations
+        if sol is None or not finite(sol.error_bound):
+            # Rejects this trial only; theta never moves where F cannot be bounded.
+            nonfinite += 1
+            continue
+        if not sol.converged:
+            break  # out of iterations at this accuracy: smaller steps will not help
+        value, gx_norm = upper_value(problem, sol.x, trial)
+        spent += Cost(oracle_calls=1)
+        _, upper_next = upper_bounds(value, gx_norm, sol.error_bound, L_g, convex)
+        if not finite(upper_next):
+            nonfinite += 1
+            continue
+        if upper_next - lower_now + lam * step * slope <= 0:
+            return LineSearch(accepted=True, step=step, backtracks=i, theta=trial, x=sol.x,
+                              next_upper_bound=upper_next, nonfinite_trials=nonfinite,
+                              search_iterations=searched, cost=spent)
+    return LineSearch(backtracks=tried, nonfinite_trials=nonfinite, search_iterations=searched,
+                      cost=spent)
