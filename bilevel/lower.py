@@ -57,6 +57,36 @@ def certificate(problem, x, theta, mu=None) -> float:
     return problem.global_norm(problem.lower_grad(x, theta)) / mu
 
 
+def reachable_accuracy(problem, theta, x) -> float:
+    """About the smallest certificate the dtype of ``x`` allows: 4 eps max(1, ||x||) / mu.
+
+    The certificate is ||grad_x h|| / mu, and grad_x h carries a rounding error
+    of a few finfo(dtype).eps ||x|| (relative to unit curvature): a tolerance
+    below this is rounding noise (float32: about 5e-7 max(1, ||x||) / mu), and no
+    number of iterations reaches it.
+    """
+    eps = torch.finfo(x.dtype).eps
+    return 4 * eps * max(1.0, problem.global_norm(x)) / problem.check_mu(theta)
+
+
+def rounding_floor(problem, theta, x) -> float:
+    """Where a solve's certificate typically stalls in the dtype of ``x``.
+
+    The rounding of grad_x h grows with the largest curvature L (a step of eps
+    ||x|| in x moves the gradient by up to L eps ||x||), so the stall sits near
+    eps max(1, ||x||) L / mu, at least :func:`reachable_accuracy`.  L is the
+    problem's ``smoothness`` (without one, this is :func:`reachable_accuracy`).
+    A tolerance a solve can be expected to reach lies above it.
+    """
+    floor = reachable_accuracy(problem, theta, x)
+    L = problem.smoothness(theta)
+    if L is None or not math.isfinite(float(L)):
+        return floor
+    eps = torch.finfo(x.dtype).eps
+    return max(floor, eps * max(1.0, problem.global_norm(x)) * float(L)
+               / problem.check_mu(theta))
+
+
 def _estimate_smoothness(problem, theta, x, iterations=10):
     """Power iteration on Hessian-vector products: an estimate (from below) of L."""
     gen = torch.Generator().manual_seed(0)

@@ -57,19 +57,78 @@ class ClassificationSplit:
     source: str = ""
 
     def __post_init__(self):
-        d = self.X_train.shape[1]
+        """Check the data (one line naming the part at fault) and store float64 / int64 arrays.
+
+        Refused: a split without samples (the test split may be empty), no
+        features, NaN or inf features, labels that are not integers (a float
+        label 2.7 would otherwise be truncated to class 2), labels out of range,
+        and a training split with fewer than two classes (nothing to separate).
+        """
+        n_classes = self.n_classes
+        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) \
+                or n_classes < 2:
+            raise ValueError(f"ClassificationSplit: n_classes must be an integer >= 2, got "
+                             f"{n_classes!r}")
+        X_train = _features("X_train", self.X_train)
+        if X_train.shape[1] == 0:
+            raise ValueError("ClassificationSplit: X_train has no features (shape "
+                             f"{X_train.shape}); need at least 1 column")
+        d = X_train.shape[1]
         for part in ("train", "val", "test"):
-            X, y = getattr(self, f"X_{part}"), getattr(self, f"y_{part}")
-            if X.ndim != 2 or X.shape[1] != d:
-                raise ValueError(f"X_{part} must be 2-D with {d} columns, got {X.shape}")
+            X = X_train if part == "train" else _features(f"X_{part}", getattr(self, f"X_{part}"))
+            if X.shape[1] != d:
+                raise ValueError(f"ClassificationSplit: X_{part} must have {d} columns (as "
+                                 f"X_train), got shape {X.shape}")
+            if part != "test" and X.shape[0] == 0:
+                raise ValueError(f"ClassificationSplit: X_{part} has no samples; the {part} "
+                                 "split needs at least 1")
+            y = _labels(f"y_{part}", getattr(self, f"y_{part}"), n_classes)
             if y.shape != (X.shape[0],):
-                raise ValueError(f"y_{part} has shape {y.shape}, X_{part} has {X.shape[0]} rows")
-            if len(y) and (y.min() < 0 or y.max() >= self.n_classes):
-                raise ValueError(f"y_{part} has labels outside 0..{self.n_classes - 1}")
+                raise ValueError(f"ClassificationSplit: y_{part} has shape {y.shape}, X_{part} "
+                                 f"has {X.shape[0]} rows")
+            object.__setattr__(self, f"X_{part}", X)
+            object.__setattr__(self, f"y_{part}", y)
+        present = np.unique(self.y_train)
+        if len(present) < 2:
+            raise ValueError(f"ClassificationSplit: y_train holds one class only "
+                             f"({present.tolist()}); need at least 2 classes to learn from")
 
     @property
     def n_features(self) -> int:
         return self.X_train.shape[1]
+
+
+def _features(name, X) -> np.ndarray:
+    """X as a finite 2-D float64 array, or ValueError naming it."""
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"ClassificationSplit: {name} must be a 2-D array of numbers") from None
+    if X.ndim != 2:
+        raise ValueError(f"ClassificationSplit: {name} must be 2-D (samples x features), got "
+                         f"shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"ClassificationSplit: {name} contains NaN or inf "
+                         f"({int((~np.isfinite(X)).sum())} entries)")
+    return X
+
+
+def _labels(name, y, n_classes) -> np.ndarray:
+    """y as int64 labels in 0..n_classes-1; non-integer values are refused, not truncated."""
+    y = np.asarray(y)
+    if y.dtype == bool or not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"ClassificationSplit: {name} must hold integer class labels, got "
+                         f"dtype {y.dtype}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
+            bad = y[~(np.isfinite(y) & (y == np.round(y)))][:3].tolist()
+            raise ValueError(f"ClassificationSplit: {name} must hold integer class labels, got "
+                             f"non-integer values such as {bad}")
+    y = y.astype(np.int64)
+    if len(y) and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"ClassificationSplit: {name} has labels outside 0..{n_classes - 1} "
+                         f"(min {y.min()}, max {y.max()})")
+    return y
 
 
 def standardise(split: ClassificationSplit) -> ClassificationSplit:

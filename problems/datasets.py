@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import params
+
 #: The default scikit-image set: gray images bundled with the package, sorted.
 SKIMAGE_NAMES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass",
                  "gravel", "moon", "rocket")
@@ -254,26 +256,47 @@ def denoising_pair(name, images=None, noisy=None, *, source=None, n=None, size=6
     ``images`` (clean, (N, H, W) or (H, W)) and ``noisy`` are the user's tensors;
     without ``images`` the first ``n`` images of ``source`` are loaded, and without
     ``noisy`` Gaussian noise of ``sigma`` is drawn with ``seed``.  Errors name the
-    problem ``name``.
+    problem ``name`` and the parameter.  ``noisy`` must have exactly the shape of
+    ``images``: a transposed or flattened observation is refused, never reshaped
+    (a reshape would pair each noisy pixel with another pixel's clean value).
     """
     to = dict(dtype=dtype, device=device)
     if images is None:
+        n = None if n is None else params.integer(name, "n_images", n, 1)
+        size = params.size2(name, "size", size, min_size)
         images = load_images(source, n=n, size=size)
-    images = torch.as_tensor(images).to(**to)
-    if images.ndim == 2:
-        images = images.unsqueeze(0)
-    if images.ndim != 3:
-        raise ValueError(f"{name}: images must have shape (N, H, W), got {tuple(images.shape)}")
+    images = _image_stack(name, "images", images, **to)
+    if images.shape[0] == 0:
+        raise ValueError(f"{name}: images must hold at least 1 image, got shape "
+                         f"{tuple(images.shape)}")
     if min(images.shape[-2:]) < min_size:
         raise ValueError(f"{name}: images of {tuple(images.shape[-2:])} are smaller than "
                          f"{min_size}x{min_size}")
     if noisy is None:
-        noisy = add_noise(images, sigma, seed)
-    noisy = torch.as_tensor(noisy).to(**to)
-    if noisy.numel() != images.numel():
-        raise ValueError(f"{name}: noisy has shape {tuple(noisy.shape)}, images "
+        sigma = params.number(name, "sigma", sigma, minimum=0.0)
+        noisy = add_noise(images, sigma, params.integer(name, "seed", seed, 0))
+    noisy = _image_stack(name, "noisy", noisy, **to)
+    if noisy.shape != images.shape:
+        raise ValueError(f"{name}: noisy has shape {tuple(noisy.shape)}, the clean images "
+                         f"{tuple(images.shape)}; they must match (N, H, W) exactly")
+    return images, noisy
+
+
+def _image_stack(name, label, images, dtype, device):
+    """``images`` as a finite (N, H, W) tensor; one (H, W) image becomes (1, H, W)."""
+    try:
+        images = torch.as_tensor(images).to(dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{name}: {label} must be a tensor or array of shape (N, H, W), "
+                         f"got {type(images).__name__} ({exc})") from None
+    if images.ndim == 2:
+        images = images.unsqueeze(0)
+    if images.ndim != 3:
+        raise ValueError(f"{name}: {label} must have shape (N, H, W) or (H, W), got "
                          f"{tuple(images.shape)}")
-    return images, noisy.reshape(images.shape)
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name}: {label} contain NaN or Inf")
+    return images
 
 
 class DenoisingQuality:
@@ -282,7 +305,7 @@ class DenoisingQuality:
     Needs ``self.clean``, ``self.noisy`` and ``self.denoise(noisy, theta, tol=...)``.
     """
 
-    quality_tol = 1e-6
+    quality_tol = None  # the denoiser's default: 1e-6, or what the dtype can certify
 
     def quality(self, theta, clean=None, noisy=None, tol=None):
         """Mean PSNR / SSIM of the denoised ``noisy`` against ``clean``.
@@ -296,11 +319,40 @@ class DenoisingQuality:
         return quality(self.denoise(noisy, theta, tol=tol), clean)
 
     @staticmethod
-    def solve_certified(problem, theta, tol, max_iter, shape):
-        """x*(theta) of ``problem`` (built on the images to denoise) with certified
-        ||x - x*|| <= tol, shaped ``shape``; ``RuntimeError`` if max_iter comes first."""
+    def solve_certified(problem, theta, tol, max_iter, shape, default_tol=1e-6):
+        """x*(theta) of ``problem`` (built on the images to denoise), shaped ``shape``.
+
+        Certified ||x - x*|| <= tol.  ``tol=None`` takes ``default_tol``, raised to
+        what the dtype can certify here (:func:`bilevel.lower.rounding_floor`:
+        in float32 the default 1e-6 is often below rounding).  An explicit tol
+        below :func:`bilevel.lower.reachable_accuracy` is refused at once, naming
+        the dtype's reachable accuracy.  ``RuntimeError`` if the solve stops short
+        (max_iter, or its certificate stalled at the rounding floor).
+        """
+        from bilevel.lower import reachable_accuracy, rounding_floor
+
+        theta = problem.check_theta(torch.as_tensor(theta, dtype=problem.dtype,
+                                                    device=problem.device).flatten())
+        x0 = problem.initial_x(theta)
+        if tol is None:
+            tol = max(default_tol, 2 * rounding_floor(problem, theta, x0))
+        else:
+            tol = params.number(problem.name, "tol", tol, positive=True)
+            reachable = reachable_accuracy(problem, theta, x0)
+            if tol < reachable:
+                raise ValueError(f"{problem.name}: denoise tol={tol:g} is below what "
+                                 f"{x0.dtype} can certify for these images (about "
+                                 f"{reachable:.1e} = 4 eps max(1, ||x||) / mu); pass a larger "
+                                 "tol, tol=None for a reachable default, or use float64")
+        max_iter = params.integer(problem.name, "max_iter", max_iter, 1)
         sol = problem.solve_lower(theta, tol, max_iter=max_iter)
         if not sol.converged:
+            if sol.iterations < max_iter:
+                raise RuntimeError(
+                    f"{problem.name}: denoise stalled at certified accuracy "
+                    f"{sol.error_bound:.2e} > tol={tol:g}, the rounding floor of {x0.dtype} "
+                    f"at this theta (about {rounding_floor(problem, theta, x0):.1e}); pass "
+                    "a larger tol, tol=None, or use float64")
             raise RuntimeError(f"{problem.name}: denoise reached max_iter={max_iter} at "
                                f"certified accuracy {sol.error_bound:.2e} > tol={tol:g}")
         return sol.x.reshape(shape)

@@ -98,6 +98,7 @@ import torch
 from bilevel import BilevelProblem, BoundConstants
 from bilevel.lower import newton_cg
 
+from . import params
 from .classification_data import ClassificationSplit, load_digits_split, load_mnist_split
 
 LAYOUTS = ("weight", "feature", "scalar")
@@ -151,24 +152,16 @@ class LogisticRegression(BilevelProblem):
     def __init__(self, layout="weight", theta0=-3.0, n_train=600, n_val=600, n_test=None,
                  seed=0, fit_bias=False, bias_ridge=1e-2, mnist_path=None, mnist_size=12,
                  data=None, lower_solver="newton", dtype=torch.float64, device="cpu"):
-        if layout not in LAYOUTS:
-            raise ValueError(f"logistic_regression: layout must be one of {LAYOUTS}, "
-                             f"got {layout!r}")
-        if fit_bias and not bias_ridge > 0:
-            raise ValueError("logistic_regression: fit_bias needs bias_ridge > 0 (an "
-                             "unregularised bias is not strongly convex)")
-        if lower_solver not in LOWER_SOLVERS:
-            raise ValueError(f"logistic_regression: lower_solver must be one of "
-                             f"{LOWER_SOLVERS}, got {lower_solver!r}")
+        name = self.name
+        params.choice(name, "layout", layout, LAYOUTS)
+        params.choice(name, "lower_solver", lower_solver, LOWER_SOLVERS)
+        if fit_bias:
+            # An unregularised bias is not strongly convex.
+            bias_ridge = params.number(name, "bias_ridge (with fit_bias)", bias_ridge,
+                                       positive=True)
         self.lower_solver = lower_solver
         if data is None:
-            if mnist_path is not None:
-                data = load_mnist_split(mnist_path, n_train=n_train, n_val=n_val,
-                                        n_test=10_000 if n_test is None else n_test,
-                                        seed=seed, size=mnist_size)
-            else:
-                data = load_digits_split(n_train=n_train, n_val=n_val, n_test=n_test,
-                                         seed=seed)
+            data = self._load(n_train, n_val, n_test, seed, mnist_path, mnist_size)
         if not isinstance(data, ClassificationSplit):
             raise TypeError("logistic_regression: data must be a ClassificationSplit, got "
                             f"{type(data).__name__}")
@@ -212,14 +205,27 @@ class LogisticRegression(BilevelProblem):
         self._Y = {k: v.to(**to) for k, v in self._Y.items()}
         size = {"weight": self.n_features * self.n_classes, "feature": self.n_features,
                 "scalar": 1}[layout]
-        theta0 = torch.as_tensor(theta0, dtype=torch.float64)
-        if theta0.numel() == 1:
-            theta0 = theta0.reshape(()).expand(size)
-        if theta0.shape != (size,):
-            raise ValueError(f"logistic_regression: theta0 must be a number or have {size} "
-                             f"entries for layout {layout!r}, got shape {tuple(theta0.shape)}")
-        self.theta0 = theta0.clone().to(**to)
+        self.theta0 = params.vector(name, "theta0", theta0, size,
+                                    f"(layout {layout!r})").to(**to)
         super().__init__()
+
+    def _load(self, n_train, n_val, n_test, seed, mnist_path, mnist_size):
+        """The digits or MNIST split, sizes checked; errors name the problem."""
+        name = self.name
+        n_train = params.integer(name, "n_train", n_train, 1)
+        n_val = params.integer(name, "n_val", n_val, 1)
+        n_test = None if n_test is None else params.integer(name, "n_test", n_test, 1)
+        seed = params.integer(name, "seed", seed, 0)
+        try:
+            if mnist_path is not None:
+                size = None if mnist_size is None else params.integer(name, "mnist_size",
+                                                                      mnist_size, 1)
+                return load_mnist_split(mnist_path, n_train=n_train, n_val=n_val,
+                                        n_test=10_000 if n_test is None else n_test,
+                                        seed=seed, size=size)
+            return load_digits_split(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
 
     # ------------------------------------------------------------------ helpers
     @property

@@ -13,6 +13,8 @@ import torch
 
 from bilevel import BilevelProblem, BoundConstants
 
+from . import params
+
 
 class Quadratic(BilevelProblem):
     """Quadratic lower and upper levels; x and theta both in R^m.
@@ -27,8 +29,8 @@ class Quadratic(BilevelProblem):
         Standard deviation of the noise in b1 and b2.
     seed : int
         Seed of every random draw.
-    theta0 : float
-        Value of every entry of the starting theta.
+    theta0 : float or sequence of m floats
+        The starting theta: one value for every entry, or m values.
     distribution : {'uniform', 'normal'}
         Law of the entries of A_i: 'uniform' on [0, 1) is the paper's; its
         common mean direction makes F badly conditioned in theta (condition
@@ -43,12 +45,14 @@ class Quadratic(BilevelProblem):
 
     def __init__(self, n=1000, m=10, noise=0.01, seed=0, theta0=0.0, distribution="uniform",
                  dtype=torch.float64, device="cpu"):
-        if distribution not in ("uniform", "normal"):
-            raise ValueError(f"quadratic: distribution must be 'uniform' or 'normal', "
-                             f"got {distribution!r}")
+        params.choice(self.name, "distribution", distribution, ("uniform", "normal"))
+        m = params.integer(self.name, "m", m, 1)
+        n = params.integer(self.name, "n", n, 1)
         if n < m:
-            raise ValueError(f"quadratic: need n >= m for strong convexity, got n={n}, m={m}")
-        gen = torch.Generator().manual_seed(seed)
+            raise ValueError(f"quadratic: n must be >= m (A2 has full column rank only then: "
+                             f"strong convexity), got n={n}, m={m}")
+        noise = params.number(self.name, "noise", noise, minimum=0.0)
+        gen = torch.Generator().manual_seed(params.integer(self.name, "seed", seed, 0))
 
         def normal(*shape):
             return torch.randn(shape, generator=gen, dtype=torch.float64)
@@ -65,7 +69,7 @@ class Quadratic(BilevelProblem):
         to = dict(dtype=dtype, device=device)
         self.A1, self.A2, self.A3 = A1.to(**to), A2.to(**to), A3.to(**to)
         self.b1, self.b2 = b1.to(**to), b2.to(**to)
-        self.theta0 = torch.full((m,), float(theta0), **to)
+        self.theta0 = params.vector(self.name, "theta0", theta0, m).to(**to)
 
         # Spectral constants, computed once in float64.
         eig2 = torch.linalg.eigvalsh(A2.T @ A2)

@@ -312,11 +312,12 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
                               L_Ainv=L_A / mu ** 2, L_gtheta=0.0, certified=True, cost=2)
 
     # ------------------------------------------------------------------ usage
-    def denoise(self, noisy, theta=None, tol=1e-4, max_iter=100_000):
+    def denoise(self, noisy, theta=None, tol=None, max_iter=100_000):
         """Denoise new images (N, H, W) or (H, W) with ``theta`` (default theta0).
 
-        Returns x shaped like ``noisy`` with certified ||x - x*|| <= tol; raises
-        ``RuntimeError`` if ``max_iter`` is reached first.
+        Returns x shaped like ``noisy`` with certified ||x - x*|| <= tol (None:
+        1e-4, raised to what the dtype can certify); raises ``RuntimeError`` if
+        the solve stops short (:meth:`~problems.datasets.DenoisingQuality.solve_certified`).
         """
         noisy = torch.as_tensor(noisy, dtype=self.dtype, device=self.device)
         theta = self.initial_theta() if theta is None else theta
@@ -326,7 +327,7 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
                                    filter_size=self.s, num_knots=self.num_knots,
                                    x_range=self.x_range, s_max=self.s_max, dtype=self.dtype,
                                    device=self.device)
-        return self.solve_certified(problem, theta, tol, max_iter, shape)
+        return self.solve_certified(problem, theta, tol, max_iter, shape, default_tol=1e-4)
 
 
 ENTRY = dict(

@@ -40,7 +40,7 @@ import torch
 
 from bilevel import BilevelProblem, BoundConstants, local_bounds
 
-from . import datasets
+from . import datasets, params
 
 #: Bound on nu^2 ||dHphi(t)[d]|| over t and unit d, isotropic.  In the frame
 #: t = s e_1, d = (c, sigma), nu = 1, rho^2 = 1 + s^2:
@@ -145,8 +145,7 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
     def __init__(self, n_images=8, size=64, sigma=0.1, seed=0, theta0=(-5.0, -5.0),
                  variant="isotropic", source=None, images=None, noisy=None, shard=None,
                  dtype=torch.float64, device="cpu"):
-        if variant not in VARIANTS:
-            raise ValueError(f"tv_denoising: variant must be one of {VARIANTS}, got {variant!r}")
+        params.choice(self.name, "variant", variant, VARIANTS)
         to = dict(dtype=dtype, device=device)
         images, noisy = datasets.denoising_pair(self.name, images, noisy, source=source,
                                                 n=n_images, size=size, sigma=sigma, seed=seed,
@@ -159,10 +158,8 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
             images, noisy = images[keep], noisy[keep]
         self.clean, self.noisy = images, noisy
         self.variant, self.sigma = variant, sigma
-        self.theta0 = torch.as_tensor(theta0, **to).flatten()
-        if self.theta0.numel() != 2:
-            raise ValueError(f"tv_denoising: theta0 has 2 entries (log weight, log "
-                             f"smoothing), got {self.theta0.numel()}")
+        self.theta0 = params.vector(self.name, "theta0", theta0, 2,
+                                    "(log weight, log smoothing)").to(**to)
         self.n_images = images.shape[0]
         self.D2 = diff_norm_squared(*images.shape[-2:])
         super().__init__()
@@ -416,19 +413,25 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
         return lam * math.sqrt(total) / scale
 
     # ------------------------------------------------------------------ usage
-    def denoise(self, noisy, theta=None, tol=1e-6, max_iter=100_000):
+    def denoise(self, noisy, theta=None, tol=None, max_iter=100_000):
         """Denoise new images with this problem's variant and ``theta`` (default theta0)."""
         theta = self.initial_theta() if theta is None else theta
         return denoise(noisy, theta, variant=self.variant, tol=tol, max_iter=max_iter)
 
 
-def denoise(noisy, theta, variant="isotropic", tol=1e-6, max_iter=100_000):
+def denoise(noisy, theta, variant="isotropic", tol=None, max_iter=100_000):
     """Minimise the lower-level objective for ``noisy`` (N, H, W) or (H, W).
 
     Returns x, shaped like ``noisy``, with certified ||x - x*|| <= tol (FISTA,
-    mu = 1); raises ``RuntimeError`` if ``max_iter`` is reached first.
+    mu = 1).  ``tol=None``: 1e-6, raised to what the dtype can certify at this
+    theta (float32 often cannot reach 1e-6); an explicit tol below the dtype's
+    reachable accuracy is refused at once
+    (:meth:`~problems.datasets.DenoisingQuality.solve_certified`).  Raises
+    ``RuntimeError`` if the solve stops short of tol.
     """
     noisy = torch.as_tensor(noisy)
+    if not noisy.is_floating_point():
+        raise TypeError(f"tv_denoising: denoise needs floating-point images, got {noisy.dtype}")
     theta = torch.as_tensor(theta, dtype=noisy.dtype, device=noisy.device).flatten()
     problem = TVDenoising(images=noisy, noisy=noisy, theta0=theta, variant=variant,
                           dtype=noisy.dtype, device=noisy.device)

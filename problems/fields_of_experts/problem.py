@@ -314,11 +314,12 @@ class FieldsOfExperts(CertifiedConstants, datasets.DenoisingQuality, BilevelProb
                 torch.zeros_like(theta))
 
     # ------------------------------------------------------------------ usage
-    def denoise(self, noisy, theta=None, tol=1e-6, max_iter=100_000):
+    def denoise(self, noisy, theta=None, tol=None, max_iter=100_000):
         """Denoise new images (N, H, W) or (H, W) with ``theta`` (default theta0).
 
-        Returns x shaped like ``noisy`` with certified ||x - x*|| <= tol; raises
-        ``RuntimeError`` if ``max_iter`` is reached first.
+        Returns x shaped like ``noisy`` with certified ||x - x*|| <= tol (None:
+        1e-6, raised to what the dtype can certify); raises ``RuntimeError`` if
+        the solve stops short (:meth:`~problems.datasets.DenoisingQuality.solve_certified`).
         """
         noisy = torch.as_tensor(noisy, dtype=self.dtype, device=self.device)
         theta = self.initial_theta() if theta is None else theta
