@@ -51,6 +51,13 @@ class LowerSolution:
         return Cost(lower_iterations=self.iterations, oracle_calls=self.evaluations)
 
 
+def _check_tol(problem, tol):
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (
+            tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"{problem.name}: lower-level tolerance must be a finite number > 0, "
+                         f"got {tol!r}")
+
+
 def certificate(problem, x, theta, mu=None) -> float:
     """||grad_x h(x, theta)|| / mu(theta): a certified bound on ||x - x*(theta)||."""
     mu = problem.check_mu(theta) if mu is None else mu
@@ -111,8 +118,8 @@ def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
     gives no certified L, L is estimated by power iteration and raised by a
     descent-lemma test at each step (both counted in ``evaluations``).
     """
-    if not (tol > 0 and math.isfinite(tol)):
-        raise ValueError(f"{problem.name}: lower-level tolerance must be > 0, got {tol}")
+    _check_tol(problem, tol)
+    theta = problem.check_theta(theta)
     mu = problem.check_mu(theta)
     x = problem.initial_x(theta) if x0 is None else problem.check_x(x0, theta, "x0")
     evaluations = 0
@@ -219,8 +226,8 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
     ``iterations`` counts gradients and Hessian-vector products alike (each
     costs about one gradient), so costs compare with FISTA's.
     """
-    if not (tol > 0 and math.isfinite(tol)):
-        raise ValueError(f"{problem.name}: lower-level tolerance must be > 0, got {tol}")
+    _check_tol(problem, tol)
+    theta = problem.check_theta(theta)
     mu = problem.check_mu(theta)
     x = problem.initial_x(theta) if x0 is None else problem.check_x(x0, theta, "x0")
 

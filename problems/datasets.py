@@ -261,6 +261,9 @@ def denoising_pair(name, images=None, noisy=None, *, source=None, n=None, size=6
     (a reshape would pair each noisy pixel with another pixel's clean value).
     """
     to = dict(dtype=dtype, device=device)
+    if noisy is None:  # checked before loading anything
+        sigma = params.number(name, "sigma", sigma, minimum=0.0)
+        seed = params.integer(name, "seed", seed, 0)
     if images is None:
         n = None if n is None else params.integer(name, "n_images", n, 1)
         size = params.size2(name, "size", size, min_size)
@@ -273,8 +276,7 @@ def denoising_pair(name, images=None, noisy=None, *, source=None, n=None, size=6
         raise ValueError(f"{name}: images of {tuple(images.shape[-2:])} are smaller than "
                          f"{min_size}x{min_size}")
     if noisy is None:
-        sigma = params.number(name, "sigma", sigma, minimum=0.0)
-        noisy = add_noise(images, sigma, params.integer(name, "seed", seed, 0))
+        noisy = add_noise(images, sigma, seed)
     noisy = _image_stack(name, "noisy", noisy, **to)
     if noisy.shape != images.shape:
         raise ValueError(f"{name}: noisy has shape {tuple(noisy.shape)}, the clean images "

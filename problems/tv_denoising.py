@@ -146,6 +146,7 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
                  variant="isotropic", source=None, images=None, noisy=None, shard=None,
                  dtype=torch.float64, device="cpu"):
         params.choice(self.name, "variant", variant, VARIANTS)
+        theta0 = params.vector(self.name, "theta0", theta0, 2, "(log weight, log smoothing)")
         to = dict(dtype=dtype, device=device)
         images, noisy = datasets.denoising_pair(self.name, images, noisy, source=source,
                                                 n=n_images, size=size, sigma=sigma, seed=seed,
@@ -158,8 +159,7 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
             images, noisy = images[keep], noisy[keep]
         self.clean, self.noisy = images, noisy
         self.variant, self.sigma = variant, sigma
-        self.theta0 = params.vector(self.name, "theta0", theta0, 2,
-                                    "(log weight, log smoothing)").to(**to)
+        self.theta0 = theta0.to(**to)
         self.n_images = images.shape[0]
         self.D2 = diff_norm_squared(*images.shape[-2:])
         super().__init__()
