@@ -1,7 +1,6 @@
 """Data-parallel solves: 2 gloo processes follow the 1-process theta trajectory."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -29,18 +28,14 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(args, **kw):
+    # --standalone: the rendezvous store binds port 0 and the workers join it, so no
+    # port is chosen here and released for another process to take first.
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
-                           "2", "--master-addr", "127.0.0.1", "--master-port",
-                           str(_free_port())] + args, capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=300, **kw)
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)  # the workers reuse that store
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2"] + args, capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300, **kw)
 
 
 def test_two_gloo_processes_follow_the_one_process_trajectory(tmp_path):
