@@ -83,6 +83,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     else:
         r = b - matvec(q)
         products += 1
+        charge()
     def apply(res):
         return res if preconditioner is None else res / preconditioner
 
@@ -99,6 +100,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
             # true one, and restart from q if they disagree.
             r = b - matvec(q)
             products += 1
+            charge()
             z = apply(r)
             rz, p, confirmed = _dot(r, z), z, True
             rr = rz if preconditioner is None else _dot(r, r)
@@ -122,6 +124,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     if not confirmed:
         r = b - matvec(q)
         products += 1
+        charge()
     residual = math.sqrt(float(_dot(r, r)))
     return CGResult(q=q, residual_norm=residual, iterations=products,
                     converged=residual <= tol)

@@ -240,6 +240,7 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
     grad = problem.lower_grad(x, theta)
     g_norm = problem.global_norm(grad)
     iterations = evaluations = 1
+    charge()
     while True:
         bound = g_norm / mu
         if not math.isfinite(bound):

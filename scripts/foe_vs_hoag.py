@@ -38,8 +38,10 @@ from bilevel.results import write_csv
 from problems import datasets
 from problems.fields_of_experts import FieldsOfExperts
 
-METHODS = ("maid", "maid_paper", "hoag_geometric", "hoag_quadratic", "hoag_cubic")
+METHODS = ("maid", "maid_paper", "maid_lbfgs", "hoag_geometric", "hoag_quadratic",
+           "hoag_cubic")
 LABELS = {"maid": "MAID", "maid_paper": "MAID (paper's settings)",
+          "maid_lbfgs": "MAID L-BFGS",
           "hoag_geometric": "HOAG geometric",
           "hoag_quadratic": "HOAG quadratic", "hoag_cubic": "HOAG cubic"}
 TEST_TOL = 1e-3  # certified ||x - x*|| of the test denoisings: far below PSNR resolution

@@ -37,8 +37,10 @@ import torch
 import bilevel
 from problems.logistic_regression import LogisticRegression
 
-METHODS = ("maid", "maid_paper", "hoag_geometric", "hoag_quadratic", "hoag_cubic")
+METHODS = ("maid", "maid_paper", "maid_lbfgs", "hoag_geometric", "hoag_quadratic",
+           "hoag_cubic")
 LABELS = {"maid": "MAID", "maid_paper": "MAID (paper's settings)",
+          "maid_lbfgs": "MAID L-BFGS",
           "hoag_geometric": "HOAG geometric", "hoag_quadratic": "HOAG quadratic",
           "hoag_cubic": "HOAG cubic"}
 #: scikit-learn's C grid (inverse ridge weight); C = 1 / (n e^theta), so with n = 600 it

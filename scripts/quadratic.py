@@ -3,8 +3,9 @@
     python scripts/quadratic.py [--quick] [--seed 0]
 
 Optimality gap F - F* (closed form) against total lower-level + CG iterations,
-for MAID started at eps0 in {1e-1, 1e-3, 1e-5} and for the fixed-accuracy
-method at the same accuracies.  Writes results/quadratic/{data.csv, meta.json,
+for MAID started at eps0 in {1e-1, 1e-3, 1e-5}, MAID with L-BFGS directions
+(``maid_lbfgs``) from the same accuracies, and the fixed-accuracy method at the
+same accuracies.  Writes results/quadratic/{data.csv, meta.json,
 quadratic.png}.
 """
 from __future__ import annotations
@@ -19,6 +20,9 @@ import bilevel
 from problems.quadratic import Quadratic
 
 ACCURACIES = (1e-1, 1e-3, 1e-5)
+METHODS = ("maid", "maid_lbfgs", "fixed")
+NAMES = {"maid": "MAID", "maid_lbfgs": "MAID L-BFGS", "fixed": "fixed"}
+STYLES = {"maid": "-", "maid_lbfgs": "-.", "fixed": "--"}
 
 
 def compute(args):
@@ -27,7 +31,7 @@ def compute(args):
     problem = Quadratic(**size, seed=args.seed)
     F_star = problem.value(problem.optimal_theta())
     rows = []
-    for method in ("maid", "fixed"):
+    for method in METHODS:
         for eps0 in ACCURACIES:
             thetas = [problem.initial_theta()]
             with warnings.catch_warnings():
@@ -41,7 +45,7 @@ def compute(args):
                                  cost=row["cost"], gap=problem.value(theta) - F_star,
                                  eps=row["eps"], step=row["step"], accepted=row["accepted"],
                                  time=row["time"]))
-            print(f"{method:5s} eps0={eps0:.0e}: {result.status:18s} cost={rows[-1]['cost']:>7d} "
+            print(f"{method:10s} eps0={eps0:.0e}: {result.status:18s} cost={rows[-1]['cost']:>7d} "
                   f"gap={rows[-1]['gap']:.3e}", flush=True)
     return rows, dict(problem="quadratic", size=size, seed=args.seed, budget=budget,
                       F_star=F_star, accuracies=ACCURACIES)
@@ -53,13 +57,13 @@ def plot(out):
         rows = list(csv.DictReader(f))
     fig, (ax, ax_eps) = plt.subplots(1, 2, figsize=(11, 4))
     colors = dict(zip(map(str, ACCURACIES), ("C0", "C1", "C2"), strict=True))
-    for (method, eps0), style in (((m, str(e)), "-" if m == "maid" else "--")
-                                  for m in ("maid", "fixed") for e in ACCURACIES):
+    present = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    for method, eps0 in ((m, str(e)) for m in present for e in ACCURACIES):
         sel = [r for r in rows if r["method"] == method and float(r["eps0"]) == float(eps0)]
-        label = f"{'MAID' if method == 'maid' else 'fixed'} eps0={float(eps0):.0e}"
-        ax.plot([int(r["cost"]) for r in sel], [float(r["gap"]) for r in sel], style,
+        label = f"{NAMES[method]} eps0={float(eps0):.0e}"
+        ax.plot([int(r["cost"]) for r in sel], [float(r["gap"]) for r in sel], STYLES[method],
                 color=colors[eps0], label=label)
-        if method == "maid":
+        if method != "fixed":
             ax_eps.plot([int(r["iteration"]) for r in sel], [float(r["eps"]) for r in sel],
                         color=colors[eps0], label=label)
     ax.set(xlabel="lower-level + CG iterations", ylabel="F(theta) - F*", yscale="log",

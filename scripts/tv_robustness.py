@@ -5,7 +5,8 @@
 Upper loss against total lower-level + CG iterations for MAID started at eps0
 from 1e2 down to 1e-5 (alpha0 = 1e-2) and at several alpha0 (eps0 = 1e-1),
 against fixed accuracy at eps in {1e-1, 1e-3, 1e-5}, MAID with the paper's
-settings and HOAG's three accuracy schedules (a TV race of several images); and
+settings, MAID with L-BFGS directions (``maid_lbfgs``) and HOAG's three accuracy
+schedules (a TV race of several images); and
 the accuracy eps and step MAID chose against outer iterations.  Writes results/tv_robustness/
 {data.csv, meta.json, tv_robustness.png}.
 """
@@ -32,6 +33,7 @@ def runs():
     for eps in FIXED:
         yield f"fixed eps={eps:.0e}", "fixed", dict(eps0=eps, delta0=eps)
     yield "MAID (paper's settings)", "maid_paper", {}
+    yield "MAID L-BFGS", "maid_lbfgs", {}
     for schedule in ("geometric", "quadratic", "cubic"):
         yield f"HOAG {schedule}", f"hoag_{schedule}", {}
 
