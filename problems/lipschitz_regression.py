@@ -67,6 +67,8 @@ import torch
 from bilevel import BilevelProblem, BoundConstants
 from bilevel.lower import LowerSolution
 
+from . import params
+
 TARGETS = ("sign", "sine")
 _PHI3 = 48.0 / (25.0 * math.sqrt(5.0))  # max_t 3 t / (1 + t^2)^(5/2), at t = 1/2
 _EPS64 = torch.finfo(torch.float64).eps
@@ -142,12 +144,25 @@ class LipschitzRegression(BilevelProblem):
     def __init__(self, n_train=100, n_val=100, n_test=2000, num_knots=21, x_range=(-1.0, 1.0),
                  target="sign", flip=0.2, noise=0.0, beta=10.0, nu=0.1, ridge=1e-3,
                  theta0=-3.0, seed=0, data=None, dtype=torch.float64, device="cpu"):
-        if num_knots < 3:
-            raise ValueError(f"lipschitz_regression: num_knots must be >= 3, got {num_knots}")
-        if not (beta > 0 and nu > 0 and ridge > 0):
-            raise ValueError("lipschitz_regression: beta, nu and ridge must be > 0 "
-                             f"(got {beta}, {nu}, {ridge})")
+        name = self.name
+        num_knots = params.integer(name, "num_knots", num_knots, 3)
+        beta = params.number(name, "beta", beta, positive=True)
+        nu = params.number(name, "nu", nu, positive=True)
+        ridge = params.number(name, "ridge", ridge, positive=True)
+        theta0 = params.number(name, "theta0", theta0)
+        x_range = params.vector(name, "x_range", x_range, 2, "(low, high)").tolist()
+        if not x_range[0] < x_range[1]:
+            raise ValueError(f"{name}: x_range must be (low, high) with low < high, got "
+                             f"{tuple(x_range)}")
         if data is None:
+            n_train = params.integer(name, "n_train", n_train, 1)
+            n_val = params.integer(name, "n_val", n_val, 1)
+            n_test = params.integer(name, "n_test", n_test, 1)
+            seed = params.integer(name, "seed", seed, 0)
+            flip = params.number(name, "flip", flip, minimum=0.0)
+            if flip > 1:
+                raise ValueError(f"{name}: flip must be a probability in [0, 1], got {flip}")
+            noise = params.number(name, "noise", noise, minimum=0.0)
             gen = torch.Generator().manual_seed(seed)
             kw = dict(target=target, noise=noise, x_range=x_range, generator=gen)
             x_tr, y_tr, _ = make_data(n_train, flip=flip, **kw)

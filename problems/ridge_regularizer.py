@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from bilevel import BilevelProblem, BoundConstants
 from bilevel.splines import evaluate_potential, knots, potential_tables
 
-from . import datasets
+from . import datasets, params
 from .fields_of_experts import dct_filters  # the same starting filter bank as FoE
 
 
@@ -107,17 +107,25 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
                  slope_init=(0.9, 0.05), init_width=0.06, source=None, images=None,
                  noisy=None, dtype=torch.float64, device="cpu"):
         to = dict(dtype=dtype, device=device)
-        self.K, self.s = int(num_filters), int(filter_size)
+        name = self.name
+        self.K = params.integer(name, "num_filters", num_filters, 1)
+        self.s = params.integer(name, "filter_size", filter_size, 2)
+        num_knots = params.integer(name, "num_knots", num_knots, 3)
+        if num_knots % 2 == 0:
+            raise ValueError(f"{name}: num_knots must be an odd integer >= 3 (so that 0 is a "
+                             f"knot), got {num_knots}")
+        x_range = params.number(name, "x_range", x_range, positive=True)
+        s_max = params.number(name, "s_max", s_max, positive=True)
+        log_scale = params.number(name, "log_scale", log_scale)
+        init_width = params.number(name, "init_width", init_width, minimum=0.0)
+        slope_init = params.vector(name, "slope_init", slope_init, 2,
+                                   "(fractions in (0, 1))").tolist()
+        if not all(0 < f < 1 for f in slope_init):
+            raise ValueError(f"{name}: slope_init must be 2 fractions in (0, 1), got "
+                             f"{tuple(slope_init)}")
         images, noisy = datasets.denoising_pair(self.name, images, noisy, source=source,
                                                 n=n_images, size=size, sigma=sigma, seed=seed,
-                                                **to)
-        if self.K < 1 or self.s < 2 or min(images.shape[-2:]) < self.s:
-            raise ValueError(f"ridge_regularizer: need num_filters >= 1, filter_size >= 2 and "
-                             f"images at least as large as the filters; got {self.K}, "
-                             f"{self.s}, images {tuple(images.shape[-2:])}")
-        if not (s_max > 0 and 0 < slope_init[0] < 1 and 0 < slope_init[1] < 1):
-            raise ValueError("ridge_regularizer: need s_max > 0 and slope_init fractions in "
-                             "(0, 1)")
+                                                min_size=self.s, **to)
         self.clean, self.noisy = images, noisy
         self.sigma, self.n_images = sigma, images.shape[0]
         self.num_knots, self.x_range, self.s_max = int(num_knots), float(x_range), float(s_max)

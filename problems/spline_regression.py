@@ -45,6 +45,8 @@ from bilevel import BilevelProblem, BoundConstants
 from bilevel.lower import LowerSolution
 from bilevel.splines import interpolation_matrix, knots
 
+from . import params
+
 #: sup_t |phi_nu'''(t)| nu^2 = 3/2 (4/5)^{5/2}, attained at t = nu / 2.
 C3 = 1.5 / 1.25 ** 2.5
 #: Relative margin on eigenvalues computed in float64.
@@ -188,12 +190,17 @@ class SplineRegression(BilevelProblem):
                  x_range=1.0, smoothing=0.2, ridge=1e-3, data_curvature=True,
                  log_weight=0.0, seed=0, x_train=None, y_train=None, x_val=None, y_val=None,
                  dtype=torch.float64, device="cpu"):
-        if target not in TARGETS:
-            raise ValueError(f"spline_regression: target must be one of {tuple(TARGETS)}, "
-                             f"got {target!r}")
-        if not (smoothing > 0 and ridge > 0):
-            raise ValueError(f"spline_regression: need smoothing > 0 and ridge > 0, got "
-                             f"{smoothing}, {ridge}")
+        name = self.name
+        params.choice(name, "target", target, tuple(TARGETS))
+        smoothing = params.number(name, "smoothing", smoothing, positive=True)
+        ridge = params.number(name, "ridge", ridge, positive=True)
+        noise = params.number(name, "noise", noise, minimum=0.0)
+        x_range = params.number(name, "x_range", x_range, positive=True)
+        num_knots = params.integer(name, "num_knots", num_knots, 3)
+        log_weight = params.number(name, "log_weight", log_weight)
+        seed = params.integer(name, "seed", seed, 0)
+        n_train = params.integer(name, "n_train", n_train, 1)
+        n_val = params.integer(name, "n_val", n_val, 1)
         to = dict(dtype=dtype, device=device)
         if x_train is None:
             x_train, y_train = make_data(n_train, target, noise, x_range, seed)

@@ -225,3 +225,25 @@ def test_d18_unreachable_tolerance_is_refused_at_once():
         denoise(noisy, torch.tensor([-2.0, -5.0]), tol=5e-6)
     with pytest.raises(ValueError, match=r"tv_denoising: tol must be a finite number > 0"):
         denoise(noisy, torch.tensor([-5.0, -5.0]), tol=0)
+
+
+# --- the other registered problems ---------------------------------------------
+OTHER_SPECS = [
+    ("fields_of_experts[num_filters=abc]", r"fields_of_experts: num_filters must be an integer"),
+    ("fields_of_experts[filter_size=1]", r"fields_of_experts: filter_size must be an integer >= 2"),
+    ("fields_of_experts[size=3]", r"fields_of_experts: size must be an integer >= 5"),
+    ("ridge_regularizer[num_knots=4]", r"ridge_regularizer: num_knots must be an odd integer"),
+    ("ridge_regularizer[x_range=-1]", r"ridge_regularizer: x_range must be a finite number > 0"),
+    ("ridge_regularizer[slope_init=(2,0.1)]", r"ridge_regularizer: slope_init must be 2 fractions"),
+    ("spline_regression[n_train=0]", r"spline_regression: n_train must be an integer >= 1"),
+    ("spline_regression[smoothing=0]", r"spline_regression: smoothing must be a finite number > 0"),
+    ("lipschitz_regression[theta0=(1,2)]", r"lipschitz_regression: theta0 must be a finite number"),
+    ("lipschitz_regression[x_range=(1,-1)]", r"x_range must be \(low, high\) with low < high"),
+    ("lipschitz_regression[flip=2]", r"lipschitz_regression: flip must be a probability"),
+]
+
+
+@pytest.mark.parametrize("spec,message", OTHER_SPECS, ids=[s for s, _ in OTHER_SPECS])
+def test_d13_bad_spec_of_other_problems_is_named(spec, message):
+    with pytest.raises(ValueError, match=message):
+        bilevel.make_problem(spec)

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 
 from bilevel import BilevelProblem
 
-from .. import datasets
+from .. import datasets, params
 from .bounds import CertifiedConstants
 from .gemm import CHUNK_COLUMNS, plan_chunks, run_chunks
 
@@ -155,14 +155,12 @@ class FieldsOfExperts(CertifiedConstants, datasets.DenoisingQuality, BilevelProb
                  log_scale=-5.0, log_smoothing=-3.0, source=None, images=None, noisy=None,
                  backend="auto", chunk_columns=CHUNK_COLUMNS, dtype=torch.float64,
                  device="cpu"):
-        if backend not in BACKENDS:
-            raise ValueError(f"fields_of_experts: backend must be one of {BACKENDS}, "
-                             f"got {backend!r}")
-        if int(num_filters) < 1 or int(filter_size) < 2:
-            raise ValueError(f"fields_of_experts: need num_filters >= 1 and filter_size >= 2, "
-                             f"got {num_filters}, {filter_size}")
+        params.choice(self.name, "backend", backend, BACKENDS)
         to = dict(dtype=dtype, device=device)
-        self.K, self.s = int(num_filters), int(filter_size)
+        self.K = params.integer(self.name, "num_filters", num_filters, 1)
+        self.s = params.integer(self.name, "filter_size", filter_size, 2)
+        log_scale = params.number(self.name, "log_scale", log_scale)
+        log_smoothing = params.number(self.name, "log_smoothing", log_smoothing)
         self.clean, self.noisy = datasets.denoising_pair(
             self.name, images, noisy, source=source, n=n_images, size=size, sigma=sigma,
             seed=seed, min_size=self.s, **to)
