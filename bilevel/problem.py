@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import functools
 import math
+import warnings
 
 import torch
 
@@ -24,6 +25,26 @@ from .constants import BoundConstants, estimate_bound_constants
 
 def _fail(problem, what, exc=ValueError):
     raise exc(f"{problem.name}: {what}")
+
+
+class DerivativeWarning(UserWarning):
+    """An autograd default derivative disagrees with finite differences of the gradient."""
+
+
+def _fixed_unit(like):
+    """A deterministic unit vector shaped like ``like`` (drawn in float64 on the CPU)."""
+    v = torch.randn(like.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    v = v.to(dtype=like.dtype, device=like.device)
+    return v / torch.linalg.vector_norm(v)
+
+
+def _difference(grad_at, point):
+    """(grad_at(s) - grad_at(-s)) / 2s with s = sqrt(eps) max(1, ||point||), and its noise."""
+    eps = torch.finfo(point.dtype).eps
+    step = math.sqrt(eps) * max(1.0, float(torch.linalg.vector_norm(point)))
+    plus, minus = grad_at(step), grad_at(-step)
+    noise = 100 * eps * float(torch.linalg.vector_norm(plus) + torch.linalg.vector_norm(minus))
+    return (plus - minus) / (2 * step), noise / step
 
 
 class BilevelProblem(abc.ABC):
@@ -357,6 +378,45 @@ class BilevelProblem(abc.ABC):
         if tuple(bw.shape) != tuple(theta.shape):
             _fail(self, f"mixed_vjp returns shape {tuple(bw.shape)}, theta has "
                         f"{tuple(theta.shape)}")
+        self._spot_check_second_derivatives(x, theta)
+
+    def _spot_check_second_derivatives(self, x, theta):
+        """Warn if an autograd default second derivative misses what differences see.
+
+        An objective autograd can differentiate only once in part (a custom
+        torch.autograd.Function with first derivatives only, beside autograd
+        terms) gives a Hessian or a mixed derivative without that part, silently.
+        One central difference of lower_grad at the initial point, along a fixed
+        direction, compared with a tolerance far above its rounding and
+        truncation (10%), catches that for two gradients per hook;
+        :func:`bilevel.testing.check_problem` checks thoroughly.  Hooks the
+        problem overrides are not checked.
+        """
+        if type(self).lower_hvp is BilevelProblem.lower_hvp:
+            v = _fixed_unit(x)
+            fd, noise = _difference(lambda t: self.lower_grad(x + t * v, theta), x)
+            self._warn_if_apart("lower_hvp", "the Hessian of h", self.lower_hvp(x, theta, v),
+                                fd, noise)
+        if type(self).mixed_vjp is BilevelProblem.mixed_vjp:
+            u = _fixed_unit(theta)
+            fd, noise = _difference(lambda t: self.lower_grad(x, theta + t * u), theta)
+            size = torch.linalg.vector_norm(fd)
+            if float(size) > noise:
+                # <B^T w, u> = <w, B u> with w along the difference: ||B u|| if B is right.
+                along = torch.sum(self.mixed_vjp(x, theta, fd / size) * u)
+                self._warn_if_apart("mixed_vjp", "the mixed derivative B", along, size, noise)
+
+    def _warn_if_apart(self, hook, what, exact, fd, noise):
+        gap = float(torch.linalg.vector_norm(exact - fd))
+        scale = max(float(torch.linalg.vector_norm(fd)), float(torch.linalg.vector_norm(exact)))
+        if math.isfinite(gap) and gap > 0.1 * scale + noise:
+            warnings.warn(
+                f"{self.name}: {what} by autograd (the default {hook}) differs from finite "
+                f"differences of lower_grad by {gap / scale:.0%} at the initial point: is "
+                "lower_objective twice differentiable by autograd (a custom "
+                "torch.autograd.Function with first derivatives only)?  Override lower_hvp and "
+                "mixed_vjp, and run bilevel.testing.check_problem", DerivativeWarning,
+                stacklevel=5)
 
     # ---------------------------------------------------------------- helpers
     @property

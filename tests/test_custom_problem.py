@@ -1,8 +1,11 @@
 """A user's problem in about 20 lines runs through the autograd defaults."""
+import warnings
+
 import pytest
 import torch
 
 import bilevel
+from bilevel.problem import DerivativeWarning
 from bilevel.testing import check_problem
 
 
@@ -317,10 +320,25 @@ def test_d20_estimator_uses_the_problems_own_derivatives():
 
 
 def test_d20_check_problem_flags_a_missing_double_backward():
-    report = check_problem(Prior())
+    with pytest.warns(DerivativeWarning):
+        problem = Prior()
+    report = check_problem(problem)
     failed = {c.name: c.detail for c in report.failures}
     assert "not twice differentiable" in failed["mixed_vjp vs finite differences"]
     assert "twice differentiable" in failed["lower_hvp vs finite differences"]
+
+
+def test_d20_default_hessian_warns_when_autograd_misses_a_term():
+    # The log cosh term has no second derivative by autograd: the default Hessian is
+    # I instead of I + diag(sech^2 x).  Spotted at construction, not read as curvature.
+    with pytest.warns(DerivativeWarning, match=r"prior: the Hessian of h by autograd \(the "
+                                               r"default lower_hvp\) differs .* twice "
+                                               r"differentiable"):
+        Prior()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PriorWithHooks()  # its own hooks: nothing to check
+        make_ridge()  # twice differentiable: no false alarm
 
 
 def test_d20_default_hessian_refuses_a_gradient_without_graph():
