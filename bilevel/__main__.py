@@ -1,33 +1,213 @@
-"""Command line: ``python -m bilevel list | run NAME | plot RUN_DIR``."""
+"""Command line: ``python -m bilevel list | run NAME | plot RUN_DIR``.
+
+A mistake in what was asked (a spec, a flag, a run folder) is one line on stderr,
+``error: ...``, exit status 2, before anything is computed.  A run interrupted by
+Ctrl-C or SIGTERM writes what it has (history, theta, a checkpoint, meta.json with
+status 'interrupted') and exits with status 130; ``--resume`` continues it.
+"""
 from __future__ import annotations
 
 import argparse
 import ast
-import json
+import contextlib
+import dataclasses
+import math
+import os
+import shutil
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
 from . import registry
 
+#: Exit status of a run ended by Ctrl-C or SIGTERM (the shell's 128 + SIGINT).
+INTERRUPTED = 130
 
+
+# ------------------------------------------------------------------- arguments
 def _value(text):
+    """A Python literal, else a string; 'nan' and 'inf' are floats (methods refuse
+    them where a finite number is needed, naming the setting)."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        return text
+        word = text.strip()
+        if word.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            return float(word)
+        return word
 
 
 def _settings(pairs):
     settings = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
-        settings[key] = _value(raw)
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        settings[key.strip()] = _value(raw)
     return settings
 
 
+def _count(text):
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+_count.__name__ = "integer >= 0"  # argparse names the type in its message
+
+
+def _budget(text):
+    """argparse type: a finite number > 0."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(text)
+    return value
+
+
+_budget.__name__ = "finite number > 0"
+
+
+# ---------------------------------------------------------------- the run plan
+@dataclasses.dataclass
+class _Plan:
+    """What a ``run`` will do, settled (and checked) before anything is computed."""
+
+    spec: str
+    method_name: str
+    settings: dict
+    method: object
+    max_iter: int
+    max_cost: float | None
+    out: Path | None
+    source: Path | None = None  # the checkpoint a resumed run continues
+    new_folder: bool = True  # out is a new run folder, not the resumed one
+
+    @property
+    def meta(self) -> dict:
+        meta = dict(problem=self.spec, method=self.method_name, max_iter=self.max_iter,
+                    max_cost=self.max_cost, settings=self.settings)
+        if self.source is not None and self.new_folder:
+            meta["resumed_from"] = str(self.source.parent)
+        return meta
+
+
+def _fresh_plan(args) -> _Plan:
+    from .outer import make_method
+
+    if args.problem is None:
+        raise ValueError("run needs a problem name (or --resume RUN_DIR)")
+    settings = _settings(args.set)
+    if args.tol is not None:
+        settings["tol"] = args.tol
+    method_name = args.method or "maid"
+    method = make_method(method_name, **settings)  # names a bad setting now, not after a run
+    return _Plan(args.problem, method_name, settings, method,
+                 100 if args.max_iter is None else args.max_iter, args.max_cost,
+                 _check_out(args.out, args.overwrite))
+
+
+def _resume_plan(args) -> _Plan:
+    """Continue RUN_DIR: its problem, method and settings; a budget may grow."""
+    from .checkpoint import method_differences
+    from .outer import make_method
+    from .results import load_meta
+
+    run_dir = Path(args.resume)
+    if not run_dir.is_dir():
+        raise ValueError(f"--resume {run_dir}: no such folder")
+    meta = load_meta(run_dir, required=("problem", "method", "settings", "max_iter",
+                                        "max_cost"))
+    source = run_dir / "checkpoint.pt"
+    if not source.is_file():
+        raise ValueError(f"--resume {run_dir}: no checkpoint.pt there (a --distributed run, "
+                         "or one written by an older version without --checkpoint-every)")
+    _check_saved_run(run_dir, meta)
+    spec, method_name, settings = meta["problem"], meta["method"], dict(meta["settings"])
+    if args.problem is not None and registry.parse_spec(args.problem) != \
+            registry.parse_spec(spec):
+        raise ValueError(f"--resume {run_dir}: the run solves {spec!r}, not {args.problem!r}; "
+                         "start a new run (another --out) to solve another problem")
+    if args.method is not None and args.method != method_name:
+        raise ValueError(f"--resume {run_dir}: the run uses --method {method_name}, not "
+                         f"{args.method}; start a new run to use another method")
+    method = make_method(method_name, **settings)
+    asked = dict(_settings(args.set), **({} if args.tol is None else {"tol": args.tol}))
+    changed = method_differences(type(method).__name__, dataclasses.asdict(method),
+                                 make_method(method_name, **{**settings, **asked}))
+    if changed:
+        raise ValueError(f"--resume {run_dir}: a resumed run keeps its settings "
+                         f"({'; '.join(changed)}; saved vs asked); start a new run to "
+                         "change them")
+    in_place = args.out is None or Path(args.out).resolve() == run_dir.resolve()
+    return _Plan(spec, method_name, settings, method,
+                 meta["max_iter"] if args.max_iter is None else args.max_iter,
+                 meta["max_cost"] if args.max_cost is None else args.max_cost,
+                 run_dir if in_place else _check_out(args.out, args.overwrite),
+                 source=source, new_folder=not in_place)
+
+
+def _check_saved_run(run_dir, meta) -> None:
+    """The fields of meta.json that a resumed run reads, checked for their types."""
+    from .results import CorruptRunError
+
+    number = (int, float)
+    checks = (("problem", isinstance(meta["problem"], str)),
+              ("method", isinstance(meta["method"], str)),
+              ("settings", isinstance(meta["settings"], dict)),
+              ("max_iter", isinstance(meta["max_iter"], int) and meta["max_iter"] >= 0),
+              ("max_cost", meta["max_cost"] is None or isinstance(meta["max_cost"], number)))
+    for key, ok in checks:
+        if not ok:
+            raise CorruptRunError(run_dir / "meta.json", f"{key}={meta[key]!r} is not valid")
+
+
+def _check_out(out, overwrite) -> Path | None:
+    """The run folder ``out``, refused now if it cannot be written or holds a run."""
+    from .results import RUN_FILES
+
+    if out is None:
+        if overwrite:
+            raise ValueError("--overwrite needs --out DIR")
+        return None
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"--out {out}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write in {ancestor} (permission denied)")
+    held = [name for name in RUN_FILES if (path / name).exists()]
+    if held and not overwrite:
+        raise ValueError(f"--out {out}: already holds a run ({', '.join(held)}); pass "
+                         f"--overwrite to replace it, or --resume {out} to continue it")
+    return path
+
+
+def _open_out(plan: _Plan) -> Path | None:
+    """Create the run folder, mark it 'running'; the checkpoint the run writes there."""
+    from .results import RUN_FILES, write_meta
+
+    if plan.out is None:
+        return None
+    plan.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = plan.out / "checkpoint.pt"
+    if plan.new_folder:  # --overwrite was checked: the old run's files must not linger
+        for name in RUN_FILES:
+            (plan.out / name).unlink(missing_ok=True)
+        if plan.source is not None:  # a resumed run written elsewhere starts as a copy
+            shutil.copyfile(plan.source, checkpoint)
+    write_meta(plan.out, dict(plan.meta, status="running"))
+    return checkpoint
+
+
+# ---------------------------------------------------------------------- run
 def cmd_list(args):
     for name in registry.list_problems():
         try:
@@ -37,74 +217,111 @@ def cmd_list(args):
         print(f"{name:24s} {description}")
 
 
-def _resume_arguments(args):
-    """Fill the run's arguments from the run folder's meta.json."""
-    meta_path = Path(args.resume) / "meta.json"
-    if not meta_path.exists():
-        raise ValueError(f"--resume {args.resume}: no meta.json there (not a run folder)")
-    meta = json.loads(meta_path.read_text())
-    args.problem, args.method = meta["problem"], meta["method"]
-    args.max_iter, args.max_cost = meta["max_iter"], meta["max_cost"]
-    args.out = args.out or args.resume
-    return meta["settings"]
-
-
 def cmd_run(args):
-    from .outer import resume, solve
-
-    if args.resume:
-        settings = _resume_arguments(args)
-    elif args.problem is None:
-        raise ValueError("run needs a problem name (or --resume RUN_DIR)")
-    else:
-        settings = _settings(args.set)
-        if args.tol is not None:
-            settings["tol"] = args.tol
+    if args.distributed and (args.checkpoint_every or args.resume):
+        raise ValueError("--checkpoint-every / --resume are not supported with --distributed")
+    if args.checkpoint_every and not args.out and not args.resume:
+        raise ValueError("--checkpoint-every needs --out DIR (the checkpoint lives there)")
+    plan = _resume_plan(args) if args.resume else _fresh_plan(args)
     rank = 0
     if args.distributed:
         from . import distributed
 
-        rank, world = distributed.init()
-        problem = distributed.data_parallel(args.problem)
+        rank, _ = distributed.init()
+        problem = distributed.data_parallel(plan.spec)
         args.quiet = args.quiet or rank != 0  # one progress bar, one summary
     else:
-        problem = registry.make_problem(args.problem)
-    meta = dict(problem=args.problem, method=args.method, max_iter=args.max_iter,
-                max_cost=args.max_cost, settings=settings)
-    checkpoint = None
-    if (args.checkpoint_every or args.resume) and args.distributed:
-        raise ValueError("--checkpoint-every / --resume are not supported with --distributed")
-    if args.checkpoint_every or args.resume:
-        if not args.out:
-            raise ValueError("--checkpoint-every needs --out DIR (the checkpoint lives there)")
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint = out / "checkpoint.pt"
-        if not args.resume:
-            (out / "meta.json").write_text(json.dumps(dict(meta, status="running"), indent=2))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        common = dict(max_iter=args.max_iter, max_cost=args.max_cost, progress=not args.quiet,
-                      checkpoint_every=args.checkpoint_every)
-        if args.resume:
-            result = resume(problem, checkpoint, **common)
-        else:
-            result = solve(problem, args.method, checkpoint_path=checkpoint, **common,
-                           **settings)
+        problem = registry.make_problem(plan.spec)
     try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if plan.source is not None:  # refuse another problem before touching a file
+                from .checkpoint import load_checkpoint
+                load_checkpoint(plan.source, problem, method=plan.method)
+            if rank != 0:
+                plan.out = None  # rank 0 writes the run folder
+            result = _execute(args, plan, problem)
+        if result is None:
+            return INTERRUPTED
         if rank == 0:  # every rank holds the same theta and history; rank 0 reports them
-            return _report(args, problem, result, settings, meta, caught)
+            return _report(args, plan, problem, result, caught)
         return 0
     finally:
         if args.distributed:
             distributed.finish()
 
 
-def _report(args, problem, result, settings, meta, caught):
+def _execute(args, plan: _Plan, problem):
+    """Solve or resume; the result, or None if interrupted before an iteration ended.
+
+    meta.json never stays 'running': an error or an interrupt rewrites it.
+    """
+    from .outer import resume, solve
+
+    common = dict(max_iter=plan.max_iter, max_cost=plan.max_cost, progress=not args.quiet,
+                  checkpoint_every=args.checkpoint_every)
+    try:
+        checkpoint = _open_out(plan) if not args.distributed else None
+        with _sigterm_interrupts():
+            if plan.source is not None:
+                return resume(problem, checkpoint, method=plan.method, **common)
+            # The object already holds the settings.
+            return solve(problem, plan.method, checkpoint_path=checkpoint, **common)
+    except KeyboardInterrupt:
+        what = "interrupted before the first iteration ended: nothing to save"
+        print(f"\n{what}", file=sys.stderr)
+        _mark(plan, "interrupted", what)
+        return None
+    except BaseException as exc:
+        _mark(plan, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _mark(plan: _Plan, status, message) -> None:
+    """Record in meta.json how a run ended that left no result to save."""
+    if plan.out is not None and (plan.out / "meta.json").exists():
+        from .results import write_meta
+        write_meta(plan.out, dict(plan.meta, status=status, message=message))
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (``kill``, a batch scheduler) ends the run like Ctrl-C: with what it has."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    """Ctrl-C and SIGTERM are ignored while the run folder is written (a moment), so
+    that a second Ctrl-C does not lose what the first one saved."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
+                                                                     signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _report(args, plan: _Plan, problem, result, caught):
     from .results import save_run
 
     last = result.history[-1] if result.history else {}
-    print(f"\n{problem.name} / {args.method}: {result.status} - {result.message}")
+    print(f"\n{problem.name} / {plan.method_name}: {result.status} - {result.message}")
     if last:
         print(f"  iterations {len(result.history)}, upper loss {last['upper_value']:.6g}, "
               f"||z|| {last['grad_norm']:.3e}, bound {last['error_bound']:.3e} "
@@ -114,12 +331,18 @@ def _report(args, problem, result, settings, meta, caught):
     theta = result.theta.detach().cpu()
     shown = ", ".join(f"{v:.4g}" for v in theta[:8].tolist())
     print(f"  theta ({theta.numel()}): [{shown}{', ...' if theta.numel() > 8 else ''}]")
-    for w in caught:
-        print(f"  warning: {w.message}", file=sys.stderr)
-    if args.out:
-        out = save_run(args.out, result, meta)
+    for message in dict.fromkeys(str(w.message) for w in caught):  # each one once
+        print(f"  warning: {message}", file=sys.stderr)
+    if plan.out is not None:
+        with _signals_ignored():
+            out = save_run(plan.out, result, plan.meta)
         print(f"  wrote {out}/data.csv, meta.json, theta.json")
-    return 0 if result.status in ("converged", "max_iter", "max_cost", "callback") else 1
+        if result.status == "interrupted":
+            print(f"  continue with: python -m bilevel run --resume {out}")
+    if result.status == "interrupted":
+        return INTERRUPTED
+    return 0 if result.status in ("converged", "max_iter", "max_cost", "max_time",
+                                  "callback") else 1
 
 
 def cmd_plot(args):
@@ -128,42 +351,62 @@ def cmd_plot(args):
     print(f"wrote {plot_run(args.run_dir, args.output)}")
 
 
-def main(argv=None):
+# ---------------------------------------------------------------------- main
+def _parser():
     parser = argparse.ArgumentParser(prog="python -m bilevel",
                                      description="Bilevel hyperparameter learning (MAID).")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list registered problems").set_defaults(func=cmd_list)
     run = sub.add_parser("run", help="solve a registered problem")
     run.add_argument("problem", nargs="?", help="problem name, optionally 'name[k=v,...]'")
-    run.add_argument("--method", default="maid",
+    run.add_argument("--method", default=None,
                      help="maid (default), fixed, hoag_geometric, hoag_quadratic, hoag_cubic, "
                           "adam, sgd")
-    run.add_argument("--max-iter", type=int, default=100)
-    run.add_argument("--max-cost", type=float, default=None,
+    run.add_argument("--max-iter", type=_count, default=None,
+                     help="outer iterations (default 100; with --resume, the run's own)")
+    run.add_argument("--max-cost", type=_budget, default=None,
                      help="budget of lower-level + CG iterations")
     run.add_argument("--tol", type=float, default=None, help="stop when ||z|| + omega <= tol")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="a method setting, e.g. --set eps0=1e-3 (repeatable)")
-    run.add_argument("--out", default=None, help="write a run folder here")
+    run.add_argument("--out", default=None,
+                     help="write a run folder here (with a checkpoint.pt for --resume)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run that --out already holds")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
-                     help="write OUT/checkpoint.pt every K iterations (atomically)")
+    run.add_argument("--checkpoint-every", type=_count, default=0, metavar="K",
+                     help="also write OUT/checkpoint.pt every K iterations (atomically)")
     run.add_argument("--distributed", action="store_true",
                      help="data-parallel over the processes of torchrun (gloo on CPU, "
                           "nccl on GPU): torchrun --nproc-per-node N -m bilevel run ...")
     run.add_argument("--resume", metavar="RUN_DIR", default=None,
-                     help="continue the run whose folder (with checkpoint.pt) is RUN_DIR")
+                     help="continue the run of RUN_DIR (its problem, method and settings; "
+                          "--max-iter / --max-cost may extend it; --out writes a copy)")
     run.set_defaults(func=cmd_run)
     plot = sub.add_parser("plot", help="draw the curves of a run folder")
     plot.add_argument("run_dir")
     plot.add_argument("--output", default=None)
     plot.set_defaults(func=cmd_plot)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError) as exc:  # what was asked is wrong: say what, one line
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file that cannot be read or written
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -255,8 +255,9 @@ def _read(path) -> dict:
 def _check_problem(path, payload, problem) -> None:
     saved = payload.get("problem")
     if saved is None:
-        warnings.warn(f"checkpoint {path} has no fingerprint (written by an older version): "
-                      "cannot check that it belongs to this problem", stacklevel=3)
+        warnings.warn(f"checkpoint {path} has no fingerprint of its problem (written by an "
+                      "older version, or without problem=): cannot check that it belongs to "
+                      "this problem", stacklevel=3)
         return
     if not isinstance(saved, dict):
         raise CorruptCheckpointError(path, "the problem fingerprint is not a dict")

@@ -26,45 +26,113 @@ def environment() -> dict:
                 git_commit=commit or None, command=" ".join(sys.argv))
 
 
+class CorruptRunError(ValueError):
+    """A run folder whose files are missing, empty, truncated or not what they should be."""
+
+    def __init__(self, path, what):
+        super().__init__(f"corrupt run folder: {path}: {what}")
+
+
 def write_csv(path, rows) -> None:
-    """Write dict rows to CSV with the union of their keys as columns (first-seen order)."""
+    """Write dict rows to CSV with the union of their keys as columns (first-seen order).
+
+    Atomically (a temporary file, then a rename): a run killed mid-write leaves the
+    previous file whole, never a truncated one.
+    """
+    path = Path(path)
     columns = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    with open(path, "w", newline="") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
+#: The files of a run folder (meta.json is written last: it marks the folder complete).
+RUN_FILES = ("data.csv", "theta.json", "meta.json", "checkpoint.pt", "curves.png")
+
+
 def save_run(out_dir, result, meta: dict) -> Path:
-    """Write ``data.csv``, ``meta.json`` and ``theta.json`` of a SolveResult into ``out_dir``."""
+    """Write ``data.csv``, ``theta.json`` and ``meta.json`` of a SolveResult into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "data.csv", result.history)
+    _atomic_write_text(out / "theta.json", json.dumps(result.theta.detach().cpu().tolist()))
     meta = dict(meta, status=result.status, message=result.message,
                 iterations=len(result.history), environment=environment())
-    _atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, default=str))
-    _atomic_write_text(out / "theta.json", json.dumps(result.theta.detach().cpu().tolist()))
+    write_meta(out, meta)
     return out
 
 
+def write_meta(out_dir, meta: dict) -> None:
+    """Write ``meta.json`` of a run folder atomically."""
+    _atomic_write_text(Path(out_dir) / "meta.json", json.dumps(meta, indent=2, default=str))
+
+
+def load_meta(run_dir, required=()) -> dict:
+    """The ``meta.json`` of a run folder; :class:`CorruptRunError` if it is missing,
+    unreadable, or lacks one of the ``required`` keys."""
+    path = Path(run_dir) / "meta.json"
+    if not path.is_file():
+        raise CorruptRunError(run_dir, "no meta.json (not a run folder, or an unfinished one)")
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptRunError(path, f"not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CorruptRunError(path, f"holds a JSON {type(meta).__name__}, not an object")
+    missing = [key for key in required if key not in meta]
+    if missing:
+        raise CorruptRunError(path, f"missing {', '.join(missing)}")
+    return meta
+
+
 def load_run(run_dir) -> tuple[list, dict, torch.Tensor]:
-    """(history rows with numbers parsed, meta, theta) of a run folder."""
+    """(history rows with numbers parsed, meta, theta) of a run folder.
+
+    A missing, empty or truncated file is a :class:`CorruptRunError` naming it.
+    """
     run_dir = Path(run_dir)
-    if not (run_dir / "data.csv").exists():
-        raise FileNotFoundError(f"{run_dir} holds no data.csv: not a run folder")
-    with open(run_dir / "data.csv") as f:
-        rows = [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    meta = json.loads((run_dir / "meta.json").read_text())
-    theta = torch.tensor(json.loads((run_dir / "theta.json").read_text()), dtype=torch.float64)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder at {run_dir}")
+    rows = _load_rows(run_dir / "data.csv")
+    meta = load_meta(run_dir)
+    theta_path = run_dir / "theta.json"
+    if not theta_path.is_file():
+        raise CorruptRunError(run_dir, "no theta.json")
+    try:
+        theta = torch.tensor(json.loads(theta_path.read_text()), dtype=torch.float64)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise CorruptRunError(theta_path, f"not a JSON list of numbers ({exc})") from None
     return rows, meta, theta
+
+
+def _load_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise CorruptRunError(path.parent, "no data.csv")
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            raw = list(reader)
+            columns = reader.fieldnames
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise CorruptRunError(path, f"not a CSV file ({exc})") from None
+    if not columns or not raw:
+        raise CorruptRunError(path, "holds no rows (an empty run, or a truncated file)")
+    for number, row in enumerate(raw, start=2):  # line numbers, the header being line 1
+        if None in row or None in row.values():  # DictReader's marks of a ragged line
+            raise CorruptRunError(path, f"line {number} does not have the {len(columns)} "
+                                        "fields of the header (truncated?)")
+    return [{k: _parse(v) for k, v in row.items()} for row in raw]
 
 
 def _parse(value):
@@ -76,6 +144,19 @@ def _parse(value):
         return value
 
 
+#: Columns plot_run draws, all numbers.
+_PLOTTED = ("iteration", "cost", "upper_value", "grad_norm", "error_bound", "eps", "step")
+
+
+def _check_plottable(rows, path) -> None:
+    for number, row in enumerate(rows, start=2):
+        for column in _PLOTTED:
+            value = row.get(column)
+            if not isinstance(value, float):
+                what = "missing" if column not in row else f"not a number ({value!r})"
+                raise CorruptRunError(path, f"line {number}: column {column!r} is {what}")
+
+
 def plot_run(run_dir, path=None):
     """Draw upper loss, ||z||, accuracy and step of a run against cost; returns the PNG path."""
     import matplotlib
@@ -83,6 +164,7 @@ def plot_run(run_dir, path=None):
     import matplotlib.pyplot as plt
 
     rows, meta, _ = load_run(run_dir)
+    _check_plottable(rows, Path(run_dir) / "data.csv")
     cost = [r["cost"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(cost, [r["upper_value"] for r in rows])

@@ -81,32 +81,79 @@ def solve(problem, method="maid", *, theta0=None, max_iter=100, max_cost=None, c
                                  progress=progress)
 
 
-def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, callback=None,
-           progress=False, checkpoint_every=0) -> SolveResult:
-    """Continue a run from its checkpoint; ``max_iter`` counts from the original start.
+#: Statuses that end a run without finishing it: a resumed run goes on from them.
+_REOPENED = frozenset({"interrupted", "max_iter", "max_cost", "max_time", "callback"})
 
-    A run resumed after an interruption ends with exactly the theta of an
-    uninterrupted run (the state holds every warm start).
+
+def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=None,
+           callback=None, progress=False, checkpoint_every=0, method=None) -> SolveResult:
+    """Continue a run from its checkpoint.
+
+    ``max_iter``, ``max_cost`` and ``max_time`` count from the start of the original
+    run, so a larger budget extends a finished run.  A run that stopped on a budget,
+    a callback or an interrupt goes on; one that its method ended ('converged',
+    'accuracy_floor', ...) is returned as it is.  A run resumed after an
+    interruption ends with exactly the theta of an uninterrupted run (the state
+    holds every warm start).
+
+    The checkpoint must belong to ``problem`` (and, if ``method`` -- a method
+    object -- is given, to its class and settings): a mismatch is a
+    :class:`~bilevel.checkpoint.CheckpointMismatchError` saying what differs, an
+    unreadable file a :class:`~bilevel.checkpoint.CorruptCheckpointError`.
     """
     from ..checkpoint import load_checkpoint
 
-    method, state, history, _ = load_checkpoint(checkpoint_path, problem)
-    return _run_with_checkpoints(method, problem, None, checkpoint_path, checkpoint_every,
+    saved, state, history, _ = load_checkpoint(checkpoint_path, problem, method=method)
+    if state.status in _REOPENED:
+        # run() returns at once on a state with a status; this one may go on.
+        state = dataclasses.replace(state, status=None, message="")
+    return _run_with_checkpoints(saved, problem, None, checkpoint_path, checkpoint_every,
                                  state=state, history=history, max_iter=max_iter,
-                                 max_cost=max_cost, callback=callback, progress=progress)
+                                 max_cost=max_cost, max_time=max_time, callback=callback,
+                                 progress=progress)
 
 
 def _run_with_checkpoints(method, problem, theta0, path, every, **kwargs):
-    if path is None:
-        return run(method, problem, theta0, **kwargs)
-    from ..checkpoint import save_checkpoint
+    """:func:`run`, writing a checkpoint to ``path`` (if any) every ``every`` iterations
+    and at the end -- an interrupted end included, so that the run can be resumed."""
+    write = None
+    if path is not None:
+        from ..checkpoint import problem_fingerprint, save_checkpoint
 
-    def write(state, history):
-        save_checkpoint(path, method, state, history)
+        fingerprint = problem_fingerprint(problem)  # once per run: it hashes the data
+        options = {key: kwargs.get(key) for key in ("max_iter", "max_cost", "max_time")}
 
-    result = run(method, problem, theta0, checkpoint=write, checkpoint_every=every, **kwargs)
-    write(result.state, result.history)
+        def write(state, history):
+            save_checkpoint(path, method, state, history, problem=fingerprint, run=options)
+
+    latest = {}  # the last completed iteration, should an interrupt escape run()
+
+    def hook(state, history):
+        latest.update(state=state, history=history, rows=len(history))
+        if write is not None and every and len(history) % every == 0:
+            write(state, history)
+
+    try:
+        result = run(method, problem, theta0, checkpoint=hook, checkpoint_every=1, **kwargs)
+    except KeyboardInterrupt:
+        # run() ends with status 'interrupted' itself; this keeps what was computed
+        # should an interrupt escape it anyway.
+        if not latest and kwargs.get("state") is None:
+            raise  # nothing computed yet
+        result = _interrupted(latest, kwargs)
+    if write is not None:
+        write(result.state, result.history)
     return result
+
+
+def _interrupted(latest, kwargs) -> SolveResult:
+    if latest:
+        state, history = latest["state"], latest["history"][:latest["rows"]]
+    else:
+        state, history = kwargs["state"], list(kwargs.get("history") or [])
+    return SolveResult(theta=state.theta, history=history, status="interrupted",
+                       message=f"interrupted (KeyboardInterrupt) after iteration {len(history)}",
+                       state=state)
 
 
 __all__ = ["solve", "resume", "make_method", "METHODS", "MAID", "FixedAccuracy", "HOAG",
