@@ -13,6 +13,7 @@ from .torch_optim import TorchOptimizer
 METHODS = {
     "maid": MAID,
     "maid_paper": functools.partial(MAID, **PAPER),
+    "maid_lbfgs": functools.partial(MAID, direction="lbfgs"),
     "fixed": FixedAccuracy,
     "hoag": HOAG,
     "hoag_geometric": functools.partial(HOAG, schedule="geometric"),
@@ -25,23 +26,34 @@ METHODS = {
 
 
 def make_method(method="maid", **settings):
-    """The settings object of ``method``; errors name unknown methods and settings."""
-    if not isinstance(method, str):
-        return method  # already a method object
-    factory = METHODS.get(method)
-    if factory is None:
-        raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
-    cls = factory.func if isinstance(factory, functools.partial) else factory
+    """The settings object of ``method``; errors name unknown methods and settings.
+
+    ``method`` is a name of :data:`METHODS` or a method object; ``settings``
+    override the object's own (``make_method(MAID(eps0=1e-2), tol=1e-4)``).
+    """
+    if isinstance(method, str):
+        factory = METHODS.get(method)
+        if factory is None:
+            raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
+        cls, label = (factory.func if isinstance(factory, functools.partial) else factory), method
+    elif dataclasses.is_dataclass(method) and not isinstance(method, type):
+        cls, label = type(method), type(method).__name__
+    else:
+        raise TypeError(f"method must be a name ({', '.join(METHODS)}) or a method object, "
+                        f"got {method!r}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise TypeError(f"method {method!r} has no setting(s) {', '.join(unknown)}; "
+        raise TypeError(f"method {label!r} has no setting(s) {', '.join(unknown)}; "
                         f"its settings are: {', '.join(sorted(known))}")
+    if not isinstance(method, str):
+        return dataclasses.replace(method, **settings) if settings else method
     return factory(**settings)
 
 
-def solve(problem, method="maid", *, theta0=None, max_iter=100, max_cost=None, callback=None,
-          progress=False, checkpoint_path=None, checkpoint_every=0, **settings) -> SolveResult:
+def solve(problem, method="maid", *, theta0=None, max_iter=100, max_cost=None, max_time=None,
+          callback=None, progress=False, checkpoint_path=None, checkpoint_every=0,
+          **settings) -> SolveResult:
     """Minimise the upper-level loss of ``problem`` over theta.
 
     Parameters
@@ -49,7 +61,8 @@ def solve(problem, method="maid", *, theta0=None, max_iter=100, max_cost=None, c
     problem : BilevelProblem or str
         A problem, or a registry spec such as ``"quadratic[n=200]"``.
     method : str or method object
-        'maid' (default), 'maid_paper' (the paper's settings), 'fixed', 'hoag' (with
+        'maid' (default), 'maid_paper' (the paper's settings), 'maid_lbfgs' (L-BFGS
+        directions), 'fixed', 'hoag' (with
         ``schedule=``), 'hoag_geometric',
         'hoag_quadratic', 'hoag_cubic', 'adam', 'sgd', 'torch_optim'.
     theta0 : torch.Tensor, optional
@@ -57,16 +70,20 @@ def solve(problem, method="maid", *, theta0=None, max_iter=100, max_cost=None, c
     max_iter : int
         Outer iterations.
     max_cost : float, optional
-        Budget in lower-level + CG iterations.
+        Budget in lower-level + CG iterations (enforced inside an iteration too).
+    max_time : float, optional
+        Wall-time budget in seconds (enforced inside an iteration too).
     callback : callable, optional
-        ``callback(state, row) -> bool``; True stops the run.
+        ``callback(state, row) -> bool``; True stops the run.  ``row`` is the
+        iteration's history row; its fields are listed in :func:`bilevel.outer.base.run`.
     progress : bool
         Show a progress bar.
     checkpoint_path : str or Path, optional
         Write a checkpoint (state, warm starts, history) here every
         ``checkpoint_every`` iterations and at the end; continue with :func:`resume`.
     **settings
-        The method's settings (e.g. ``eps0``, ``alpha0``, ``tol``).
+        The method's settings (e.g. ``eps0``, ``alpha0``, ``tol``); with a method
+        object they override the object's.
 
     Returns
     -------
@@ -77,8 +94,8 @@ def solve(problem, method="maid", *, theta0=None, max_iter=100, max_cost=None, c
         problem = make_problem(problem)
     method = make_method(method, **settings)
     return _run_with_checkpoints(method, problem, theta0, checkpoint_path, checkpoint_every,
-                                 max_iter=max_iter, max_cost=max_cost, callback=callback,
-                                 progress=progress)
+                                 max_iter=max_iter, max_cost=max_cost, max_time=max_time,
+                                 callback=callback, progress=progress)
 
 
 #: Statuses that end a run without finishing it: a resumed run goes on from them.
