@@ -133,7 +133,7 @@ def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
         # Power iteration only gives a start: a NaN from it (a broken lower_hvp) leaves
         # the descent-lemma safeguard, which reads h alone, to find L from mu up.
         L = max(float(L), mu) if math.isfinite(float(L)) else mu
-    L = float(L)
+    L = start = float(L)
     sq = math.sqrt(mu / L)
     beta = (1 - sq) / (1 + sq)
 
@@ -165,11 +165,12 @@ def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
         x = x_new
         iterations += 1
         charge()
-    if checked and bound <= tol:
-        # Only a solve that reached its tolerance vouches for L: a stalled one may
-        # have raised it on rounding, and a cached inflated L would slow every
-        # later solve (its steps 1/L vanish) until they all stall.
-        problem._smoothness_estimate = L
+    if checked:
+        # Only a solve that reached its tolerance vouches for a raised L: a stalled one
+        # may have raised it on rounding, and a cached inflated L would slow every
+        # later solve (its steps 1/L vanish) until they all stall.  Otherwise the
+        # starting estimate is kept, so the power iteration is not paid again.
+        problem._smoothness_estimate = L if bound <= tol else start
     return LowerSolution(y, bound, iterations, bound <= tol, evaluations)
 
 
