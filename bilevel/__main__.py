@@ -261,7 +261,9 @@ def _execute(args, plan: _Plan, problem):
     common = dict(max_iter=plan.max_iter, max_cost=plan.max_cost, progress=not args.quiet,
                   checkpoint_every=args.checkpoint_every)
     try:
-        checkpoint = _open_out(plan) if not args.distributed else None
+        checkpoint = _open_out(plan)
+        if args.distributed:
+            checkpoint = None  # checkpoints are not supported there (yet)
         with _sigterm_interrupts():
             if plan.source is not None:
                 return resume(problem, checkpoint, method=plan.method, **common)
