@@ -82,6 +82,7 @@ class _Plan:
     method: object
     max_iter: int
     max_cost: float | None
+    max_time: float | None
     out: Path | None
     source: Path | None = None  # the checkpoint a resumed run continues
     new_folder: bool = True  # out is a new run folder, not the resumed one
@@ -89,7 +90,7 @@ class _Plan:
     @property
     def meta(self) -> dict:
         meta = dict(problem=self.spec, method=self.method_name, max_iter=self.max_iter,
-                    max_cost=self.max_cost, settings=self.settings)
+                    max_cost=self.max_cost, max_time=self.max_time, settings=self.settings)
         if self.source is not None and self.new_folder:
             meta["resumed_from"] = str(self.source.parent)
         return meta
@@ -107,7 +108,7 @@ def _fresh_plan(args) -> _Plan:
     method = make_method(method_name, **settings)  # names a bad setting now, not after a run
     return _Plan(args.problem, method_name, settings, method,
                  100 if args.max_iter is None else args.max_iter, args.max_cost,
-                 _check_out(args.out, args.overwrite))
+                 args.max_time, _check_out(args.out, args.overwrite))
 
 
 def _resume_plan(args) -> _Plan:
@@ -146,6 +147,7 @@ def _resume_plan(args) -> _Plan:
     return _Plan(spec, method_name, settings, method,
                  meta["max_iter"] if args.max_iter is None else args.max_iter,
                  meta["max_cost"] if args.max_cost is None else args.max_cost,
+                 meta.get("max_time") if args.max_time is None else args.max_time,
                  run_dir if in_place else _check_out(args.out, args.overwrite),
                  source=source, new_folder=not in_place)
 
@@ -159,10 +161,12 @@ def _check_saved_run(run_dir, meta) -> None:
               ("method", isinstance(meta["method"], str)),
               ("settings", isinstance(meta["settings"], dict)),
               ("max_iter", isinstance(meta["max_iter"], int) and meta["max_iter"] >= 0),
-              ("max_cost", meta["max_cost"] is None or isinstance(meta["max_cost"], number)))
+              ("max_cost", meta["max_cost"] is None or isinstance(meta["max_cost"], number)),
+              ("max_time", meta.get("max_time") is None
+               or isinstance(meta.get("max_time"), number)))
     for key, ok in checks:
         if not ok:
-            raise CorruptRunError(run_dir / "meta.json", f"{key}={meta[key]!r} is not valid")
+            raise CorruptRunError(run_dir / "meta.json", f"{key}={meta.get(key)!r} is not valid")
 
 
 def _check_out(out, overwrite) -> Path | None:
@@ -258,7 +262,8 @@ def _execute(args, plan: _Plan, problem):
     """
     from .outer import resume, solve
 
-    common = dict(max_iter=plan.max_iter, max_cost=plan.max_cost, progress=not args.quiet,
+    common = dict(max_iter=plan.max_iter, max_cost=plan.max_cost, max_time=plan.max_time,
+                  progress=not args.quiet,
                   checkpoint_every=args.checkpoint_every)
     try:
         checkpoint = _open_out(plan)
@@ -368,6 +373,8 @@ def _parser():
                      help="outer iterations (default 100; with --resume, the run's own)")
     run.add_argument("--max-cost", type=_budget, default=None,
                      help="budget of lower-level + CG iterations")
+    run.add_argument("--max-time", type=_budget, default=None,
+                     help="wall-time budget in seconds (both budgets hold inside an iteration)")
     run.add_argument("--tol", type=float, default=None, help="stop when ||z|| + omega <= tol")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="a method setting, e.g. --set eps0=1e-3 (repeatable)")
