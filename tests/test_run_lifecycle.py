@@ -185,6 +185,8 @@ SIGNALLER = textwrap.dedent("""
     from problems.quadratic import Quadratic
     from bilevel.__main__ import main
 
+    # As in an interactive shell: a background job (CI, `cmd &`) inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     calls, original = [0], Quadratic.lower_grad
 
     def lower_grad(self, x, theta):  # the signal comes mid-iteration, at a fixed call
