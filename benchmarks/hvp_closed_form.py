@@ -60,9 +60,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bilevel_problems import datasets  # noqa: E402
+from bilevel_problems.fields_of_experts import CHUNK_COLUMNS  # noqa: E402
+
 from bilevel import BilevelProblem  # noqa: E402
-from problems import datasets  # noqa: E402
-from problems.fields_of_experts import CHUNK_COLUMNS  # noqa: E402
 
 SHARED_IMAGES = ROOT.parent / "shared" / "data" / "bsd" / "Set68"
 OPS = ("lower_grad", "lower_hvp", "mixed_vjp")
@@ -86,9 +87,9 @@ def load_images(n, size, folder):
 
 def make(name, images, dtype=torch.float64, **kw):
     if name == "tv":
-        from problems.tv_denoising import TVDenoising
+        from bilevel_problems.tv_denoising import TVDenoising
         return TVDenoising(images=images.to(dtype), dtype=dtype, **kw)
-    from problems.fields_of_experts import FieldsOfExperts
+    from bilevel_problems.fields_of_experts import FieldsOfExperts
     return FieldsOfExperts(images=images.to(dtype), num_filters=kw.pop("num_filters", 48),
                            filter_size=kw.pop("filter_size", 7), dtype=dtype, **kw)
 
@@ -157,8 +158,7 @@ def gradient_throughput(images, dtype, repeats, n_mm, K, s):
     on a shared machine both then see about the same competition for the cores.
     """
     import torch.nn.functional as F
-
-    from problems.fields_of_experts import dct_filters
+    from bilevel_problems.fields_of_experts import dct_filters
 
     gen = torch.Generator().manual_seed(0)
     a = torch.randn((n_mm, n_mm), generator=gen, dtype=dtype)

@@ -32,10 +32,10 @@ import warnings
 from pathlib import Path
 
 import torch
+from bilevel_problems import datasets
 
 import bilevel
 from bilevel.results import environment, write_csv
-from problems import datasets
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsd"  # absent: skimage
 
@@ -77,9 +77,9 @@ def build(name, args, images, noisy, log_scale):
     common = dict(images=images, noisy=noisy, num_filters=args.filters,
                   filter_size=args.filter_size, log_scale=log_scale, seed=args.seed)
     if name == "ridge_regularizer":
-        from problems.ridge_regularizer import RidgeRegularizer
+        from bilevel_problems.ridge_regularizer import RidgeRegularizer
         return RidgeRegularizer(num_knots=args.knots, **common)
-    from problems.fields_of_experts import FieldsOfExperts
+    from bilevel_problems.fields_of_experts import FieldsOfExperts
     return FieldsOfExperts(**common)
 
 

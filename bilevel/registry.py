@@ -22,13 +22,13 @@ import torch
 # name -> "module:attribute"; the attribute is an ENTRY dict (factory,
 # description, test_params) or a factory.
 _BUILTIN = {
-    "quadratic": "problems.quadratic:ENTRY",
-    "tv_denoising": "problems.tv_denoising:ENTRY",
-    "fields_of_experts": "problems.fields_of_experts:ENTRY",
-    "logistic_regression": "problems.logistic_regression:ENTRY",
-    "ridge_regularizer": "problems.ridge_regularizer:ENTRY",
-    "spline_regression": "problems.spline_regression:ENTRY",
-    "lipschitz_regression": "problems.lipschitz_regression:ENTRY",
+    "quadratic": "bilevel_problems.quadratic:ENTRY",
+    "tv_denoising": "bilevel_problems.tv_denoising:ENTRY",
+    "fields_of_experts": "bilevel_problems.fields_of_experts:ENTRY",
+    "logistic_regression": "bilevel_problems.logistic_regression:ENTRY",
+    "ridge_regularizer": "bilevel_problems.ridge_regularizer:ENTRY",
+    "spline_regression": "bilevel_problems.spline_regression:ENTRY",
+    "lipschitz_regression": "bilevel_problems.lipschitz_regression:ENTRY",
 }
 
 

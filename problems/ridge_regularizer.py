@@ -325,7 +325,7 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
 
         Returns x shaped like ``noisy`` with certified ||x - x*|| <= tol (None:
         1e-4, raised to what the dtype can certify); raises ``RuntimeError`` if
-        the solve stops short (:meth:`~problems.datasets.DenoisingQuality.solve_certified`).
+        the solve stops short (:meth:`~bilevel_problems.datasets.DenoisingQuality.solve_certified`).
         """
         noisy = torch.as_tensor(noisy, dtype=self.dtype, device=self.device)
         theta = self.initial_theta() if theta is None else theta

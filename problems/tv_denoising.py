@@ -125,7 +125,7 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
     variant : {'isotropic', 'anisotropic'}
     source : None or str
         None uses the images bundled with scikit-image; a folder of PNGs otherwise
-        (:func:`problems.datasets.load_images`).
+        (:func:`bilevel_problems.datasets.load_images`).
     images : torch.Tensor, optional
         Clean images (N, H, W) or (H, W), instead of loading them.
     noisy : torch.Tensor, optional
@@ -426,7 +426,7 @@ def denoise(noisy, theta, variant="isotropic", tol=None, max_iter=100_000):
     mu = 1).  ``tol=None``: 1e-6, raised to what the dtype can certify at this
     theta (float32 often cannot reach 1e-6); an explicit tol below the dtype's
     reachable accuracy is refused at once
-    (:meth:`~problems.datasets.DenoisingQuality.solve_certified`).  Raises
+    (:meth:`~bilevel_problems.datasets.DenoisingQuality.solve_certified`).  Raises
     ``RuntimeError`` if the solve stops short of tol.
     """
     noisy = torch.as_tensor(noisy)

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import _figure
 import torch
+from bilevel_problems import datasets
+from bilevel_problems.fields_of_experts import FieldsOfExperts
 
 import bilevel
 from bilevel.results import write_csv
-from problems import datasets
-from problems.fields_of_experts import FieldsOfExperts
 
 METHODS = ("maid", "maid_paper", "maid_lbfgs", "hoag_geometric", "hoag_quadratic",
            "hoag_cubic")

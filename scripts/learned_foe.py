@@ -34,12 +34,12 @@ import warnings
 from pathlib import Path
 
 import torch
+from bilevel_problems import datasets
+from bilevel_problems.fields_of_experts import FieldsOfExperts
+from bilevel_problems.tv_denoising import TVDenoising
 
 import bilevel
 from bilevel.results import write_csv
-from problems import datasets
-from problems.fields_of_experts import FieldsOfExperts
-from problems.tv_denoising import TVDenoising
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _figure  # noqa: E402

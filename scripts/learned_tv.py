@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bilevel_problems import datasets
+from bilevel_problems.tv_denoising import TVDenoising, denoise
 
 import bilevel
 from bilevel.results import environment, write_csv
-from problems import datasets
-from problems.tv_denoising import TVDenoising, denoise
 
 
 def parse_args():

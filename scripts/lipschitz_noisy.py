@@ -32,11 +32,11 @@ from pathlib import Path
 import _figure
 import numpy as np
 import torch
+from bilevel_problems.lipschitz_regression import LipschitzRegression
 
 import bilevel
 from bilevel.lipschitz import empirical_lipschitz, network_lipschitz_bound
 from bilevel.lipschitz_training import mlp, train_lipschitz_regression
-from problems.lipschitz_regression import LipschitzRegression
 
 FLIP = 0.2
 RADIUS = math.sqrt(2 / math.pi)  # the disc of area 2 holds half of [-1, 1]^2

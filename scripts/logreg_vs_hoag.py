@@ -33,9 +33,9 @@ from pathlib import Path
 import _figure
 import numpy as np
 import torch
+from bilevel_problems.logistic_regression import LogisticRegression
 
 import bilevel
-from problems.logistic_regression import LogisticRegression
 
 METHODS = ("maid", "maid_paper", "maid_lbfgs", "hoag_geometric", "hoag_quadratic",
            "hoag_cubic")

@@ -52,9 +52,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from _figure import bsd_folder, main, pyplot
+from bilevel_problems import datasets
 
 import bilevel
-from problems import datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMA = 25 / 255
@@ -150,7 +150,7 @@ def _foe_prior(theta, K, s):
 
 def train_prior(args, path):
     """Learn an 8-filter 3x3 fields of experts briefly on other crops; cache it at ``path``."""
-    from problems.fields_of_experts import FieldsOfExperts
+    from bilevel_problems.fields_of_experts import FieldsOfExperts
 
     folder = bsd_folder("train")
     if folder:

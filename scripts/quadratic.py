@@ -15,9 +15,9 @@ import warnings
 from pathlib import Path
 
 import _figure
+from bilevel_problems.quadratic import Quadratic
 
 import bilevel
-from problems.quadratic import Quadratic
 
 ACCURACIES = (1e-1, 1e-3, 1e-5)
 METHODS = ("maid", "maid_lbfgs", "fixed")

@@ -16,9 +16,10 @@ import time
 import warnings
 from pathlib import Path
 
+from bilevel_problems.quadratic import Quadratic
+
 import bilevel
 from bilevel.results import environment, write_csv
-from problems.quadratic import Quadratic
 
 METHODS = {
     "maid": {},

@@ -7,12 +7,12 @@ traceback from inside torch, numpy or the solver.
 import numpy as np
 import pytest
 import torch
+from bilevel_problems.classification_data import ClassificationSplit
+from bilevel_problems.logistic_regression import LogisticRegression
+from bilevel_problems.tv_denoising import TVDenoising, denoise
 
 import bilevel
 from bilevel import registry
-from problems.classification_data import ClassificationSplit
-from problems.logistic_regression import LogisticRegression
-from problems.tv_denoising import TVDenoising, denoise
 
 # --- spec strings --------------------------------------------------------------
 # (spec, error type, regex the message must match)

@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 import torch
+from bilevel_problems.quadratic import Quadratic
 
 import bilevel
 from bilevel.checkpoint import load_checkpoint, save_checkpoint
-from problems.quadratic import Quadratic
 
 SPEC = dict(n=200, m=5, distribution="normal", seed=1)
 
@@ -46,7 +46,7 @@ def test_checkpoint_write_is_atomic(tmp_path):
 DRIVER = textwrap.dedent("""
     import os, signal, sys
     import bilevel
-    from problems.quadratic import Quadratic
+    from bilevel_problems.quadratic import Quadratic
 
     def kill_after_17(state, row):  # SIGKILL two iterations past the 3rd checkpoint
         if row["iteration"] == 17:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from bilevel_problems.quadratic import Quadratic
 
 import bilevel
 from bilevel.testing import check_problem
-from problems.quadratic import Quadratic
 
 
 def spd(n, cond, seed=0):

@@ -4,8 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from problems import datasets
+from bilevel_problems import datasets
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsd"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="no shared BSD data here")

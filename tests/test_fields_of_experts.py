@@ -3,11 +3,11 @@ import math
 
 import pytest
 import torch
+from bilevel_problems.fields_of_experts import ENTRY, FieldsOfExperts, dct_filters
 
 import bilevel
 from bilevel import BilevelProblem, estimate_bound_constants
 from bilevel.testing import check_problem
-from problems.fields_of_experts import ENTRY, FieldsOfExperts, dct_filters
 
 SMALL = dict(n_images=2, size=16, num_filters=3, filter_size=3)
 
@@ -212,8 +212,7 @@ def test_bad_arguments_name_the_problem():
 
 def test_patches_equal_unfold():
     import torch.nn.functional as F
-
-    from problems.fields_of_experts import patches
+    from bilevel_problems.fields_of_experts import patches
 
     x = _random_images(3, 9, 12)
     assert torch.equal(patches(x, 4), F.unfold(x.unsqueeze(1), 4))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from bilevel_problems.lipschitz_regression import ENTRY, LipschitzRegression
 from torch import nn
 
 import bilevel
@@ -19,7 +20,6 @@ from bilevel.lipschitz_training import (
 )
 from bilevel.problem import BilevelProblem
 from bilevel.testing import check_problem
-from problems.lipschitz_regression import ENTRY, LipschitzRegression
 
 # Rounding in u(a) - u(b) at the smallest pair separation: the lower bound is a
 # float64 number, so "upper >= lower" is checked to this relative slack.

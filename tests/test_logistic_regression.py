@@ -7,22 +7,22 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
-import bilevel
-from bilevel import BilevelProblem, hypergradient
-from bilevel.testing import check_problem
-from problems.classification_data import (
+from bilevel_problems.classification_data import (
     ClassificationSplit,
     load_digits_split,
     load_mnist_split,
     read_idx,
 )
-from problems.logistic_regression import (
+from bilevel_problems.logistic_regression import (
     ENTRY,
     L_SOFTMAX_HESSIAN,
     LAYOUTS,
     LogisticRegression,
 )
+
+import bilevel
+from bilevel import BilevelProblem, hypergradient
+from bilevel.testing import check_problem
 
 SMALL = {"n_train": 120, "n_val": 100, "n_test": 100}
 

@@ -8,12 +8,19 @@ import warnings
 
 import pytest
 import torch
+from bilevel_problems.tv_denoising import TVDenoising
 from test_custom_problem import make_ridge
 
 import bilevel
-from problems.tv_denoising import TVDenoising
-from bilevel.outer import HISTORY_COLUMNS, MAID, HOAG, FixedAccuracy, TorchOptimizer
-from bilevel.outer import make_method, run
+from bilevel.outer import (
+    HISTORY_COLUMNS,
+    HOAG,
+    MAID,
+    FixedAccuracy,
+    TorchOptimizer,
+    make_method,
+    run,
+)
 
 
 def quiet_solve(*args, **kwargs):

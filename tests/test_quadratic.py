@@ -2,9 +2,9 @@
 import warnings
 
 import pytest
+from bilevel_problems.quadratic import Quadratic
 
 import bilevel
-from problems.quadratic import Quadratic
 
 # A well-conditioned member of the paper's family, where every method reaches the
 # 1e-6 relative gap in seconds (the paper's uniform draw has cond(grad^2 F) ~ 1e5).

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bilevel_problems.quadratic import Quadratic
 
 import bilevel
 from bilevel.__main__ import main
@@ -26,7 +27,6 @@ from bilevel.checkpoint import (
     save_checkpoint,
 )
 from bilevel.results import CorruptRunError, load_run, plot_run, write_csv
-from problems.quadratic import Quadratic
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = "quadratic[n=60,m=3,distribution=normal]"
@@ -182,7 +182,7 @@ def test_d6_existing_run_folder_needs_overwrite(tmp_path, capsys):
 # ----------------------------------------------------------- D7 Ctrl-C and SIGTERM
 SIGNALLER = textwrap.dedent("""
     import os, signal, sys
-    from problems.quadratic import Quadratic
+    from bilevel_problems.quadratic import Quadratic
     from bilevel.__main__ import main
 
     # As in an interactive shell: a background job (CI, `cmd &`) inherits SIGINT ignored.

@@ -5,13 +5,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from bilevel_problems.ridge_regularizer import RidgeRegularizer
+from bilevel_problems.spline_regression import SplineRegression, make_data, tv2_fit
 
 import bilevel
 from bilevel import BilevelProblem
 from bilevel.splines import LinearSpline, interpolation_matrix, knots
 from bilevel.testing import check_problem
-from problems.ridge_regularizer import RidgeRegularizer
-from problems.spline_regression import SplineRegression, make_data, tv2_fit
 
 
 def small_images(n=2, size=12, seed=0):

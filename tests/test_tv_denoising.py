@@ -4,11 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
-
-import bilevel
-from bilevel import BilevelProblem, hypergradient
-from bilevel.testing import check_problem
-from problems.tv_denoising import (
+from bilevel_problems.tv_denoising import (
     C3_ANISOTROPIC,
     C3_ISOTROPIC,
     ENTRY,
@@ -17,6 +13,10 @@ from problems.tv_denoising import (
     grad_adjoint,
     grad_op,
 )
+
+import bilevel
+from bilevel import BilevelProblem, hypergradient
+from bilevel.testing import check_problem
 
 VARIANTS = ("isotropic", "anisotropic")
 

@@ -1,6 +1,6 @@
 """Certified constants of fields of experts: L and those of the hypergradient bound.
 
-A mixin of :class:`~problems.fields_of_experts.FieldsOfExperts`: closed-form
+A mixin of :class:`~bilevel_problems.fields_of_experts.FieldsOfExperts`: closed-form
 bounds on the smoothness L, on ||B(x)||, L_B, L_Ainv and on the adjoint-aware
 Hessian term, each derived in its docstring.
 """

@@ -133,7 +133,7 @@ class FieldsOfExperts(CertifiedConstants, datasets.DenoisingQuality, BilevelProb
         half the response of a unit-norm filter to noise of sigma = 0.1.
     source : None or str
         None uses the images bundled with scikit-image; a folder of PNGs otherwise
-        (:func:`problems.datasets.load_images`).
+        (:func:`bilevel_problems.datasets.load_images`).
     images : torch.Tensor, optional
         Clean images (N, H, W) or (H, W), instead of loading them.
     noisy : torch.Tensor, optional
@@ -317,7 +317,7 @@ class FieldsOfExperts(CertifiedConstants, datasets.DenoisingQuality, BilevelProb
 
         Returns x shaped like ``noisy`` with certified ||x - x*|| <= tol (None:
         1e-6, raised to what the dtype can certify); raises ``RuntimeError`` if
-        the solve stops short (:meth:`~problems.datasets.DenoisingQuality.solve_certified`).
+        the solve stops short (:meth:`~bilevel_problems.datasets.DenoisingQuality.solve_certified`).
         """
         noisy = torch.as_tensor(noisy, dtype=self.dtype, device=self.device)
         theta = self.initial_theta() if theta is None else theta
