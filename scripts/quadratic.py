@@ -65,7 +65,7 @@ def plot(out):
                 color=colors[eps0], label=label)
         if method != "fixed":
             ax_eps.plot([int(r["iteration"]) for r in sel], [float(r["eps"]) for r in sel],
-                        color=colors[eps0], label=label)
+                        STYLES[method], color=colors[eps0], label=label)
     ax.set(xlabel="lower-level + CG iterations", ylabel="F(theta) - F*", yscale="log",
            title="optimality gap")
     ax.legend(fontsize=8)
