@@ -5,13 +5,13 @@ g = (1/N) sum_i g_i(x_i, theta).  Its samples are sharded over ranks: each rank
 holds the problem built on its own samples (still dividing g by the global N)
 and solves its own lower-level blocks and CG systems.  Every inner product,
 objective value and theta-gradient of the solvers passes through
-``problem.reduce_sum`` -- an all-reduce once :func:`data_parallel` has set the
-problem's process group -- so every rank sees the global certificate, upper
+``problem.parallel`` (a :class:`Reduction`) -- all-reduces once :func:`data_parallel`
+has joined the problem to the group -- so every rank sees the global certificate, upper
 loss and hypergradient and takes the same MAID decision that one process
 holding every sample would (up to the order of floating-point sums).
 
 A problem supports this when its factory accepts ``shard=(rank, world)`` and it
-computes its bound constants through ``self.reduce_sum`` / ``self.reduce_max``,
+computes its bound constants through ``self.parallel.sum`` / ``self.parallel.max``,
 so that they are the global problem's constants.
 
 Launch::
@@ -26,10 +26,12 @@ or from Python, in each process::
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 
-from .lower import fista
+from .contract import check_mu
 
 
 def init(backend: str | None = None) -> tuple[int, int]:
@@ -64,6 +66,41 @@ def all_reduce(value: torch.Tensor, op: str, group) -> torch.Tensor:
 _DEFAULT = object()
 
 
+class Reduction:
+    """Sums, maxima and norms over the processes that share a problem's samples.
+
+    Every inner product, norm, objective value and theta-shaped contribution of
+    the solvers goes through a problem's ``parallel`` (``problem.parallel.sum``,
+    ``.max``, ``.norm``): in one process these are the identity and the plain
+    norm; after :func:`data_parallel` they are all-reduces over the group, so that
+    every rank takes the decisions one process holding every sample would.
+    """
+
+    def __init__(self, group=None):
+        self.group = group  # None: one process
+
+    @property
+    def active(self) -> bool:
+        return self.group is not None
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        return value if self.group is None else all_reduce(value, "sum", self.group)
+
+    def max(self, value: torch.Tensor) -> torch.Tensor:
+        return value if self.group is None else all_reduce(value, "max", self.group)
+
+    def norm(self, t: torch.Tensor) -> float:
+        """||t|| over all ranks."""
+        return math.sqrt(float(self.sum(torch.sum(t * t))))
+
+    def __repr__(self):
+        return "Reduction(one process)" if self.group is None else "Reduction(data parallel)"
+
+
+#: The reduction of a problem that is not split over processes.
+ONE_PROCESS = Reduction()
+
+
 def shard(n: int, rank: int, world: int) -> list[int]:
     """Contiguous block of ``range(n)`` for ``rank``; concatenated over ranks, the
     shards give the one-process order back."""
@@ -72,15 +109,6 @@ def shard(n: int, rank: int, world: int) -> list[int]:
     base, extra = divmod(n, world)
     start = rank * base + min(rank, extra)
     return list(range(start, start + base + (rank < extra)))
-
-
-def _fista_solve_lower(problem):
-    # A problem's own solver would stop on its local certificate; FISTA stops on the
-    # global one, the same on every rank.
-    def solve_lower(theta, tol, x0=None, max_iter=10_000):
-        return fista(problem, theta, tol, x0=x0, max_iter=max_iter)
-
-    return solve_lower
 
 
 def data_parallel(spec: str, group=None, **params):
@@ -95,6 +123,7 @@ def data_parallel(spec: str, group=None, **params):
     **params
         Parameters of the problem, the same on every rank.
     """
+    from .problem import BilevelProblem
     from .registry import make_problem
 
     if not dist.is_available() or not dist.is_initialized():
@@ -108,10 +137,17 @@ def data_parallel(spec: str, group=None, **params):
             raise
         raise TypeError(f"problem {spec!r} does not support data-parallel solves: its "
                         "factory takes no shard=(rank, world) parameter") from None
-    problem.process_group = _DEFAULT if group is None else group
-    problem.solve_lower = _fista_solve_lower(problem)
-    mu = torch.tensor(problem.check_mu(problem.initial_theta()), dtype=torch.float64)
-    if float(all_reduce(mu, "max", problem.process_group)) != float(mu):
+    if type(problem).solve_lower is not BilevelProblem.solve_lower \
+            and not getattr(problem, "solve_lower_is_data_parallel", False):
+        # Its own solver would stop on this rank's certificate; FISTA (the default)
+        # stops on the global one, the same on every rank.
+        raise TypeError(f"{problem.name}: its own solve_lower is not known to reduce over "
+                        "ranks; data-parallel solves need the default (FISTA), or a solver "
+                        "that takes every norm through problem.parallel and says so with "
+                        "solve_lower_is_data_parallel = True")
+    problem.parallel = Reduction(_DEFAULT if group is None else group)
+    mu = torch.tensor(check_mu(problem, problem.initial_theta()), dtype=torch.float64)
+    if float(problem.parallel.max(mu)) != float(mu):
         raise ValueError(f"{problem.name}: ranks disagree on mu; a sharded problem must "
                          "report the global strong convexity constant")
     return problem

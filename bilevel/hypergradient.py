@@ -15,6 +15,7 @@ import warnings
 import torch
 
 from .constants import BoundConstants
+from .contract import check_mu, check_theta, check_x
 from .cost import Cost
 from .linalg import CGResult, conjugate_gradient
 from .lower import LowerSolution
@@ -82,8 +83,8 @@ def certifiable_accuracy(problem, theta, x) -> float:
     below 4 eps max(1, ||x||) / mu the certificate is rounding noise (float32:
     about 5e-7 ||x|| / mu).
     """
-    rounding = 4 * torch.finfo(x.dtype).eps * max(1.0, problem.global_norm(x))
-    return rounding / problem.check_mu(theta)
+    rounding = 4 * torch.finfo(x.dtype).eps * max(1.0, problem.parallel.norm(x))
+    return rounding / check_mu(problem, theta)
 
 
 def upper_bounds(value, grad_norm, eps, L_g, convex=False):
@@ -100,7 +101,7 @@ def upper_bounds(value, grad_norm, eps, L_g, convex=False):
 def upper_value(problem, x, theta):
     """(g(x, theta), ||grad_x g(x, theta)||) summed over data-parallel ranks."""
     value, gx, _ = problem.upper_grads(x, theta)
-    return float(problem.reduce_sum(value.detach())), problem.global_norm(gx)
+    return float(problem.parallel.sum(value.detach())), problem.parallel.norm(gx)
 
 
 def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_iter=10_000,
@@ -127,12 +128,12 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
         If a solve stops short of its tolerance, omega is computed with the
         accuracy actually certified, so the bound stays true.
     """
-    theta = problem.check_theta(theta)
+    theta = check_theta(problem, theta)
     for label, value in (("eps", eps), ("delta", delta)):
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{problem.name}: {label} must be a positive number, got {value}")
     if q0 is not None:
-        problem.check_x(q0, theta, "q0")
+        check_x(problem, q0, theta, "q0")
     lower = problem.solve_lower(theta, eps, x0=x0, max_iter=lower_max_iter)
     x = lower.x
     if not lower.converged and eps < certifiable_accuracy(problem, theta, x):
@@ -143,16 +144,16 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
     value, gx, gt = problem.upper_grads(x, theta)
     linear = conjugate_gradient(lambda v: problem.lower_hvp(x, theta, v), gx, q0,
                                 tol=delta, max_iter=cg_max_iter,
-                                dot=lambda a, b: problem.reduce_sum(torch.sum(a * b)),
+                                dot=lambda a, b: problem.parallel.sum(torch.sum(a * b)),
                                 preconditioner=problem.lower_preconditioner(theta, x))
     # Over data-parallel ranks, g and the theta-gradient are sums of the ranks' parts.
-    grad = problem.reduce_sum(gt - problem.mixed_vjp(x, theta, linear.q))
-    value = problem.reduce_sum(value.detach())
+    grad = problem.parallel.sum(gt - problem.mixed_vjp(x, theta, linear.q))
+    value = problem.parallel.sum(value.detach())
     new_constants = constants is None
     if new_constants:
         constants = problem.bound_constants(theta, x)
-    mu = problem.check_mu(theta)
-    gx_norm = problem.global_norm(gx)
+    mu = check_mu(problem, theta)
+    gx_norm = problem.parallel.norm(gx)
     eps, rho = lower.error_bound, linear.residual_norm
     # The exact adjoint A(x~)^{-1} grad_x g lies within rho / mu of q~, and q* within
     # adjoint_radius of it: the balls on which the problem's local rates must hold.
@@ -164,7 +165,7 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
         radius = constants.adjoint_radius(eps, rho, mu, gx_norm, along)
         mixed = problem.mixed_lipschitz_along(theta, x, linear.q, radius, x_radius=eps)
     terms = constants.omega_terms(eps, rho, mu, gx_norm, hessian_along=along,
-                                  adjoint_norm=problem.global_norm(linear.q), mixed_along=mixed,
+                                  adjoint_norm=problem.parallel.norm(linear.q), mixed_along=mixed,
                                   hessian_at_q=along_at_q)
     omega = sum(terms.values())
     if not torch.isfinite(grad).all() or not math.isfinite(omega):
@@ -186,7 +187,7 @@ def unrolled_hypergradient(problem, theta, iterations, x0=None, step=None):
     Memory grows linearly with ``iterations`` (the graph of every step is
     kept), unlike :func:`hypergradient`.  Returns (grad, g(x_K)).
     """
-    theta = problem.check_theta(theta).detach().requires_grad_(True)
+    theta = check_theta(problem, theta).detach().requires_grad_(True)
     if step is None:
         L = problem.smoothness(theta.detach())
         if L is None:

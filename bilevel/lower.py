@@ -17,6 +17,7 @@ import math
 import torch
 
 from .budget import charge
+from .contract import check_mu, check_theta, check_x
 from .cost import Cost
 from .linalg import conjugate_gradient
 
@@ -60,8 +61,8 @@ def _check_tol(problem, tol):
 
 def certificate(problem, x, theta, mu=None) -> float:
     """||grad_x h(x, theta)|| / mu(theta): a certified bound on ||x - x*(theta)||."""
-    mu = problem.check_mu(theta) if mu is None else mu
-    return problem.global_norm(problem.lower_grad(x, theta)) / mu
+    mu = check_mu(problem, theta) if mu is None else mu
+    return problem.parallel.norm(problem.lower_grad(x, theta)) / mu
 
 
 def reachable_accuracy(problem, theta, x) -> float:
@@ -73,7 +74,7 @@ def reachable_accuracy(problem, theta, x) -> float:
     number of iterations reaches it.
     """
     eps = torch.finfo(x.dtype).eps
-    return 4 * eps * max(1.0, problem.global_norm(x)) / problem.check_mu(theta)
+    return 4 * eps * max(1.0, problem.parallel.norm(x)) / check_mu(problem, theta)
 
 
 def rounding_floor(problem, theta, x) -> float:
@@ -90,19 +91,19 @@ def rounding_floor(problem, theta, x) -> float:
     if L is None or not math.isfinite(float(L)):
         return floor
     eps = torch.finfo(x.dtype).eps
-    return max(floor, eps * max(1.0, problem.global_norm(x)) * float(L)
-               / problem.check_mu(theta))
+    return max(floor, eps * max(1.0, problem.parallel.norm(x)) * float(L)
+               / check_mu(problem, theta))
 
 
 def _estimate_smoothness(problem, theta, x, iterations=10):
     """Power iteration on Hessian-vector products: an estimate (from below) of L."""
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
-    v = v / problem.global_norm(v)
+    v = v / problem.parallel.norm(v)
     value = 0.0
     for _ in range(iterations):
         w = problem.lower_hvp(x, theta, v)
-        value = problem.global_norm(w)  # the same on every data-parallel rank
+        value = problem.parallel.norm(w)  # the same on every data-parallel rank
         if not value > 0:
             break
         v = w / value
@@ -119,9 +120,9 @@ def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
     descent-lemma test at each step (both counted in ``evaluations``).
     """
     _check_tol(problem, tol)
-    theta = problem.check_theta(theta)
-    mu = problem.check_mu(theta)
-    x = problem.initial_x(theta) if x0 is None else problem.check_x(x0, theta, "x0")
+    theta = check_theta(problem, theta)
+    mu = check_mu(problem, theta)
+    x = problem.initial_x(theta) if x0 is None else check_x(problem, x0, theta, "x0")
     evaluations = 0
     L = problem.smoothness(theta)
     checked = L is None
@@ -144,7 +145,7 @@ def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
     while True:
         grad = problem.lower_grad(y, theta)
         evaluations += 1
-        bound = problem.global_norm(grad) / mu
+        bound = problem.parallel.norm(grad) / mu
         if not math.isfinite(bound):
             return LowerSolution(y, math.inf, iterations, False, evaluations)
         if bound <= tol or iterations >= max_iter:
@@ -196,7 +197,7 @@ def _descent_safeguard(problem, theta, y, grad, g_norm, L):
     raising L cannot help: the failure was rounding, and L is left as it was.
     """
     def h(point):
-        return float(problem.reduce_sum(problem.lower_objective(point, theta).detach()))
+        return float(problem.parallel.sum(problem.lower_objective(point, theta).detach()))
 
     h_y, g2, start = h(y), g_norm ** 2, L
     x_new = y - grad / L
@@ -228,18 +229,18 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
     costs about one gradient), so costs compare with FISTA's.
     """
     _check_tol(problem, tol)
-    theta = problem.check_theta(theta)
-    mu = problem.check_mu(theta)
-    x = problem.initial_x(theta) if x0 is None else problem.check_x(x0, theta, "x0")
+    theta = check_theta(problem, theta)
+    mu = check_mu(problem, theta)
+    x = problem.initial_x(theta) if x0 is None else check_x(problem, x0, theta, "x0")
 
     def dot(a, b):
-        return problem.reduce_sum(torch.sum(a * b))
+        return problem.parallel.sum(torch.sum(a * b))
 
     def h(point):
-        return float(problem.reduce_sum(problem.lower_objective(point, theta).detach()))
+        return float(problem.parallel.sum(problem.lower_objective(point, theta).detach()))
 
     grad = problem.lower_grad(x, theta)
-    g_norm = problem.global_norm(grad)
+    g_norm = problem.parallel.norm(grad)
     iterations = evaluations = 1
     charge()
     while True:
@@ -260,7 +261,7 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
         iterations += 1
         charge()
         evaluations += 1
-        norm_new = problem.global_norm(grad_new)
+        norm_new = problem.parallel.norm(grad_new)
         if not norm_new <= 0.9 * g_norm:
             # Far from x* the model may overshoot: backtrack on h (Armijo).
             h0, slope, t = h(x), float(dot(grad, step.q)), 1.0
@@ -272,7 +273,7 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
                 break  # no decrease along the Newton direction: stop, certified as is
             x_new = x - t * step.q
             grad_new = problem.lower_grad(x_new, theta)
-            norm_new = problem.global_norm(grad_new)
+            norm_new = problem.parallel.norm(grad_new)
             iterations += 1
             charge()
             evaluations += 1

@@ -16,49 +16,13 @@ from __future__ import annotations
 import abc
 import functools
 import math
-import warnings
 
 import torch
 
+from . import contract
 from .constants import BoundConstants, estimate_bound_constants
-
-
-def _fail(problem, what, exc=ValueError):
-    raise exc(f"{problem.name}: {what}")
-
-
-class DerivativeWarning(UserWarning):
-    """An autograd default derivative disagrees with finite differences of the gradient."""
-
-
-def _fixed_unit(like):
-    """A deterministic unit vector shaped like ``like`` (drawn in float64 on the CPU)."""
-    v = torch.randn(like.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    v = v.to(dtype=like.dtype, device=like.device)
-    return v / torch.linalg.vector_norm(v)
-
-
-def _difference(grad_at, point):
-    """A central difference of a gradient, (fd, noise), or (None, noise) if unreliable.
-
-    (grad_at(s) - grad_at(-s)) / 2s with s = sqrt(eps) max(1, ||point||), and
-    again with s / 4: where the two disagree by more than 5% the difference is
-    dominated by truncation (curvature varying on the scale of the step, e.g. a
-    tiny smoothing) and says nothing; noise bounds its rounding.
-    """
-    eps = torch.finfo(point.dtype).eps
-    step = math.sqrt(eps) * max(1.0, float(torch.linalg.vector_norm(point)))
-    estimates, noise = [], 0.0
-    for s in (step, step / 4):
-        plus, minus = grad_at(s), grad_at(-s)
-        estimates.append((plus - minus) / (2 * s))
-        size = float(torch.linalg.vector_norm(plus) + torch.linalg.vector_norm(minus))
-        noise = max(noise, 30 * eps * size / s)
-    coarse, fine = estimates
-    spread = float(torch.linalg.vector_norm(coarse - fine))
-    if not spread <= 0.05 * float(torch.linalg.vector_norm(fine)) + noise:
-        return None, noise
-    return fine, noise
+from .contract import DerivativeWarning, refuse  # noqa: F401 - DerivativeWarning: public here too
+from .distributed import ONE_PROCESS, Reduction
 
 
 class BilevelProblem(abc.ABC):
@@ -96,13 +60,13 @@ class BilevelProblem(abc.ABC):
             init(self, *args, **kw)
             # Validate once, after the outermost __init__ of the hierarchy.
             if type(self).__init__ is checked_init:
-                self.validate()
+                contract.validate(self)
 
         cls.__init__ = checked_init
 
     def __init__(self):
         if type(self).__init__ is BilevelProblem.__init__:
-            self.validate()
+            contract.validate(self)
 
     # ------------------------------------------------------------------ required
     @abc.abstractmethod
@@ -198,7 +162,7 @@ class BilevelProblem(abc.ABC):
             x = x.detach().requires_grad_(True)
             value = self.lower_objective(x, theta.detach())
             if not value.requires_grad:
-                _fail(self, "lower_objective(x, theta) does not depend on x (no autograd "
+                refuse(self, "lower_objective(x, theta) does not depend on x (no autograd "
                             "graph): h must be strongly convex in x")
             (grad,) = torch.autograd.grad(value, x)
         return grad
@@ -207,11 +171,11 @@ class BilevelProblem(abc.ABC):
         """grad_x h with its graph (create_graph), for the second-derivative defaults."""
         value = self.lower_objective(x, theta)
         if not value.requires_grad:
-            _fail(self, "lower_objective(x, theta) does not depend on x (no autograd graph): "
+            refuse(self, "lower_objective(x, theta) does not depend on x (no autograd graph): "
                         "h must be strongly convex in x")
         (grad,) = torch.autograd.grad(value, x, create_graph=True)
         if not grad.requires_grad:
-            _fail(self, "the autograd default of lower_hvp / mixed_vjp needs lower_objective "
+            refuse(self, "the autograd default of lower_hvp / mixed_vjp needs lower_objective "
                         "twice differentiable, but its gradient has no autograd graph (a "
                         "custom torch.autograd.Function with first derivatives only?); "
                         "override lower_hvp and mixed_vjp", TypeError)
@@ -224,7 +188,7 @@ class BilevelProblem(abc.ABC):
             grad = self._lower_grad_graph(x, theta.detach())
             (hv,) = torch.autograd.grad(grad, x, grad_outputs=v, allow_unused=True)
         if hv is None:
-            _fail(self, "the autograd default of lower_hvp found grad_x h independent of x "
+            refuse(self, "the autograd default of lower_hvp found grad_x h independent of x "
                         "(h is not strongly convex, or its second derivative is missing); "
                         "override lower_hvp", TypeError)
         return hv
@@ -256,18 +220,6 @@ class BilevelProblem(abc.ABC):
         gt = torch.zeros_like(theta) if gt is None else gt
         return value.detach(), gx, gt
 
-    def upper_depends_on_theta(self) -> bool:
-        """Whether g reads theta directly (autograd tells, once)."""
-        if not hasattr(self, "_upper_reads_theta"):
-            theta = self.initial_theta().detach().requires_grad_(True)
-            x = self.initial_x(theta.detach())
-            with torch.enable_grad():
-                value = self.upper_objective(x, theta)
-                gt = (torch.autograd.grad(value, theta, allow_unused=True)[0]
-                      if value.requires_grad else None)
-            self._upper_reads_theta = gt is not None
-        return self._upper_reads_theta
-
     def solve_lower(self, theta, tol, x0=None, max_iter=10_000):
         """Solve the lower level to certified accuracy ``tol``; a LowerSolution.
 
@@ -278,161 +230,36 @@ class BilevelProblem(abc.ABC):
         return fista(self, theta, tol, x0=x0, max_iter=max_iter)
 
     # ------------------------------------------------------------ data parallel
-    #: Set by :func:`bilevel.distributed.data_parallel` on a problem that holds one
-    #: rank's shard of the samples; None in one process.
-    process_group = None
+    #: Sums, maxima and norms over the processes sharing the samples
+    #: (:class:`bilevel.distributed.Reduction`); one process unless
+    #: :func:`bilevel.distributed.data_parallel` joined this problem to a group.
+    parallel: Reduction = ONE_PROCESS
 
+    # Shorthands kept for problems written against them.
     def reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
-        """Sum ``value`` over data-parallel ranks; the identity in one process.
-
-        The solvers pass every inner product, objective value and theta-shaped
-        contribution through it, so ranks holding shards of the samples take the
-        same decisions as one process holding all of them.  A problem that
-        supports sharding computes its bound constants through it too.
-        """
-        if self.process_group is None:
-            return value
-        from .distributed import all_reduce
-
-        return all_reduce(value, "sum", self.process_group)
+        return self.parallel.sum(value)
 
     def reduce_max(self, value: torch.Tensor) -> torch.Tensor:
-        """Maximum of ``value`` over data-parallel ranks; the identity in one process."""
-        if self.process_group is None:
-            return value
-        from .distributed import all_reduce
-
-        return all_reduce(value, "max", self.process_group)
+        return self.parallel.max(value)
 
     def global_norm(self, t: torch.Tensor) -> float:
-        """||t|| over all ranks."""
-        return math.sqrt(float(self.reduce_sum(torch.sum(t * t))))
+        return self.parallel.norm(t)
 
-    # ----------------------------------------------------------- contract checks
+    # ------------------------------------------- contract checks (bilevel.contract)
     def check_theta(self, theta) -> torch.Tensor:
-        """Return theta if it is a finite flat 1-D floating tensor shaped like
-        ``initial_theta()``, else raise (a wrong length would otherwise surface as a
-        size mismatch deep inside torch)."""
-        if not isinstance(theta, torch.Tensor):
-            _fail(self, f"theta must be a torch.Tensor, got {type(theta).__name__}", TypeError)
-        if theta.ndim != 1:
-            _fail(self, f"theta must be a flat 1-D tensor, got shape {tuple(theta.shape)}")
-        expected = self._theta_shape()
-        if expected is not None and tuple(theta.shape) != expected:
-            _fail(self, f"theta has shape {tuple(theta.shape)}, expected {expected} "
-                        "(the shape of initial_theta())")
-        if not theta.is_floating_point():
-            _fail(self, f"theta must be floating point, got {theta.dtype}", TypeError)
-        if not torch.isfinite(theta).all():
-            _fail(self, "theta contains NaN or Inf")
-        return theta
-
-    def _theta_shape(self):
-        """The shape of ``initial_theta()``, read once; None while it cannot be read yet."""
-        if not hasattr(self, "_theta_shape_cache"):
-            try:
-                initial = self.initial_theta()
-            except Exception:  # noqa: BLE001 - validate() names a broken initial_theta
-                return None
-            if not isinstance(initial, torch.Tensor):
-                return None
-            self._theta_shape_cache = tuple(initial.shape)
-        return self._theta_shape_cache
+        return contract.check_theta(self, theta)
 
     def check_x(self, x, theta, what="x") -> torch.Tensor:
-        """Return x if it has the shape of ``initial_x(theta)`` and is finite."""
-        if not isinstance(x, torch.Tensor):
-            _fail(self, f"{what} must be a torch.Tensor, got {type(x).__name__}", TypeError)
-        shape = self._x_shape(theta)
-        if tuple(x.shape) != shape:
-            _fail(self, f"{what} has shape {tuple(x.shape)} but initial_x gives {shape}")
-        if not torch.isfinite(x).all():
-            _fail(self, f"{what} contains NaN or Inf")
-        return x
+        return contract.check_x(self, x, theta, what)
 
     def check_mu(self, theta) -> float:
-        """mu(theta) as a float, after checking it is finite and positive."""
-        mu = float(self.strong_convexity(theta))
-        if not math.isfinite(mu) or mu <= 0:
-            _fail(self, f"strong_convexity(theta) must be a finite number > 0, got {mu}")
-        return mu
-
-    def _x_shape(self, theta):
-        if not hasattr(self, "_x_shape_cache"):
-            self._x_shape_cache = tuple(self.initial_x(theta).shape)
-        return self._x_shape_cache
+        return contract.check_mu(self, theta)
 
     def validate(self) -> None:
-        """Check the contract once on the initial point; raise naming what is wrong."""
-        theta = self.check_theta(self.initial_theta())
-        x = self.initial_x(theta)
-        if not isinstance(x, torch.Tensor):
-            _fail(self, f"initial_x must return a torch.Tensor, got {type(x).__name__}",
-                  TypeError)
-        if x.dtype != theta.dtype or x.device != theta.device:
-            _fail(self, f"initial_x gives {x.dtype} on {x.device} but initial_theta gives "
-                        f"{theta.dtype} on {theta.device}")
-        self.check_x(x, theta, "initial_x(theta)")
-        for label, fn in (("lower_objective", self.lower_objective),
-                          ("upper_objective", self.upper_objective)):
-            value = fn(x, theta)
-            if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                _fail(self, f"{label}(x, theta) must return a scalar tensor")
-            if not torch.isfinite(value).all():
-                _fail(self, f"{label}(x, theta) is not finite at the initial point "
-                            "(NaN in the data?)")
-        mu = self.check_mu(theta)
-        L = self.smoothness(theta)
-        if L is not None and not (math.isfinite(float(L)) and float(L) >= mu):
-            _fail(self, f"smoothness(theta) = {L} must be finite and >= mu = {mu}")
-        grad = self.lower_grad(x, theta)
-        if tuple(grad.shape) != tuple(x.shape):
-            _fail(self, f"lower_grad returns shape {tuple(grad.shape)}, x has {tuple(x.shape)}")
-        bw = self.mixed_vjp(x, theta, grad)
-        if tuple(bw.shape) != tuple(theta.shape):
-            _fail(self, f"mixed_vjp returns shape {tuple(bw.shape)}, theta has "
-                        f"{tuple(theta.shape)}")
-        self._spot_check_second_derivatives(x, theta)
+        contract.validate(self)
 
-    def _spot_check_second_derivatives(self, x, theta):
-        """Warn if an autograd default second derivative misses what differences see.
-
-        An objective autograd can differentiate only once in part (a custom
-        torch.autograd.Function with first derivatives only, beside autograd
-        terms) gives a Hessian or a mixed derivative without that part, silently.
-        A central difference of lower_grad at the initial point, along a fixed
-        direction (checked against one at a quarter of the step, so truncation
-        cannot raise a false alarm), compared with a tolerance far above its
-        rounding (10%), catches that for four gradients per hook;
-        :func:`bilevel.testing.check_problem` checks thoroughly.  Hooks the
-        problem overrides are not checked.
-        """
-        if type(self).lower_hvp is BilevelProblem.lower_hvp:
-            v = _fixed_unit(x)
-            fd, noise = _difference(lambda t: self.lower_grad(x + t * v, theta), x)
-            if fd is not None:
-                self._warn_if_apart("lower_hvp", "the Hessian of h",
-                                    self.lower_hvp(x, theta, v), fd, noise)
-        if type(self).mixed_vjp is BilevelProblem.mixed_vjp:
-            u = _fixed_unit(theta)
-            fd, noise = _difference(lambda t: self.lower_grad(x, theta + t * u), theta)
-            size = 0.0 if fd is None else torch.linalg.vector_norm(fd)
-            if float(size) > noise:
-                # <B^T w, u> = <w, B u> with w along the difference: ||B u|| if B is right.
-                along = torch.sum(self.mixed_vjp(x, theta, fd / size) * u)
-                self._warn_if_apart("mixed_vjp", "the mixed derivative B", along, size, noise)
-
-    def _warn_if_apart(self, hook, what, exact, fd, noise):
-        gap = float(torch.linalg.vector_norm(exact - fd))
-        scale = max(float(torch.linalg.vector_norm(fd)), float(torch.linalg.vector_norm(exact)))
-        if math.isfinite(gap) and gap > 0.1 * scale + noise:
-            warnings.warn(
-                f"{self.name}: {what} by autograd (the default {hook}) differs from finite "
-                f"differences of lower_grad by {gap / scale:.0%} at the initial point: is "
-                "lower_objective twice differentiable by autograd (a custom "
-                "torch.autograd.Function with first derivatives only)?  Override lower_hvp and "
-                "mixed_vjp, and run bilevel.testing.check_problem", DerivativeWarning,
-                stacklevel=5)
+    def upper_depends_on_theta(self) -> bool:
+        return contract.upper_depends_on_theta(self)
 
     # ---------------------------------------------------------------- helpers
     @property

@@ -15,6 +15,7 @@ import math
 import torch
 
 from .constants import _upper_hvp as upper_hvp
+from .contract import check_mu, check_theta
 from .hypergradient import hypergradient
 from .problem import BilevelProblem
 
@@ -170,7 +171,7 @@ def check_problem(problem, *, seed=0, theta=None, fd_step=1e-5, rtol=1e-5, probe
     CheckReport
     """
     theta = problem.initial_theta() if theta is None else theta
-    theta = problem.check_theta(theta).detach()
+    theta = check_theta(problem, theta).detach()
     if theta.dtype != torch.float64:
         raise ValueError(f"{problem.name}: check_problem needs float64 (finite differences "
                          f"are meaningless in {theta.dtype}); build the problem with "
@@ -196,7 +197,7 @@ def check_problem(problem, *, seed=0, theta=None, fd_step=1e-5, rtol=1e-5, probe
         _run_check(record, "upper Hessian (estimated L_g) vs finite differences",
                           lambda: _upper_hessian(*args))
 
-    mu = problem.check_mu(theta)
+    mu = check_mu(problem, theta)
     _run_check(record, "strong convexity <d, Ad> >= mu",
                lambda: _curvature(problem, (x, x_star.x), theta, gen, probes, mu))
     _run_check(record, "local rates", lambda: _local_rates(problem, x, theta, gen, mu, record))
@@ -356,7 +357,7 @@ def _local_rates(problem, x, theta, gen, mu, record):
 
     Records one check per rate the problem gives; returns None (nothing more to record).
     """
-    x_radius = float(problem.global_norm(problem.lower_grad(x, theta))) / mu
+    x_radius = float(problem.parallel.norm(problem.lower_grad(x, theta))) / mu
     q = _rand(x, gen)
     for hook, label, apply in (
             (problem.hessian_lipschitz_along, "hessian_lipschitz_along >= "

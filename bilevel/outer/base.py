@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from ..budget import BudgetExhausted, limit
+from ..contract import check_mu, check_theta
 from ..cost import Cost
 
 logger = logging.getLogger("bilevel")
@@ -149,7 +150,7 @@ def run(method, problem, theta0=None, *, max_iter: int = 100, max_cost: float | 
                              f"got {value!r}")
     if state is None:
         theta0 = problem.initial_theta() if theta0 is None else theta0
-        state = method.init_state(problem, problem.check_theta(theta0).detach().clone())
+        state = method.init_state(problem, check_theta(problem, theta0).detach().clone())
     history = list(history or [])
     totals = Cost()
     if history:
@@ -223,7 +224,7 @@ def degenerate(problem, theta) -> str | None:
     constants that overflow), or None.  Outer methods reject such points like NaN ones
     instead of letting the error end the run."""
     try:
-        problem.check_mu(theta)
+        check_mu(problem, theta)
     except (ValueError, ArithmeticError) as err:
         return f"{type(err).__name__}: {err}"
     return None

@@ -156,7 +156,7 @@ class CertifiedConstants:
         c2 = torch.linalg.vector_norm(p.filters, dim=1)
         rate = float(torch.sum(p.alpha * kappa ** 2 * C3 / p.nu ** 2 * (sup + c2 * radius)))
         big = x.numel() * self.K > 2e7
-        if not math.isfinite(x_radius) or self.process_group is not None or big:
+        if not math.isfinite(x_radius) or self.parallel.active or big:
             return rate
         return min(rate, self._local_hessian_rate(theta.detach(), x.detach(), q.detach(),
                                                   radius, x_radius, p, kappa, c2))
