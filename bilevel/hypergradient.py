@@ -75,6 +75,14 @@ class Hypergradient:
     cost: Cost = Cost()
 
 
+def solve_lower(problem, theta, tol, x0=None, max_iter=10_000, smoothness=None):
+    """``problem.solve_lower``, handing on an estimate of L where there is one (an
+    override that keeps the four-argument signature never receives one: its
+    solutions carry none)."""
+    options = {} if smoothness is None else {"smoothness": smoothness}
+    return problem.solve_lower(theta, tol, x0=x0, max_iter=max_iter, **options)
+
+
 def certifiable_accuracy(problem, theta, x) -> float:
     """The smallest ||x~ - x*|| the dtype of ``x`` can certify at ``theta``.
 
@@ -105,7 +113,7 @@ def upper_value(problem, x, theta):
 
 
 def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_iter=10_000,
-                  cg_max_iter=10_000, constants=None) -> Hypergradient:
+                  cg_max_iter=10_000, constants=None, smoothness=None) -> Hypergradient:
     """Inexact hypergradient of F at theta with accuracies (eps, delta).
 
     Parameters
@@ -121,6 +129,9 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
         Warm starts for the lower-level solve and CG.
     constants : BoundConstants, optional
         Reuse constants computed earlier (else ``problem.bound_constants``).
+    smoothness : float, optional
+        A previous lower solution's estimate of L (``LowerSolution.smoothness``),
+        for problems without a ``smoothness``: the solve starts from it.
 
     Returns
     -------
@@ -134,7 +145,7 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
             raise ValueError(f"{problem.name}: {label} must be a positive number, got {value}")
     if q0 is not None:
         check_x(problem, q0, theta, "q0")
-    lower = problem.solve_lower(theta, eps, x0=x0, max_iter=lower_max_iter)
+    lower = solve_lower(problem, theta, eps, x0, lower_max_iter, smoothness)
     x = lower.x
     if not lower.converged and eps < certifiable_accuracy(problem, theta, x):
         warnings.warn(f"{problem.name}: eps={eps:.1e} is below what {x.dtype} can certify "

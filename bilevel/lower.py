@@ -39,6 +39,10 @@ class LowerSolution:
     evaluations : int
         Every oracle call spent (gradients, and objective values and
         Hessian-vector products when L had to be estimated).
+    smoothness : float or None
+        FISTA's estimate of L where the problem gives no ``smoothness``: hand it
+        to the next solve near this theta (``smoothness=``) and it starts there
+        instead of estimating L again.  The outer methods carry it like a warm start.
     """
 
     x: torch.Tensor
@@ -46,6 +50,7 @@ class LowerSolution:
     iterations: int
     converged: bool
     evaluations: int = 0
+    smoothness: float | None = None
 
     @property
     def cost(self) -> Cost:
@@ -110,14 +115,15 @@ def _estimate_smoothness(problem, theta, x, iterations=10):
     return value, iterations
 
 
-def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
+def fista(problem, theta, tol, x0=None, max_iter=10_000, smoothness=None) -> LowerSolution:
     """Strongly convex FISTA to certified accuracy ``tol`` (docs/certificates.md, section 1).
 
     Step 1/L and constant momentum (1 - sqrt(q)) / (1 + sqrt(q)), q = mu/L.  The
     certificate is tested at the extrapolated point y_k, whose gradient the step
     needs anyway, so certification costs no extra gradient.  When the problem
-    gives no certified L, L is estimated by power iteration and raised by a
-    descent-lemma test at each step (both counted in ``evaluations``).
+    gives no certified L, L starts at ``smoothness`` (a previous solve's estimate)
+    or is estimated by power iteration, and is raised by a descent-lemma test at
+    each step (both counted in ``evaluations``); the solution returns it.
     """
     _check_tol(problem, tol)
     theta = check_theta(problem, theta)
@@ -127,7 +133,7 @@ def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
     L = problem.smoothness(theta)
     checked = L is None
     if checked:
-        L = getattr(problem, "_smoothness_estimate", None)
+        L = smoothness
         if L is None:
             L, spent = _estimate_smoothness(problem, theta, x)
             evaluations += spent
@@ -147,7 +153,8 @@ def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
         evaluations += 1
         bound = problem.parallel.norm(grad) / mu
         if not math.isfinite(bound):
-            return LowerSolution(y, math.inf, iterations, False, evaluations)
+            return LowerSolution(y, math.inf, iterations, False, evaluations,
+                                 L if checked else None)
         if bound <= tol or iterations >= max_iter:
             break
         if bound < 0.99 * best:
@@ -166,13 +173,14 @@ def fista(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
         x = x_new
         iterations += 1
         charge()
+    estimate = None
     if checked:
         # Only a solve that reached its tolerance vouches for a raised L: a stalled one
-        # may have raised it on rounding, and a cached inflated L would slow every
+        # may have raised it on rounding, and an inflated L handed on would slow every
         # later solve (its steps 1/L vanish) until they all stall.  Otherwise the
-        # starting estimate is kept, so the power iteration is not paid again.
-        problem._smoothness_estimate = L if bound <= tol else start
-    return LowerSolution(y, bound, iterations, bound <= tol, evaluations)
+        # starting estimate is handed on, so the power iteration is not paid again.
+        estimate = L if bound <= tol else start
+    return LowerSolution(y, bound, iterations, bound <= tol, evaluations, estimate)
 
 
 def _rounding_slack(h_y, h_new, g_norm, y):

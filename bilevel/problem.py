@@ -220,14 +220,16 @@ class BilevelProblem(abc.ABC):
         gt = torch.zeros_like(theta) if gt is None else gt
         return value.detach(), gx, gt
 
-    def solve_lower(self, theta, tol, x0=None, max_iter=10_000):
+    def solve_lower(self, theta, tol, x0=None, max_iter=10_000, **options):
         """Solve the lower level to certified accuracy ``tol``; a LowerSolution.
 
-        The default is strongly convex FISTA (:func:`bilevel.lower.fista`).
+        The default is strongly convex FISTA (:func:`bilevel.lower.fista`);
+        ``options`` reach it (``smoothness``: a previous solution's estimate of L).
+        An override may ignore ``options`` but must accept them.
         """
         from .lower import fista
 
-        return fista(self, theta, tol, x0=x0, max_iter=max_iter)
+        return fista(self, theta, tol, x0=x0, max_iter=max_iter, **options)
 
     # ------------------------------------------------------------ data parallel
     #: Sums, maxima and norms over the processes sharing the samples

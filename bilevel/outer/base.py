@@ -34,7 +34,8 @@ class ConvergenceWarning(UserWarning):
 class OuterState:
     """The state of an outer method between iterations (immutable).
 
-    ``x`` and ``q`` are the warm starts of the lower-level solver and of CG.
+    ``x`` and ``q`` are the warm starts of the lower-level solver and of CG, and
+    ``smoothness`` the lower solver's estimate of L (for problems without one).
     A method ends the run by returning a state whose ``status`` is set.
     """
 
@@ -46,6 +47,7 @@ class OuterState:
     iteration: int = 0
     status: str | None = None
     message: str = ""
+    smoothness: float | None = None  # the lower solver's estimate of L, handed on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +230,13 @@ def degenerate(problem, theta) -> str | None:
     except (ValueError, ArithmeticError) as err:
         return f"{type(err).__name__}: {err}"
     return None
+
+
+def handed_on(state, lower):
+    """``state`` with the warm starts a lower solution hands on: its estimate of L."""
+    if lower.smoothness is None:
+        return state
+    return dataclasses.replace(state, smoothness=lower.smoothness)
 
 
 def warm(start):

@@ -27,6 +27,7 @@ from .base import (
     count,
     degenerate,
     finite,
+    handed_on,
     norm,
     one_of,
     warm,
@@ -84,13 +85,14 @@ class HOAG:
         k = state.iteration
         eps = max(state.scale * SCHEDULES[self.schedule](self.eps0, k), self.eps_min)
         hg = hypergradient(problem, state.theta, eps, eps, x0=state.x, q0=state.q,
-                           lower_max_iter=self.lower_max_iter, cg_max_iter=self.cg_max_iter)
+                           lower_max_iter=self.lower_max_iter, cg_max_iter=self.cg_max_iter,
+                           smoothness=state.smoothness)
         z, z_norm, g = hg.grad, norm(hg.grad), hg.upper_value
         row = dict(upper_value=g, grad_norm=z_norm, error_bound=hg.error_bound,
                    certified=hg.certified, eps=eps, delta=eps, backtracks=0, accepted=True,
                    spent=hg.cost)
-        state = dataclasses.replace(state, x=warm(hg.lower.x), q=warm(hg.linear.q), eps=eps,
-                                    delta=eps, iteration=k + 1)
+        state = dataclasses.replace(handed_on(state, hg.lower), x=warm(hg.lower.x),
+                                    q=warm(hg.linear.q), eps=eps, delta=eps, iteration=k + 1)
         L, scale, base = state.L_lambda, state.scale, (state.theta, z, g, eps)
         if state.previous is None:
             L = z_norm / math.sqrt(z.numel())

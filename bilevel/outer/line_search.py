@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from ..cost import Cost
-from ..hypergradient import upper_bounds, upper_value
+from ..hypergradient import solve_lower, upper_bounds, upper_value
 from .base import degenerate, finite
 
 
@@ -40,6 +40,8 @@ class LineSearch:
         Lower-level iterations spent at trial points.
     cost : Cost
         Everything the search spent.
+    smoothness : float or None
+        The accepted solve's estimate of L (``LowerSolution.smoothness``).
     """
 
     accepted: bool = False
@@ -51,6 +53,7 @@ class LineSearch:
     nonfinite_trials: int = 0
     search_iterations: int = 0
     cost: Cost = Cost()
+    smoothness: float | None = None
 
     def row(self) -> dict:
         """The history columns of the search."""
@@ -60,19 +63,19 @@ class LineSearch:
                     search_iterations=self.search_iterations)
 
 
-def _solve_trial(problem, theta, eps, x0, max_iter):
+def _solve_trial(problem, theta, eps, x0, max_iter, smoothness):
     """The lower solve at a trial point; None where the lower problem is degenerate."""
     if degenerate(problem, theta) is not None:
         return None
     try:
-        return problem.solve_lower(theta, eps, x0=x0, max_iter=max_iter)
+        return solve_lower(problem, theta, eps, x0, max_iter, smoothness)
     except ArithmeticError:  # the problem's constants overflow at this theta
         return None
 
 
 def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, lam, lower_now,
                           accuracy: Callable[[float], float], L_g, x0=None,
-                          lower_max_iter=10_000) -> LineSearch:
+                          lower_max_iter=10_000, smoothness=None) -> LineSearch:
     """Backtrack along -d from ``first`` by ``rho`` until F provably decreased.
 
     Parameters
@@ -94,7 +97,7 @@ def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, l
         tried = i + 1
         step = first * rho ** i
         trial = theta - step * d
-        sol = _solve_trial(problem, trial, accuracy(step), x0, lower_max_iter)
+        sol = _solve_trial(problem, trial, accuracy(step), x0, lower_max_iter, smoothness)
         if sol is not None:
             spent += sol.cost
             searched += sol.iterations
@@ -113,6 +116,7 @@ def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, l
         if upper_next - lower_now + lam * step * slope <= 0:
             return LineSearch(accepted=True, step=step, backtracks=i, theta=trial, x=sol.x,
                               next_upper_bound=upper_next, nonfinite_trials=nonfinite,
-                              search_iterations=searched, cost=spent)
+                              search_iterations=searched, cost=spent,
+                              smoothness=sol.smoothness)
     return LineSearch(backtracks=tried, nonfinite_trials=nonfinite, search_iterations=searched,
                       cost=spent)

@@ -32,6 +32,7 @@ from .base import (
     converged_message,
     count,
     finite,
+    handed_on,
     norm,
     one_of,
     warm,
@@ -258,12 +259,13 @@ class MAID:
         Returns (hypergradient, eps, delta, failure or None, cost of every refinement).
         """
         eps, delta, x, q, constants = state.eps, state.delta, state.x, state.q, None
-        previous, nonfinite, spent = None, 0, Cost()
+        previous, nonfinite, spent, L = None, 0, Cost(), state.smoothness
         for _ in range(self.max_refinements + 1):
             hg = hypergradient(problem, state.theta, eps, delta, x0=x, q0=q,
                                constants=constants, lower_max_iter=self.lower_max_iter,
-                               cg_max_iter=self.cg_max_iter)
+                               cg_max_iter=self.cg_max_iter, smoothness=L)
             spent += hg.cost
+            L = hg.lower.smoothness or L
             # A NaN solution is no warm start: the next solve starts afresh, and a
             # hypergradient that is not finite from a fresh start ends the run.
             x, q = warm(hg.lower.x), warm(hg.linear.q)
@@ -312,8 +314,9 @@ class MAID:
                    certified=hg.certified, eps=eps, delta=delta, memory=len(memory),
                    direction_certified=bool(finite(z_norm) and z_norm > 0
                                             and omega <= self._margin(z, Hz)))
-        state = dataclasses.replace(state, x=warm(hg.lower.x), q=warm(hg.linear.q), eps=eps,
-                                    delta=delta, iteration=state.iteration + 1)
+        state = dataclasses.replace(handed_on(state, hg.lower), x=warm(hg.lower.x),
+                                    q=warm(hg.linear.q), eps=eps, delta=delta,
+                                    iteration=state.iteration + 1)
         stop = None
         if failure is not None:
             stop = failure, self._failure_message(problem, state, hg, failure, eps)
@@ -334,11 +337,12 @@ class MAID:
             problem, state.theta, Hz, slope, first=self._first_step(state, memory, z),
             rho=self.rho, backtracks=state.max_backtracks, lam=self.sufficient_decrease,
             lower_now=lower_now, L_g=L_g, x0=state.x, lower_max_iter=self.lower_max_iter,
+            smoothness=state.smoothness,
             accuracy=lambda step: self._trial_accuracy(eps, step * slope, hg))
         row = {**row, **search.row(), "spent": spent + search.cost}
         if search.accepted:
             return dataclasses.replace(
-                state, theta=search.theta, x=search.x,
+                handed_on(state, search), theta=search.theta, x=search.x,
                 alpha=state.alpha if memory else self.rho_bar * search.step,
                 eps=self.nu_bar * eps, delta=self.nu_bar * delta,
                 certify_direction=self.direction_test == "always", memory=memory,

@@ -15,6 +15,7 @@ from .base import (
     count,
     degenerate,
     finite,
+    handed_on,
     norm,
     warm,
 )
@@ -69,13 +70,14 @@ class TorchOptimizer:
 
     def update(self, problem, state):
         hg = hypergradient(problem, state.theta, self.eps, self.delta, x0=state.x, q0=state.q,
-                           lower_max_iter=self.lower_max_iter, cg_max_iter=self.cg_max_iter)
+                           lower_max_iter=self.lower_max_iter, cg_max_iter=self.cg_max_iter,
+                           smoothness=state.smoothness)
         z_norm = norm(hg.grad)
         row = dict(upper_value=hg.upper_value, grad_norm=z_norm, error_bound=hg.error_bound,
                    certified=hg.certified, eps=self.eps, delta=self.delta, step=self.lr,
                    backtracks=0, accepted=True, spent=hg.cost)
-        state = dataclasses.replace(state, x=warm(hg.lower.x), q=warm(hg.linear.q),
-                                    iteration=state.iteration + 1)
+        state = dataclasses.replace(handed_on(state, hg.lower), x=warm(hg.lower.x),
+                                    q=warm(hg.linear.q), iteration=state.iteration + 1)
         if not finite(z_norm, hg.error_bound):
             return dataclasses.replace(state, status="diverged",
                                        message="the hypergradient is not finite"), row
