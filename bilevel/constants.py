@@ -30,6 +30,8 @@ import math
 
 import torch
 
+from .numerics import power_iteration, random_unit
+
 
 @dataclasses.dataclass(frozen=True)
 class BoundConstants:
@@ -235,11 +237,14 @@ def _assemble(raw, mu, safety, cost):
 def _estimate(problem, theta, x, iterations, probes, seed):
     """The raw estimates (dict) and the oracle calls they took."""
     gen = torch.Generator().manual_seed(seed)
-    L_g, used = _power(lambda v: _upper_hvp(problem, x, theta, v), _unit(x, gen), iterations)
-    cost = used
-    BtB, used = _power(lambda u: problem.mixed_vjp(x, theta, _mixed_jvp(problem, x, theta, u)),
-                       _unit(theta, gen), iterations)
-    cost += 2 * used
+    # ||A v_k|| of a PSD operator never decreases: stop once it grows by less than 0.1%.
+    upper = power_iteration(lambda v: _upper_hvp(problem, x, theta, v), random_unit(x, gen),
+                            iterations, rtol=1e-3)
+    mixed = power_iteration(
+        lambda u: problem.mixed_vjp(x, theta, _mixed_jvp(problem, x, theta, u)),
+        random_unit(theta, gen), iterations, rtol=1e-3)
+    L_g, BtB = upper.value, mixed.value
+    cost = upper.iterations + 2 * mixed.iterations
 
     step = _difference_step(x)
     L_B = L_A = L_gt = 0.0
@@ -250,8 +255,8 @@ def _estimate(problem, theta, x, iterations, probes, seed):
                                               - op(x - d, theta, *args))) / (2 * step)
 
     for _ in range(probes):
-        d = _unit(x, gen) * step
-        w, v = _unit(x, gen), _unit(x, gen)
+        d = random_unit(x, gen) * step
+        w, v = random_unit(x, gen), random_unit(x, gen)
         L_B = _max(L_B, rate(problem.mixed_vjp, d, w))
         L_A = _max(L_A, rate(problem.lower_hvp, d, v))
         cost += 4
@@ -281,36 +286,6 @@ def _difference_step(x):
     n = max(x.numel(), 1)
     typical = max(float(torch.linalg.vector_norm(x)) / math.sqrt(n), 1.0)
     return math.sqrt(eps) * typical * math.sqrt(n)
-
-
-def _unit(like, generator):
-    """A random unit vector shaped like ``like``, in its dtype and on its device.
-
-    Drawn in float64 on the CPU, so that one seed probes the same directions
-    in every dtype and on every device.
-    """
-    v = torch.randn(like.shape, generator=generator, dtype=torch.float64)
-    v = v.to(device=like.device, dtype=like.dtype)
-    return v / torch.linalg.vector_norm(v)
-
-
-def _power(apply, v, iterations, rtol=1e-3):
-    """Largest eigenvalue of a symmetric PSD operator by power iteration; (value, calls).
-
-    ||A v_k|| never decreases for a PSD operator, so the loop stops once it grows
-    by less than ``rtol`` relatively (at once for a multiple of the identity).
-    """
-    value = 0.0
-    for k in range(1, iterations + 1):
-        w = apply(v)
-        new = float(torch.linalg.vector_norm(w))
-        if not new > 0.0:  # zero operator (or NaN): nothing more to learn
-            return (0.0 if new == 0.0 else new), k
-        converged = k > 1 and new <= value * (1 + rtol)
-        value, v = max(value, new), w / new
-        if converged:
-            return value, k
-    return value, iterations
 
 
 def _overrides(problem, method):

@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from .numerics import damped_newton
+
 #: Largest number of entries of x for which a dense Hessian is built: n Hessian-vector
 #: products and n^2 floats (5000 entries: 200 MB in float64).
 MAX_ENTRIES = 5000
@@ -102,8 +104,9 @@ def reference_solution(problem, theta, *, tol=1e-13, max_newton=50) -> Reference
     Returns
     -------
     ReferenceSolution
-        ``converged`` is False when Newton stopped on ``max_newton`` or because no
-        step made progress (rounding); ``error_bound`` still says how far x may be.
+        ``converged`` is False when Newton (:func:`bilevel.numerics.damped_newton`)
+        stopped on ``max_newton`` or because rounding kept it from getting closer;
+        ``error_bound`` still says how far x may be.
     """
     theta = problem.check_theta(theta).detach()
     _check_size(problem, problem.initial_x(theta))
@@ -111,44 +114,19 @@ def reference_solution(problem, theta, *, tol=1e-13, max_newton=50) -> Reference
     # Newton converges quadratically only near x*: a first-order solve gets there.
     x = problem.solve_lower(theta, 1e-6, max_iter=200_000).x.detach()
 
-    def h(point):
-        return float(problem.lower_objective(point, theta))
+    def direction(point, grad, _grad_norm):
+        H = dense_hessian(problem, point, theta)
+        return torch.linalg.solve(H, grad.reshape(-1)).view_as(point), point.numel()
 
-    grad = problem.lower_grad(x, theta)
-    gnorm = _norm(grad)
-    steps = 0
-    while gnorm > tol * max(1.0, _norm(x)) and steps < max_newton:
-        step = torch.linalg.solve(dense_hessian(problem, x, theta),
-                                  grad.reshape(-1)).view_as(x)
-        h0 = h(x)
-        # Near x* the decrease of h (~ ||grad||^2 / mu) drowns in its rounding, so
-        # within that slack a step is judged by the gradient norm instead.
-        slack = 64 * torch.finfo(x.dtype).eps * max(1.0, abs(h0))
-        accepted = None
-        t = 1.0
-        for _ in range(40):
-            trial = x - t * step
-            h1 = h(trial)
-            if h1 < h0 - slack:
-                accepted = trial
-                break
-            if h1 <= h0 + slack:
-                g1 = problem.lower_grad(trial, theta)
-                if _norm(g1) < gnorm:
-                    accepted = trial
-                    break
-            t *= 0.5
-        if accepted is None:
-            break  # no step helps: rounding has won
-        steps += 1
-        x = accepted
-        grad = problem.lower_grad(x, theta)
-        gnorm = _norm(grad)
-    converged = gnorm <= tol * max(1.0, _norm(x))
+    run = damped_newton(x, lambda point: problem.lower_grad(point, theta),
+                        lambda point: float(problem.lower_objective(point, theta)), direction,
+                        converged=lambda point, norm: norm <= tol * max(1.0, _norm(point)),
+                        max_steps=max_newton)
+    x, gnorm, converged = run.x, run.grad_norm, run.converged
 
     value, gx, gt = problem.upper_grads(x, theta)
     q = torch.linalg.solve(dense_hessian(problem, x, theta), gx.reshape(-1)).view_as(x)
     grad_F = gt - problem.mixed_vjp(x, theta, q)
     error = gnorm / mu if math.isfinite(gnorm) else math.inf
-    return ReferenceSolution(x=x, q=q, grad=grad_F, value=float(value), newton_steps=steps,
+    return ReferenceSolution(x=x, q=q, grad=grad_F, value=float(value), newton_steps=run.steps,
                              grad_norm=gnorm, error_bound=error, converged=converged)

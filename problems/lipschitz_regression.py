@@ -56,7 +56,7 @@ Norms are Euclidean / spectral; G = Phi^T Phi, G_val likewise.
 Lower-level solver: damped Newton on the dense K x K Hessian (K is small), which
 converges quadratically where FISTA would need sqrt(L / mu) ~ 10^3 steps per
 digit; it stops on the same certificate ||grad h|| / mu <= tol and counts Newton
-steps as iterations.
+steps as iterations (:class:`~bilevel_problems.dense_newton.DenseNewtonSolve`).
 """
 from __future__ import annotations
 
@@ -65,9 +65,9 @@ import math
 import torch
 
 from bilevel import BilevelProblem, BoundConstants
-from bilevel.lower import LowerSolution
 
 from . import params
+from .dense_newton import DenseNewtonSolve
 
 TARGETS = ("sign", "sine")
 _PHI3 = 48.0 / (25.0 * math.sqrt(5.0))  # max_t 3 t / (1 + t^2)^(5/2), at t = 1/2
@@ -107,7 +107,7 @@ def make_data(n, *, target="sign", flip=0.0, noise=0.0, x_range=(-1.0, 1.0), gen
     return x, y, clean
 
 
-class LipschitzRegression(BilevelProblem):
+class LipschitzRegression(DenseNewtonSolve, BilevelProblem):
     """A 1-D linear spline with a learned Lipschitz penalty weight lam = e^theta.
 
     Parameters
@@ -313,51 +313,6 @@ class LipschitzRegression(BilevelProblem):
         r = self.Phi_val @ x - self.yv
         n = len(r)
         return torch.dot(r, r) / n, self.Phi_val.T @ r * (2.0 / n), torch.zeros_like(theta)
-
-    def solve_lower(self, theta, tol, x0=None, max_iter=10_000):
-        """Damped Newton to certified accuracy ``tol`` (module docstring)."""
-        if not (tol > 0 and math.isfinite(tol)):
-            raise ValueError(f"{self.name}: lower-level tolerance must be > 0, got {tol}")
-        mu = self.check_mu(theta)
-        x = self.initial_x(theta) if x0 is None else self.check_x(x0, theta, "x0").clone()
-        evaluations, iterations = 0, 0
-        # Steps that neither decrease h beyond its rounding nor the best gradient by 10%:
-        # ten in a row mean float64 cannot get closer.
-        stalled, best, progress = 0, math.inf, True
-        while True:
-            grad = self.lower_grad(x, theta)
-            evaluations += 1
-            g_norm = float(torch.linalg.vector_norm(grad))
-            bound = g_norm / mu
-            if not math.isfinite(bound):
-                return LowerSolution(x, math.inf, iterations, False, evaluations)
-            stalled = 0 if g_norm < 0.9 * best or progress else stalled + 1
-            best = min(best, g_norm)
-            if bound <= tol or iterations >= max_iter or stalled >= 10:
-                break
-            step = torch.linalg.solve(self.hessian(x, theta), grad)
-            h0, slope = float(self.lower_objective(x, theta)), float(torch.dot(grad, step))
-            t, accepted, progress = 1.0, False, False
-            for _ in range(60):
-                trial = x - t * step
-                h1 = float(self.lower_objective(trial, theta))
-                evaluations += 1
-                if h1 <= h0 - 1e-4 * t * slope:  # Armijo
-                    accepted = True
-                elif h1 <= h0 + 1e-13 * abs(h0):
-                    # h no longer resolves the decrease: accept a smaller gradient.
-                    evaluations += 1
-                    accepted = float(torch.linalg.vector_norm(
-                        self.lower_grad(trial, theta))) < g_norm
-                if accepted:
-                    break
-                t *= 0.5
-            if not accepted:
-                break  # no progress is possible in floating point: report what we have
-            progress = h1 < h0 - 1e-12 * abs(h0)
-            x = trial
-            iterations += 1
-        return LowerSolution(x, bound, iterations, bound <= tol, evaluations)
 
     # ---------------------------------------------------------------- evaluation
     def value(self, theta, tol=1e-10, x0=None):

@@ -32,7 +32,8 @@ by a relative margin of 1e-10 that covers its rounding):
 - Bound constants: see :meth:`SplineRegression.bound_constants`.
 
 The lower level is tiny (N ~ 10-100), so it is solved by damped Newton's
-method with the same certificate ||grad h|| / mu (:meth:`solve_lower`).
+method with the same certificate ||grad h|| / mu
+(:class:`~bilevel_problems.dense_newton.DenseNewtonSolve`).
 """
 from __future__ import annotations
 
@@ -42,10 +43,10 @@ import numpy as np
 import torch
 
 from bilevel import BilevelProblem, BoundConstants
-from bilevel.lower import LowerSolution
 from bilevel.splines import interpolation_matrix, knots
 
 from . import params
+from .dense_newton import DenseNewtonSolve
 
 #: sup_t |phi_nu'''(t)| nu^2 = 3/2 (4/5)^{5/2}, attained at t = nu / 2.
 C3 = 1.5 / 1.25 ** 2.5
@@ -150,7 +151,7 @@ def tv2_fit(x, y, lam, num_knots, x_range, ridge=0.0, iterations=5000, tol=1e-12
     return result
 
 
-class SplineRegression(BilevelProblem):
+class SplineRegression(DenseNewtonSolve, BilevelProblem):
     """Bilevel learning of the TV(2) weight of a 1-D linear-spline regression.
 
     theta = [log lam] (one hyperparameter); x (the lower-level variable) is the
@@ -285,53 +286,6 @@ class SplineRegression(BilevelProblem):
         r = self.Sv @ c - self.yv
         n = len(self.yv)
         return 0.5 * torch.dot(r, r) / n, self.Sv.T @ r / n, torch.zeros_like(theta)
-
-    def solve_lower(self, theta, tol, x0=None, max_iter=10_000):
-        """Damped Newton's method to the certified accuracy ||grad h|| / mu <= tol.
-
-        Newton steps with Armijo backtracking on h (the Hessian is N x N); each
-        Newton step counts as one lower-level iteration, the extra objective
-        values of the line search as evaluations.  Stops when the certificate
-        holds, at ``max_iter``, or when no decrease is possible in floating point
-        (then ``converged`` is False and the bound reached is returned).
-        """
-        if not (tol > 0 and math.isfinite(tol)):
-            raise ValueError(f"{self.name}: lower-level tolerance must be > 0, got {tol}")
-        mu = self.check_mu(theta)
-        c = self.initial_x(theta) if x0 is None else self.check_x(x0, theta, "x0").clone()
-        evaluations = iterations = stalled = 0
-        best = math.inf
-        while True:
-            grad = self.lower_grad(c, theta)
-            evaluations += 1
-            bound = float(torch.linalg.vector_norm(grad)) / mu
-            if not math.isfinite(bound):
-                return LowerSolution(c, math.inf, iterations, False, evaluations)
-            # The certificate only improves through the gradient; when it stops
-            # improving for a few steps, rounding has won and we stop honestly.
-            stalled = 0 if bound < 0.5 * best else stalled + 1
-            best = min(best, bound)
-            if bound <= tol or iterations >= max_iter or stalled >= 30:
-                break
-            step = -torch.linalg.solve(self.hessian(c, theta), grad)
-            slope = float(torch.dot(grad, step))
-            h0 = float(self.lower_objective(c, theta))
-            iterations += 1
-            if -slope <= 1e-10 * (1.0 + abs(h0)):
-                # The predicted decrease is below what h resolves in floating point:
-                # an Armijo test would compare rounding errors.  Near the minimiser the
-                # full Newton step converges quadratically, so take it.
-                c = c + step
-                continue
-            alpha = 1.0
-            for _ in range(60):
-                trial = c + alpha * step
-                evaluations += 1
-                if float(self.lower_objective(trial, theta)) <= h0 + 1e-4 * alpha * slope:
-                    break
-                alpha *= 0.5
-            c = trial
-        return LowerSolution(c, bound, iterations, bound <= tol, evaluations)
 
     # ---------------------------------------------------------- bound constants
     def bound_constants(self, theta, x):

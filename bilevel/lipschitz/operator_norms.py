@@ -36,6 +36,9 @@ import math
 import torch
 from torch import nn
 
+from bilevel import numerics
+from bilevel.numerics import random_unit
+
 from .records import OperatorNorm
 
 _EPS64 = torch.finfo(torch.float64).eps
@@ -67,21 +70,9 @@ def power_iteration(apply, adjoint, shape, *, dtype=torch.float64, device="cpu",
         estimate of ||A||), ``residual`` the relative residual at the end.
     """
     gen = torch.Generator().manual_seed(seed)
-    v = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
-    v = v / torch.linalg.vector_norm(v)
-    best, residual = 0.0, math.inf
-    for it in range(1, max_iter + 1):
-        u = adjoint(apply(v))
-        rho = float(torch.sum(u * v))  # = ||A v||^2 <= sigma_max^2
-        best = max(best, rho)
-        u_norm = float(torch.linalg.vector_norm(u))
-        if u_norm == 0.0:  # v in the null space: probability zero unless A = 0
-            return math.sqrt(best), 0.0, it, True
-        residual = float(torch.linalg.vector_norm(u - rho * v)) / max(rho, 1e-300)
-        if residual <= tol:
-            return math.sqrt(best), residual, it, True
-        v = u / u_norm
-    return math.sqrt(best), residual, max_iter, False
+    v = random_unit(torch.empty(shape, dtype=dtype, device=device), gen)
+    run = numerics.power_iteration(lambda u: adjoint(apply(u)), v, max_iter, residual_tol=tol)
+    return math.sqrt(run.rayleigh), run.residual, run.iterations, run.converged
 
 
 def _linear_norm(weight, *, max_iter, tol, seed, svd_limit=4096):
