@@ -122,8 +122,10 @@ class NewtonRun:
         ||grad|| (inf when it was not finite).
     steps : int
         Newton steps taken.
-    evaluations : int
-        Gradients, objective values and what the directions reported they cost.
+    gradients, values : int
+        Gradients and objective values computed.
+    direction_cost : int
+        What the directions reported they cost (Hessian-vector products of CG).
     converged : bool
         Whether ``converged(x, grad_norm)`` held.
     """
@@ -132,8 +134,15 @@ class NewtonRun:
     grad: torch.Tensor
     grad_norm: float
     steps: int
-    evaluations: int
+    gradients: int
+    values: int
+    direction_cost: int
     converged: bool
+
+    @property
+    def evaluations(self) -> int:
+        """Every oracle call: gradients, objective values and the directions' cost."""
+        return self.gradients + self.values + self.direction_cost
 
 
 def rounding_slack(value: float, dtype: torch.dtype) -> float:
@@ -141,8 +150,8 @@ def rounding_slack(value: float, dtype: torch.dtype) -> float:
     return 64 * torch.finfo(dtype).eps * max(1.0, abs(value))
 
 
-def damped_newton(x, gradient, objective, direction, *, converged, max_steps, norm=_norm,
-                  dot=_dot, stall=10) -> NewtonRun:
+def damped_newton(x, gradient, objective, direction, *, converged, max_steps,
+                  max_work=math.inf, norm=_norm, dot=_dot, stall=10) -> NewtonRun:
     """Minimise a smooth strongly convex h from ``x`` by damped Newton steps.
 
     Parameters
@@ -156,6 +165,10 @@ def damped_newton(x, gradient, objective, direction, *, converged, max_steps, no
     converged : callable
         (x, grad_norm) -> bool: the certificate that ends the run.
     max_steps : int
+        Most Newton steps.
+    max_work : float
+        Stop once gradients plus the directions' cost reach it (the iterations
+        of a first-order method, each a gradient or a Hessian-vector product).
     norm, dot
         Possibly global reductions.
     stall : int
@@ -170,46 +183,55 @@ def damped_newton(x, gradient, objective, direction, *, converged, max_steps, no
     rounding has won.  (Accepting a full step on a smaller ||grad h|| alone, as
     one could to save a value of h, lets h rise far from x*, where it takes a
     detour of twice the steps on lipschitz_regression.)  The run also stops on
-    ``converged``, after ``max_steps`` and on a non-finite gradient
-    (``grad_norm`` inf).
+    ``converged``, at ``max_steps`` or ``max_work``, and on a non-finite
+    gradient (``grad_norm`` inf).
     """
+    work = dict(gradients=1, values=0, direction_cost=0)
     grad = gradient(x)
     g_norm = norm(grad)
-    evaluations, steps, stalled, best = 1, 0, 0, math.inf
+    steps, stalled, best = 0, 0, math.inf
     h_x = None  # h at x, once known
+
+    def end(done, g_norm):
+        return NewtonRun(x, grad, g_norm, steps, converged=done, **work)
+
+    def grad_at(point):
+        work["gradients"] += 1
+        g = gradient(point)
+        return g, norm(g)
+
+    def value_at(point):
+        work["values"] += 1
+        return objective(point)
+
     while True:
         if not math.isfinite(g_norm):
-            return NewtonRun(x, grad, math.inf, steps, evaluations, False)
+            return end(False, math.inf)
         if converged(x, g_norm):
-            return NewtonRun(x, grad, g_norm, steps, evaluations, True)
-        if steps >= max_steps or stalled >= stall:
-            return NewtonRun(x, grad, g_norm, steps, evaluations, False)
+            return end(True, g_norm)
+        if (steps >= max_steps or stalled >= stall
+                or work["gradients"] + work["direction_cost"] >= max_work):
+            return end(False, g_norm)
         s, cost = direction(x, grad, g_norm)
-        evaluations += cost
+        work["direction_cost"] += cost
         if h_x is None:
-            h_x = objective(x)
-            evaluations += 1
+            h_x = value_at(x)
         slope, slack, t = dot(grad, s), rounding_slack(h_x, x.dtype), 1.0
         for _ in range(HALVINGS + 1):
             trial = x - t * s
-            h_trial = objective(trial)
-            evaluations += 1
+            h_trial = value_at(trial)
             g_trial = None
             if h_trial <= h_x - ARMIJO * t * slope:
                 break
             if h_trial <= h_x + slack:  # h cannot tell: the gradient decides
-                g_trial = gradient(trial)
-                n_trial = norm(g_trial)
-                evaluations += 1
+                g_trial, n_trial = grad_at(trial)
                 if n_trial < g_norm:
                     break
             t *= 0.5
         else:
-            return NewtonRun(x, grad, g_norm, steps, evaluations, False)
+            return end(False, g_norm)
         if g_trial is None:
-            g_trial = gradient(trial)
-            n_trial = norm(g_trial)
-            evaluations += 1
+            g_trial, n_trial = grad_at(trial)
         best = min(best, g_norm)
         stalled = 0 if h_trial < h_x - slack or n_trial < 0.9 * best else stalled + 1
         x, grad, g_norm, h_x = trial, g_trial, n_trial, h_trial

@@ -96,3 +96,14 @@ def test_damped_newton_reports_a_non_finite_gradient():
                         lambda x: 0.0, lambda x, g, _: (g, 0),
                         converged=lambda x, norm: norm <= 1e-8, max_steps=10)
     assert run.grad_norm == math.inf and not run.converged and run.steps == 0
+
+
+def test_damped_newton_counts_its_work_and_stops_on_a_budget():
+    objective, gradient, hessian = _smooth_convex()
+    x0 = torch.full((6,), 2.0, dtype=torch.float64)
+    run = damped_newton(x0, gradient, objective,
+                        lambda x, g, _: (torch.linalg.solve(hessian(x), g), 5),
+                        converged=lambda x, norm: norm <= 1e-12, max_steps=100, max_work=12)
+    assert not run.converged and run.gradients + run.direction_cost >= 12
+    assert run.direction_cost == 5 * run.steps
+    assert run.evaluations == run.gradients + run.values + run.direction_cost
