@@ -338,11 +338,12 @@ def _report(args, plan: _Plan, problem, result, caught):
     theta = result.theta.detach().cpu()
     shown = ", ".join(f"{v:.4g}" for v in theta[:8].tolist())
     print(f"  theta ({theta.numel()}): [{shown}{', ...' if theta.numel() > 8 else ''}]")
-    for message in dict.fromkeys(str(w.message) for w in caught):  # each one once
+    messages = list(dict.fromkeys(str(w.message) for w in caught))  # each one once
+    for message in messages:
         print(f"  warning: {message}", file=sys.stderr)
     if plan.out is not None:
         with _signals_ignored():
-            out = save_run(plan.out, result, plan.meta)
+            out = save_run(plan.out, result, plan.meta, warnings=messages)
         print(f"  wrote {out}/data.csv, meta.json, theta.json")
         if result.status == "interrupted":
             print(f"  continue with: python -m bilevel run --resume {out}")

@@ -1,4 +1,12 @@
-"""Run folders: history rows -> ``data.csv``, settings -> ``meta.json``, theta -> ``theta.json``."""
+"""Run folders: the one writer (and reader) of what a run leaves on disk.
+
+``python -m bilevel run --out``, every script and every benchmark write through
+:class:`RunFolder`: each file atomically (a temporary file, then a rename), with
+no absolute machine path in it, and ``meta.json`` (settings, machine, commit)
+last, as the mark of a complete folder.  ``save_run`` / ``load_run`` are a
+:class:`~bilevel.SolveResult`'s folder: history rows -> ``data.csv``, settings ->
+``meta.json``, theta -> ``theta.json``.
+"""
 from __future__ import annotations
 
 import csv
@@ -12,6 +20,33 @@ from pathlib import Path
 import torch
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def relative(arg: str) -> str:
+    """``arg`` made relative to the working directory if it is an absolute path.
+
+    Run folders are committed: an absolute path names one machine's layout.
+    """
+    text = str(arg)
+    if os.path.isabs(text) and not any(c.isspace() for c in text):
+        return os.path.relpath(text)
+    return text
+
+
+def command_line(argv=None, script=None) -> str:
+    """The command that reproduces this run, its paths relative: ``python SCRIPT ARGS``."""
+    argv = sys.argv if argv is None else [script or sys.argv[0], *argv]
+    return " ".join(["python", *(relative(a) for a in argv)])
+
+
 def environment() -> dict:
     """Versions, machine and git commit, for meta.json."""
     try:
@@ -21,9 +56,10 @@ def environment() -> dict:
         commit = ""
     return dict(python=platform.python_version(), torch=torch.__version__,
                 machine=platform.machine(), processor=platform.processor() or platform.machine(),
+                cpu=_cpu_name(), platform=platform.platform(),
                 cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                git_commit=commit or None, command=" ".join(sys.argv))
+                git_commit=commit or None, command=" ".join(relative(a) for a in sys.argv))
 
 
 class CorruptRunError(ValueError):
@@ -57,25 +93,113 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _portable(value):
+    """``value`` for JSON with every absolute path (a Path, or a path string) made relative."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable(v) for v in value]
+    if isinstance(value, Path):
+        return relative(str(value))
+    if isinstance(value, str):
+        return relative(value)
+    return value
+
+
+class RunFolder:
+    """The folder one run writes: data files, summaries, figures and ``meta.json``.
+
+    Parameters
+    ----------
+    path : str or Path
+    meta_name : str
+        The file of settings and environment written last (``meta.json``; a
+        benchmark that shares its folder with others names its own).
+    portable : bool
+        Make absolute paths in JSON relative to the working directory (results that
+        are committed); ``python -m bilevel run`` keeps the paths its user gave.
+    """
+
+    def __init__(self, path, meta_name="meta.json", portable=True):
+        self.path = Path(path)
+        self.meta_name = meta_name
+        self.portable = portable
+
+    def __truediv__(self, name) -> Path:
+        return self.path / name
+
+    def open(self) -> RunFolder:
+        """Create the folder and drop a previous run's meta file: the folder is complete
+        again only when this run writes its own."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / self.meta_name).unlink(missing_ok=True)
+        return self
+
+    def write_rows(self, name, rows) -> Path:
+        write_csv(self.path / name, rows)
+        return self.path / name
+
+    def write_json(self, name, value) -> Path:
+        value = _portable(value) if self.portable else value
+        _atomic_write_text(self.path / name, json.dumps(value, indent=2, default=str) + "\n")
+        return self.path / name
+
+    def write_text(self, name, text) -> Path:
+        _atomic_write_text(self.path / name, text)
+        return self.path / name
+
+    def write_arrays(self, name, **arrays) -> Path:
+        """Arrays (tensors too) as one ``.npz`` file: what a figure shows, for ``--replot``."""
+        import numpy as np
+
+        tmp = self.path / (name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
+        os.replace(tmp, self.path / name)
+        return self.path / name
+
+    def write_meta(self, meta: dict) -> Path:
+        """Write the meta file with the environment added: the folder is complete."""
+        return self.write_json(self.meta_name, dict(meta, environment=environment()))
+
+    def read_rows(self, name="data.csv") -> list[dict]:
+        """The rows of a CSV file of the folder, numbers parsed (CorruptRunError if empty)."""
+        return _load_rows(self.path / name)
+
+    def read_json(self, name) -> dict:
+        path = self.path / name
+        if not path.is_file():
+            raise CorruptRunError(self.path, f"no {name}")
+        try:
+            return json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptRunError(path, f"not valid JSON ({exc})") from None
+
+    def read_meta(self) -> dict:
+        return self.read_json(self.meta_name)
+
+
 #: The files of a run folder (meta.json is written last: it marks the folder complete).
 RUN_FILES = ("data.csv", "theta.json", "meta.json", "checkpoint.pt", "curves.png")
 
 
-def save_run(out_dir, result, meta: dict) -> Path:
-    """Write ``data.csv``, ``theta.json`` and ``meta.json`` of a SolveResult into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "data.csv", result.history)
-    _atomic_write_text(out / "theta.json", json.dumps(result.theta.detach().cpu().tolist()))
-    meta = dict(meta, status=result.status, message=result.message,
-                iterations=len(result.history), environment=environment())
-    write_meta(out, meta)
-    return out
+def save_run(out_dir, result, meta: dict, warnings=()) -> Path:
+    """Write ``data.csv``, ``theta.json`` and ``meta.json`` of a SolveResult into ``out_dir``.
+
+    ``warnings``: the messages the run raised, recorded in meta.json.
+    """
+    folder = RunFolder(out_dir, portable=False)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.write_rows("data.csv", result.history)
+    folder.write_text("theta.json", json.dumps(result.theta.detach().cpu().tolist()))
+    folder.write_meta(dict(meta, status=result.status, message=result.message,
+                           iterations=len(result.history), warnings=list(warnings)))
+    return folder.path
 
 
 def write_meta(out_dir, meta: dict) -> None:
-    """Write ``meta.json`` of a run folder atomically."""
-    _atomic_write_text(Path(out_dir) / "meta.json", json.dumps(meta, indent=2, default=str))
+    """Write ``meta.json`` of a run folder atomically (as it stands: no environment added)."""
+    RunFolder(out_dir, portable=False).write_json("meta.json", meta)
 
 
 def load_meta(run_dir, required=()) -> dict:
@@ -159,14 +283,14 @@ def _check_plottable(rows, path) -> None:
 
 def plot_run(run_dir, path=None):
     """Draw upper loss, ||z||, accuracy and step of a run against cost; returns the PNG path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure without pyplot: no global backend is chosen for the caller.
+    from matplotlib.figure import Figure
 
     rows, meta, _ = load_run(run_dir)
     _check_plottable(rows, Path(run_dir) / "data.csv")
     cost = [r["cost"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     axes[0].plot(cost, [r["upper_value"] for r in rows])
     axes[0].set(xlabel="lower-level + CG iterations", ylabel="upper loss g(x~)", yscale="log")
     axes[1].plot(cost, [r["grad_norm"] for r in rows], label="||z||")
@@ -182,5 +306,4 @@ def plot_run(run_dir, path=None):
     fig.tight_layout()
     path = Path(run_dir) / "curves.png" if path is None else Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -17,26 +17,23 @@ each method asked for against outer iterations; one held-out test image
 (centre crop of the first Set68 image) denoised with each method's final theta,
 with its PSNR.  The mean PSNR over ``--n-test`` test crops goes to summary.md.
 
-Writes results/foe_vs_hoag/{data.csv (the methods' iterations), test.csv
-(per-image test PSNR / SSIM), meta.json, foe_vs_hoag.png, summary.md}.
+Writes results/foe_vs_hoag/{data.csv (one row per outer iteration of each
+method), test.csv (one row per method and test image: PSNR / SSIM), runs.csv (one
+row per method: status, message, warnings), panels.npz (the first test image:
+noisy, clean and each method's denoising), meta.json, foe_vs_hoag.png,
+summary.md}.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import sys
-import time
-import warnings
-from pathlib import Path
 
 import _figure
+import numpy as np
 import torch
 from bilevel_problems import datasets
 from bilevel_problems.fields_of_experts import FieldsOfExperts
 
-import bilevel
-from bilevel.results import write_csv
+from bilevel import experiment
 
 METHODS = ("maid", "maid_paper", "maid_lbfgs", "hoag_geometric", "hoag_quadratic",
            "hoag_cubic")
@@ -47,10 +44,14 @@ LABELS = {"maid": "MAID", "maid_paper": "MAID (paper's settings)",
 TEST_TOL = 1e-3  # certified ||x - x*|| of the test denoisings: far below PSNR resolution
 KEEP = ("iteration", "cost", "upper_value", "grad_norm", "error_bound", "eps", "step",
         "backtracks", "accepted", "lower_iterations", "cg_iterations", "time")
+FILES = {"data.csv": "one row per outer iteration of each method (run, method, cost, "
+                     "upper_value, eps, accepted, ...)",
+         "test.csv": "one row per method and test image: psnr, ssim",
+         "runs.csv": "one row per method: status, message, warnings",
+         "panels.npz": "the first test image: noisy, clean, each method's denoising"}
 
 
-def arguments(argv):
-    p = _figure.parser(__doc__, "foe_vs_hoag")
+def add_arguments(p):
     p.add_argument("--train-dir", default=None, help="default: BSD400 if present, else skimage")
     p.add_argument("--test-dir", default=None, help="default: Set68 if present, else skimage")
     p.add_argument("--n-train", type=int, default=16)
@@ -65,19 +66,14 @@ def arguments(argv):
                    help="lower-level + CG iterations per method")
     p.add_argument("--alpha0", type=float, default=0.1, help="MAID's first step")
     p.add_argument("--hoag-eps0", type=float, default=1e-1, help="HOAG's first accuracy")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.n_train, args.size, args.n_test, args.test_size = 2, 24, 2, 32
-        args.filters, args.budget = 3, 600
-    return args
 
 
 def build(settings):
     """The training problem and the noisy / clean test crops of ``settings`` (deterministic)."""
     a = argparse.Namespace(**settings)
     clean, test, names, sources = datasets.train_test_images(
-        _figure.bsd_folder("train", a.train_dir), _figure.bsd_folder("Set68", a.test_dir),
+        experiment.image_folder("train", a.train_dir),
+        experiment.image_folder("Set68", a.test_dir),
         a.n_train, a.n_test, a.size, a.test_size, seed=a.seed)
     problem = FieldsOfExperts(images=clean, noisy=datasets.add_noise(clean, a.sigma, a.seed),
                               num_filters=a.filters, filter_size=a.filter_size,
@@ -85,27 +81,29 @@ def build(settings):
     return problem, datasets.add_noise(test, a.sigma, a.seed + 1), test, names, sources
 
 
-def compute(args):
-    torch.set_num_threads(args.threads)
+def compute(args, folder):
+    if args.quick:
+        args.n_train, args.size, args.n_test, args.test_size = 2, 24, 2, 32
+        args.filters, args.budget = 3, 600
     problem, test_noisy, test, names, sources = build(vars(args))
     clean = problem.clean
     print(f"train {tuple(clean.shape)} from {sources['train']}, test {tuple(test.shape)} from "
           f"{sources['test']}; {problem.dim_theta} hyperparameters, budget {args.budget:g}",
           flush=True)
-    rows, tests, runs = [], [], {}
+    outcomes, tests, runs = [], [], {}
+    panels = dict(noisy=test_noisy[0], clean=test[0])
     for method in METHODS:
         settings = dict(alpha0=args.alpha0) if method.startswith("maid") \
             else dict(eps0=args.hoag_eps0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
-            result = bilevel.solve(problem, method, max_iter=100_000, max_cost=args.budget,
-                                   **settings)
-        rows += [{"method": method, **{k: r[k] for k in KEEP}} for r in result.history]
+        outcome = experiment.run_method(problem, experiment.Run(LABELS[method], method, settings),
+                                        max_iter=100_000, max_cost=args.budget)
+        outcomes.append(outcome)
+        result, last = outcome.result, outcome.last
         x = problem.denoise(test_noisy, result.theta, tol=TEST_TOL)
+        panels[method] = x[0]
         q = datasets.quality(x, test)
         tests += [dict(method=method, image=n, psnr=p, ssim=s) for n, p, s in
                   zip(names, q["psnr_per_image"], q["ssim_per_image"], strict=True)]
-        last = result.history[-1]
         # The returned theta is the method's next point, not yet evaluated: its training
         # loss, to certified accuracy, is what the method delivers.
         sol = problem.solve_lower(result.theta, TEST_TOL)
@@ -115,21 +113,28 @@ def compute(args):
                             rejected=sum(not r["accepted"] for r in result.history),
                             time=round(last["time"], 1), train_loss=train_loss,
                             test_psnr=q["psnr"], test_ssim=q["ssim"],
-                            theta=result.theta.tolist())
-        print(f"{LABELS[method]:15s} {result.status:15s} its={len(result.history):4d} "
-              f"cost={last['cost']:>7d} {last['time']:6.1f}s training loss={train_loss:.5f} "
-              f"test PSNR={q['psnr']:.3f} dB", flush=True)
+                            theta=result.theta.tolist(), warnings=outcome.warnings)
+        print(f"{outcome.line()} training loss={train_loss:.5f} test PSNR={q['psnr']:.3f} dB",
+              flush=True)
     q = datasets.quality(test_noisy, test)
     tests += [dict(method="noisy", image=n, psnr=p, ssim=s) for n, p, s in
               zip(names, q["psnr_per_image"], q["ssim_per_image"], strict=True)]
     runs["noisy"] = dict(test_psnr=q["psnr"], test_ssim=q["ssim"])
-    settings = dict(script="scripts/foe_vs_hoag.py", problem="fields_of_experts",
-                    settings={k: v for k, v in vars(args).items()
-                              if k not in ("out", "replot", "no_plot")},
-                    sources=sources, hyperparameters=problem.dim_theta,
-                    n_train=len(clean), n_test=len(test), test_images=names,
-                    test_tol=TEST_TOL, torch_threads=torch.get_num_threads(), runs=runs)
-    return rows, tests, settings
+    folder.write_rows("data.csv", experiment.history_rows(outcomes, KEEP))
+    folder.write_rows("test.csv", tests)
+    folder.write_rows("runs.csv", experiment.summary_rows(outcomes))
+    folder.write_arrays("panels.npz", **panels)
+    return dict(problem="fields_of_experts",
+                settings={k: v for k, v in vars(args).items()
+                          if k not in ("out", "replot", "no_plot", "command")},
+                sources=sources, hyperparameters=problem.dim_theta,
+                n_train=len(clean), n_test=len(test), test_images=names,
+                test_tol=TEST_TOL, torch_threads=torch.get_num_threads(), runs=runs)
+
+
+def ran(meta):
+    """The methods of METHODS that a run folder holds (an older one may lack some)."""
+    return [m for m in METHODS if m in meta["runs"]]
 
 
 def held_loss(rows):
@@ -141,38 +146,35 @@ def held_loss(rows):
     """
     held, value = [], float("nan")
     for r in rows:
-        if r["accepted"] == "True" or value != value:
+        if r["accepted"] is True or r["accepted"] == "True" or value != value:
             value = float(r["upper_value"])
         held.append(value)
     return held
 
 
-def plot(out):
-    """Loss against cost, eps against iterations, and the first test image per method.
-
-    Reads data.csv and meta.json only (the test image is rebuilt from the settings).
-    """
+def plot(folder):
+    """Loss against cost, eps against iterations, and the first test image per method
+    (from panels.npz; a folder without it gets the curves only)."""
     plt = _figure.pyplot()
     from matplotlib.ticker import NullFormatter
 
-    out = Path(out)
-    with open(out / "data.csv") as f:
-        rows = list(csv.DictReader(f))
-    meta = json.loads((out / "meta.json").read_text())
-    s = meta["settings"]
-    fig = plt.figure(figsize=(17, 7.5))
-    grid = fig.add_gridspec(2, len(METHODS) + 2, height_ratios=[1.2, 1])
-    half = (len(METHODS) + 2) // 2
+    rows, meta = folder.read_rows("data.csv"), folder.read_meta()
+    s, methods = meta["settings"], ran(meta)
+    has_panels = (folder / "panels.npz").is_file()
+    fig = plt.figure(figsize=(17, 7.5 if has_panels else 4.5))
+    grid = fig.add_gridspec(2 if has_panels else 1, len(methods) + 2,
+                            height_ratios=[1.2, 1] if has_panels else None)
+    half = (len(methods) + 2) // 2
     loss, acc = fig.add_subplot(grid[0, :half]), fig.add_subplot(grid[0, half:])
     start = []
-    for i, method in enumerate(METHODS):
+    for i, method in enumerate(methods):
         sel = [r for r in rows if r["method"] == method]
         style = dict(color=f"C{i}", lw=2 if method == "maid" else 1.2)
         held = held_loss(sel)
         start.append(held[0])
         loss.plot([int(r["cost"]) for r in sel], held, label=LABELS[method], **style)
         acc.plot([int(r["iteration"]) for r in sel], [float(r["eps"]) for r in sel], **style)
-    final = min(r["train_loss"] for m, r in meta["runs"].items() if m in METHODS)
+    final = min(meta["runs"][m]["train_loss"] for m in methods)
     loss.set_ylim(final - 0.03 * (max(start) - final), max(start) + 0.05 * (max(start) - final))
     loss.set(xlabel="lower-level + CG iterations", ylabel="upper loss g(x~) (training)",
              xscale="log", title="upper loss at the point each method holds")
@@ -180,29 +182,32 @@ def plot(out):
     acc.set(xlabel="outer iteration", ylabel="eps (= delta)", yscale="log",
             title="accuracy asked for")
     loss.legend(fontsize=8)
-    problem, noisy, test, names, _ = build(s)
-    noisy, clean = noisy[0], test[0]
-    panels = [("noisy", noisy)]
-    for method in METHODS:
-        theta = torch.tensor(meta["runs"][method]["theta"], dtype=problem.dtype)
-        panels.append((LABELS[method], problem.denoise(noisy, theta, tol=TEST_TOL)))
-    panels.append(("clean", clean))
-    for j, (label, img) in enumerate(panels):
-        ax = fig.add_subplot(grid[1, j])
-        ax.imshow(img.clamp(0, 1).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
-        if label != "clean":
-            label = f"{label}\n{datasets.psnr(img, clean).mean():.2f} dB"
-        ax.set_title(label, fontsize=9)
-        ax.axis("off")
-    fig.text(0.5, 0.02, f"test image {names[0]} ({clean.shape[0]}x{clean.shape[1]} centre "
-             f"crop), sigma={s['sigma']}", ha="center", fontsize=9)
+    if has_panels:
+        draw_panels(fig, grid, np.load(folder / "panels.npz"), meta, methods)
     fig.suptitle(f"Fields of experts ({s['filters']} filters {s['filter_size']}x"
                  f"{s['filter_size']}, {meta['hyperparameters']} hyperparameters, "
                  f"{meta['n_train']} training crops): MAID vs HOAG at a budget of "
                  f"{s['budget']:g}", fontsize=10)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(out / "foe_vs_hoag.png", dpi=110)
+    fig.savefig(folder / "foe_vs_hoag.png", dpi=110)
     plt.close(fig)
+
+
+def draw_panels(fig, grid, panels, meta, methods):
+    """The bottom row: noisy, each method's denoising, clean, with their PSNR."""
+    clean = torch.from_numpy(panels["clean"])
+    shown = [("noisy", "noisy")] + [(m, LABELS[m]) for m in methods] + [("clean", "clean")]
+    for j, (key, label) in enumerate(shown):
+        img = torch.from_numpy(panels[key])
+        ax = fig.add_subplot(grid[1, j])
+        ax.imshow(img.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+        if key != "clean":
+            label = f"{label}\n{datasets.psnr(img, clean).mean():.2f} dB"
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    fig.text(0.5, 0.02, f"test image {meta['test_images'][0]} ({clean.shape[0]}x"
+             f"{clean.shape[1]} centre crop), sigma={meta['settings']['sigma']}", ha="center",
+             fontsize=9)
 
 
 def cost_to_reach(rows, run, level):
@@ -213,9 +218,10 @@ def cost_to_reach(rows, run, level):
     return run["cost"] if run["train_loss"] <= level else None
 
 
-def write_summary(out, rows, meta):
-    runs, s = meta["runs"], meta["settings"]
-    best = min(runs[m]["train_loss"] for m in METHODS)
+def summarise(folder):
+    rows, meta = folder.read_rows("data.csv"), folder.read_meta()
+    runs, s, methods = meta["runs"], meta["settings"], ran(meta)
+    best = min(runs[m]["train_loss"] for m in methods)
     levels = (1.01 * best, 1.001 * best)
     lines = [
         "# Fields of experts: MAID against HOAG's accuracy schedules" +
@@ -235,7 +241,7 @@ def write_summary(out, rows, meta):
         "| method | status | iterations (rejected) | cost | time (s) | training loss | "
         "test PSNR (dB) | test SSIM | cost to reach 1% | cost to reach 0.1% |",
         "|---|---|---|---|---|---|---|---|---|---|"]
-    for m in METHODS:
+    for m in methods:
         r = runs[m]
         sel = [row for row in rows if row["method"] == m]
         reach = [cost_to_reach(sel, r, level) for level in levels]
@@ -246,31 +252,13 @@ def write_summary(out, rows, meta):
     lines += [f"| noisy | | | | | | {runs['noisy']['test_psnr']:.3f} | "
               f"{runs['noisy']['test_ssim']:.4f} | | |", "",
               f"Command: `{meta['command']}`", ""]
-    (Path(out) / "summary.md").write_text("\n".join(lines))
+    folder.write_text("summary.md", "\n".join(lines))
     print("\n".join(lines))
 
 
 def main(argv=None):
-    args = arguments(argv)
-    if args.replot:
-        meta = json.loads((Path(args.out) / "meta.json").read_text())
-        with open(Path(args.out) / "data.csv") as f:
-            write_summary(args.out, list(csv.DictReader(f)), meta)
-        plot(args.out)
-        print(f"redrew {args.out}")
-        return Path(args.out)
-    started = time.perf_counter()
-    rows, tests, settings = compute(args)
-    command = "python scripts/foe_vs_hoag.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = _figure.write(args.out, rows, dict(settings, quick=args.quick, command=command.strip()),
-                        started)
-    write_csv(out / "test.csv", tests)
-    write_summary(out, [{k: str(v) for k, v in r.items()} for r in rows],
-                  json.loads((out / "meta.json").read_text()))
-    if not args.no_plot:
-        plot(out)
-    print(f"wrote {out}")
-    return out
+    return experiment.main(__doc__, "foe_vs_hoag", compute, summarise=summarise, plot=plot,
+                           argv=argv, add_arguments=add_arguments, files=FILES)
 
 
 if __name__ == "__main__":

@@ -16,26 +16,29 @@ fitted Lipschitz constant.  The full run adds the ReLU-MLP trainer
 (:func:`train_lipschitz_regression`, full batch, exact sorted-neighbour pair
 ratios under a smooth maximum) at n = 200 and 800 as a cross-check.
 
-Writes results/lipschitz_1d/{data.csv, curves.csv, meta.json, lipschitz_1d.png}.
+Writes results/lipschitz_1d/{data.csv (one row per method, n and data seed: RMS
+distance to the limit, Lipschitz constant), curves.csv (the fits of the first
+seed, one row per point), meta.json, lipschitz_1d.png}.
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
-from pathlib import Path
 
 import _figure
 import numpy as np
 import torch
 
+from bilevel import experiment
 from bilevel.lipschitz import lipschitz_lower_bound, network_lipschitz_bound
 from bilevel.lipschitz_training import fit_lipschitz_1d, mlp, train_lipschitz_regression
-from bilevel.results import write_csv
 
 LAM = 0.05
 SIZES = (50, 200, 800, 3200)
 GRID = np.linspace(-1.0, 1.0, 4001)
+FILES = {"data.csv": "one row per method (exact, mlp), n and data seed: rms distance to the "
+                     "limit, lipschitz, objective, status, time",
+         "curves.csv": "the fits of the first data seed: one row per method, n and point x"}
 
 
 def limit(x):
@@ -52,7 +55,7 @@ def rms(values):
     return float(np.sqrt(np.mean((values - limit(GRID)) ** 2)))
 
 
-def compute(args):
+def compute(args, folder):
     seeds = range(args.seed, args.seed + (3 if args.quick else 20))
     rows, curves = [], []
     for n in SIZES:
@@ -82,10 +85,11 @@ def compute(args):
             lip = np.array([r["lipschitz"] for r in sel])
             print(f"{method:6s} {n:5d} {e.mean():17.4f} +- {e.std():.4f} "
                   f"{lip.mean():11.4f} +- {lip.std():.4f} {np.abs(lip - limit_lip).mean():19.4f}")
-    settings = dict(lam=LAM, sizes=SIZES, seeds=list(seeds), grid_points=len(GRID),
-                    limit_lipschitz=limit_lip, solver="cvxpy CLARABEL (exact QP)",
-                    mlp=None if args.quick else MLP_SETTINGS)
-    return rows, curves, settings
+    folder.write_rows("data.csv", rows)
+    folder.write_rows("curves.csv", curves)
+    return dict(lam=LAM, sizes=SIZES, seeds=list(seeds), grid_points=len(GRID),
+                limit_lipschitz=limit_lip, solver="cvxpy CLARABEL (exact QP)",
+                mlp=None if args.quick else MLP_SETTINGS)
 
 
 MLP_SETTINGS = dict(sizes=(200, 800), hidden=(64, 64), activation="relu", epochs=3000,
@@ -116,13 +120,9 @@ def mlp_rows(seed, curves):
     return rows
 
 
-def plot(out):
+def plot(folder):
     plt = _figure.pyplot()
-    out = Path(out)
-    with open(out / "data.csv") as f:
-        rows = list(csv.DictReader(f))
-    with open(out / "curves.csv") as f:
-        curves = list(csv.DictReader(f))
+    rows, curves = folder.read_rows("data.csv"), folder.read_rows("curves.csv")
     fig, (ax_u, ax_e, ax_l) = plt.subplots(1, 3, figsize=(14, 4))
     ax_u.plot(GRID, limit(GRID), "k--", lw=2, label="limit clamp(x/sqrt(3 lam))")
     for i, n in enumerate(SIZES):
@@ -151,23 +151,12 @@ def plot(out):
     for ax in (ax_e, ax_l):
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "lipschitz_1d.png", dpi=120)
+    fig.savefig(folder / "lipschitz_1d.png", dpi=120)
     plt.close(fig)
 
 
 def main(argv=None):
-    p = _figure.parser(__doc__, "lipschitz_1d")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (these small problems run fastest on one)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    rows, curves, settings = compute(args)
-    out = _figure.write(args.out, rows, dict(settings, quick=args.quick), started)
-    write_csv(out / "curves.csv", curves)
-    if not args.no_plot:
-        plot(out)
-    print(f"wrote {out}")
+    return experiment.main(__doc__, "lipschitz_1d", compute, plot=plot, argv=argv, files=FILES)
 
 
 if __name__ == "__main__":

@@ -19,27 +19,29 @@ Part B (``spline``): the registered bilevel problem ``lipschitz_regression`` (1-
 y = sign(x), 41 knots): lam = e^theta learned by MAID on validation data,
 against lam = e^-12 (only the ridge) and the best lam of a grid.
 
-Writes results/lipschitz_noisy/{data.csv, meta.json, lipschitz_noisy.png}.
+Writes results/lipschitz_noisy/{data.csv (one row per part, data seed, lam or
+variant: errors, losses, Lipschitz constants; MAID's rows with status and
+warnings), meta.json (settings and the summary lines), lipschitz_noisy.png}.
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
-import warnings
-from pathlib import Path
 
 import _figure
 import numpy as np
 import torch
 from bilevel_problems.lipschitz_regression import LipschitzRegression
 
-import bilevel
+from bilevel import experiment
 from bilevel.lipschitz import empirical_lipschitz, network_lipschitz_bound
 from bilevel.lipschitz_training import mlp, train_lipschitz_regression
 
 FLIP = 0.2
 RADIUS = math.sqrt(2 / math.pi)  # the disc of area 2 holds half of [-1, 1]^2
+FILES = {"data.csv": "part A (mlp): one row per data seed, lam and variant (final, "
+                     "early_stopped); part B (spline): one row per data seed and variant "
+                     "(maid, unregularised, grid_best), MAID's with status and warnings"}
 
 
 def disc_data(n, flip, gen):
@@ -108,9 +110,10 @@ def part_spline(args):
                                       n_test=cfg["n_test"], num_knots=cfg["num_knots"],
                                       flip=cfg["flip"], theta0=cfg["theta0"], seed=seed)
         started = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
-            result = bilevel.solve(problem, "maid", max_iter=cfg["max_iter"], tol=cfg["tol"])
+        outcome = experiment.run_method(problem, experiment.Run(f"spline seed={seed}", "maid",
+                                                                dict(tol=cfg["tol"])),
+                                        max_iter=cfg["max_iter"])
+        result = outcome.result
         maid_time = time.perf_counter() - started
         values, x = [], None
         for t in grid:
@@ -124,6 +127,7 @@ def part_spline(args):
                              lam=math.exp(theta), val_loss=value,
                              lipschitz=problem.lipschitz(c), **problem.test_metrics(c),
                              status=result.status if variant == "maid" else "",
+                             warnings=" | ".join(outcome.warnings) if variant == "maid" else "",
                              iterations=len(result.history) if variant == "maid" else 0,
                              time=maid_time if variant == "maid" else 0.0,
                              coefficients=" ".join(f"{v:.6g}" for v in c.tolist())))
@@ -165,11 +169,9 @@ def summarise(rows):
     return lines
 
 
-def plot(out):
+def plot(folder):
     plt = _figure.pyplot()
-    out = Path(out)
-    with open(out / "data.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = folder.read_rows("data.csv")
     fig, (ax_a, ax_b, ax_c) = plt.subplots(1, 3, figsize=(14, 4))
     mlp_rows = [r for r in rows if r["part"] == "mlp"]
     lams = sorted({float(r["lam"]) for r in mlp_rows})
@@ -205,27 +207,23 @@ def plot(out):
              title="B: lam learned by MAID vs none")
     ax_c.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "lipschitz_noisy.png", dpi=120)
+    fig.savefig(folder / "lipschitz_noisy.png", dpi=120)
     plt.close(fig)
 
 
-def main(argv=None):
-    p = _figure.parser(__doc__, "lipschitz_noisy")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (these small problems run fastest on one)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
+def compute(args, folder):
     rows_a, cfg_a = part_mlp(args)
     rows_b, cfg_b = part_spline(args)
     rows = rows_a + rows_b
     summary = summarise(rows)
     print("\n".join(summary))
-    out = _figure.write(args.out, rows, dict(mlp=cfg_a, spline=cfg_b, flip=FLIP,
-                                             summary=summary, quick=args.quick), started)
-    if not args.no_plot:
-        plot(out)
-    print(f"wrote {out}")
+    folder.write_rows("data.csv", rows)
+    return dict(mlp=cfg_a, spline=cfg_b, flip=FLIP, summary=summary)
+
+
+def main(argv=None):
+    return experiment.main(__doc__, "lipschitz_noisy", compute, plot=plot, argv=argv,
+                           files=FILES)
 
 
 if __name__ == "__main__":

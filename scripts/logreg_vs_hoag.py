@@ -17,18 +17,18 @@ The learned models (each re-solved to certified accuracy 1e-8 where the
 budget allows) are then compared with scikit-learn: LogisticRegressionCV (one
 C, 5-fold cross-validation on the same training split, log-loss scoring) and
 a single C chosen on the validation split from the same grid.  Writes
-results/logreg_vs_hoag/{data.csv, meta.json, logreg_vs_hoag.png, summary.md}.
+results/logreg_vs_hoag/{data.csv (one row per outer iteration of each method, with
+the test loss of the model held), runs.csv (one row per method: status, message,
+warnings), meta.json (settings, the table of models), logreg_vs_hoag.png,
+summary.md}.
 """
 from __future__ import annotations
 
-import csv
 import inspect
-import json
 import math
 import os
 import time
 import warnings
-from pathlib import Path
 
 import _figure
 import numpy as np
@@ -36,6 +36,7 @@ import torch
 from bilevel_problems.logistic_regression import LogisticRegression
 
 import bilevel
+from bilevel import experiment
 
 METHODS = ("maid", "maid_paper", "maid_lbfgs", "hoag_geometric", "hoag_quadratic",
            "hoag_cubic")
@@ -48,13 +49,12 @@ LABELS = {"maid": "MAID", "maid_paper": "MAID (paper's settings)",
 C_GRID = np.logspace(-4, 4, 33)
 #: Accuracy and iteration cap of the final re-solve of each learned model.
 EVAL_TOL, EVAL_MAX_ITER = 1e-8, 50_000
-
-
-def _history_row(method, row):
-    keep = ("iteration", "cost", "upper_value", "grad_norm", "error_bound", "certified", "eps",
-            "delta", "step", "backtracks", "accepted", "lower_iterations", "cg_iterations",
-            "time", "next_upper_bound", "search_iterations")
-    return {"method": method, **{k: row[k] for k in keep if k in row}}
+KEEP = ("iteration", "cost", "upper_value", "grad_norm", "error_bound", "certified", "eps",
+        "delta", "step", "backtracks", "accepted", "lower_iterations", "cg_iterations",
+        "time", "next_upper_bound", "search_iterations")
+FILES = {"data.csv": "one row per outer iteration of each method; test_loss_held / "
+                     "test_accuracy_held: the model x~ held after it",
+         "runs.csv": "one row per method: status, message, warnings"}
 
 
 def _sklearn_metrics(model, data):
@@ -124,12 +124,14 @@ def hoag_first_step(problem):
     return math.sqrt(hg.grad.numel()) / float(torch.linalg.vector_norm(hg.grad))
 
 
-def compute(args):
-    budget = 2e3 if args.quick else args.budget
-    max_iter = 40 if args.quick else 5_000
-    problem = LogisticRegression(layout="weight", theta0=-3.0, n_train=600, n_val=600,
+def compute(args, folder):
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    budget = 600 if args.quick else args.budget
+    max_iter = 20 if args.quick else 5_000
+    n = 300 if args.quick else 600
+    problem = LogisticRegression(layout="weight", theta0=-3.0, n_train=n, n_val=n,
                                  seed=args.seed)
-    rows, table, runs = [], [], {}
+    table, runs = [], {}
     start = time.perf_counter()
     table.append({"model": "theta0 = -3 (starting point, uniform ridge)",
                   "hyperparameters": problem.n_hyper, "wall_time": 0.0,
@@ -137,28 +139,25 @@ def compute(args):
                                      max_iter=EVAL_MAX_ITER)})
     alpha0 = hoag_first_step(problem)
     print(f"HOAG's first step sqrt(dim theta) / ||z0|| = {alpha0:.4g}", flush=True)
+
+    def record(state, row):
+        # Test loss and accuracy of the model x~ the method holds after the iteration
+        # (one product with the test design matrix; no extra solve).
+        m = problem.metrics(state.x)
+        return {"test_loss_held": m["test_loss"], "test_accuracy_held": m["test_accuracy"]}
+
+    outcomes = []
     for method in METHODS:
-        held = {}
-
-        def record(state, row, held=held):
-            # Test loss and accuracy of the model x~ the method holds after the iteration
-            # (one product with the test design matrix; no extra solve).
-            m = problem.metrics(state.x)
-            held[row["iteration"]] = {"test_loss_held": m["test_loss"],
-                                      "test_accuracy_held": m["test_accuracy"]}
-            return False
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
-            result = bilevel.solve(problem, method, max_iter=max_iter, max_cost=budget,
-                                   callback=record)
-        rows += [{**_history_row(method, row), **held.get(row["iteration"], {})}
-                 for row in result.history]
+        outcome = experiment.run_method(problem, experiment.Run(LABELS[method], method),
+                                        record=record, max_iter=max_iter, max_cost=budget)
+        outcomes.append(outcome)
+        result = outcome.result
         last = result.history[-1]
         theta = result.theta
         metrics = problem.evaluate(theta, x=result.state.x, tol=EVAL_TOL,
                                    max_iter=EVAL_MAX_ITER)
         runs[method] = {"status": result.status, "message": result.message,
+                        "warnings": outcome.warnings,
                         "iterations": len(result.history), "cost": last["cost"],
                         "time": last["time"], "theta_min": float(theta.min()),
                         "theta_max": float(theta.max()),
@@ -180,6 +179,8 @@ def compute(args):
               f"time={row['wall_time']:.2f}s", flush=True)
     import sklearn
 
+    folder.write_rows("data.csv", experiment.history_rows(outcomes, KEEP))
+    folder.write_rows("runs.csv", experiment.summary_rows(outcomes))
     settings = {"problem": "logistic_regression", "layout": "weight", "data": problem.data.source,
                 "n_train": len(problem.data.y_train), "n_val": len(problem.data.y_val),
                 "n_test": len(problem.data.y_test), "n_features": problem.n_features,
@@ -194,14 +195,19 @@ def compute(args):
                 "sklearn_version": sklearn.__version__, "torch_threads": torch.get_num_threads(),
                 "runs": runs, "table": table,
                 "compute_time_s": round(time.perf_counter() - start, 1)}
-    return rows, table, settings
+    if load_start is not None:
+        settings.update(load_average=[load_start, os.getloadavg()[0]], cpus=os.cpu_count())
+    return settings
 
 
 def _fmt(value, spec):
     return "" if value is None or value == "" else format(value, spec)
 
 
-def write_summary(out, table, settings):
+def summarise(folder):
+    settings = folder.read_meta()
+    settings.setdefault("cpus", settings.get("environment", {}).get("cpus"))
+    table = settings["table"]
     lines = [
         "# Per-weight ridge logistic regression on digits: MAID, HOAG and scikit-learn",
         "",
@@ -236,18 +242,16 @@ def write_summary(out, table, settings):
     for method, run in settings["runs"].items():
         lines.append(f"- {LABELS[method]}: {run['status']} after {run['iterations']} "
                      f"iterations, cost {run['cost']}, {run['time']:.1f} s; {run['message']}")
-    lines += _path_lines(out, table)
+    lines += _path_lines(folder.read_rows("data.csv"), table)
     load = settings.get("load_average")
     if load:
         lines += ["", f"Machine load (1-minute load average at start and end): {load[0]:.1f}, "
                       f"{load[1]:.1f} on {settings.get('cpus')} CPUs; wall times grow with it."]
-    (Path(out) / "summary.md").write_text("\n".join(lines) + "\n")
+    folder.write_text("summary.md", "\n".join(lines) + "\n")
 
 
-def _path_lines(out, table):
+def _path_lines(rows, table):
     """Numbers read off the paths in data.csv: speed, and the test loss along the way."""
-    with open(Path(out) / "data.csv") as f:
-        rows = list(csv.DictReader(f))
     reference = next((r for r in table if "chosen on validation" in r["model"]), None)
     lines = ["", "Along the paths (test loss of the model x~ each method holds after each "
                  "iteration; no extra solve):", "",
@@ -263,25 +267,24 @@ def _path_lines(out, table):
         reach = next((r for r in sel if reference is not None
                       and float(r["upper_value"]) <= reference["val_loss"]), None)
         best = min(held, key=lambda r: float(r["test_loss_held"]))
-        speed = (f"{reach['cost']} | {float(reach['time']):.1f}" if reach
+        speed = (f"{int(reach['cost'])} | {float(reach['time']):.1f}" if reach
                  else "not reached | ")
         # MAID's accepted rows end holding a point whose loss is certified below
         # next_upper_bound; no HOAG row certifies a loss.
         proved = next((r for r in sel if reference is not None and r.get("next_upper_bound")
                        and float(r["next_upper_bound"]) <= reference["val_loss"]), None)
-        proved = proved["cost"] if proved else ("-" if method.startswith("hoag") else "never")
+        proved = int(proved["cost"]) if proved else ("-" if method.startswith("hoag") else "never")
         lines.append(f"| {LABELS[method]} | {speed} | {proved} | "
                      f"{float(best['test_loss_held']):.4f} | "
-                     f"{best['cost']} | {float(best['upper_value']):.4f} | "
+                     f"{int(best['cost'])} | {float(best['upper_value']):.4f} | "
                      f"{float(best['test_accuracy_held']):.4f} | "
                      f"{float(held[-1]['test_loss_held']):.4f} |")
     return lines
 
 
-def plot(out, table):
+def plot(folder):
     plt = _figure.pyplot()
-    with open(Path(out) / "data.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows, table = folder.read_rows("data.csv"), folder.read_meta()["table"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
     for method in METHODS:
         sel = [r for r in rows if r["method"] == method]
@@ -307,36 +310,18 @@ def plot(out, table):
                 yscale="log", title="held-out test loss of the current model")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(Path(out) / "logreg_vs_hoag.png", dpi=120)
+    fig.savefig(folder / "logreg_vs_hoag.png", dpi=120)
     plt.close(fig)
 
 
-def main(argv=None):
-    p = _figure.parser(__doc__, "logreg_vs_hoag")
+def add_arguments(p):
     p.add_argument("--budget", type=float, default=3e5,
                    help="lower-level + CG iterations per method (full run)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1: the products are small, and extra threads only "
-                        "add synchronisation, badly so on a shared machine)")
-    args = p.parse_args(argv)
-    if args.replot:
-        meta = json.loads((Path(args.out) / "meta.json").read_text())
-        meta.setdefault("cpus", meta.get("environment", {}).get("cpus"))
-        write_summary(args.out, meta["table"], meta)
-        plot(args.out, meta["table"])
-        print(f"redrew {args.out}")
-        return
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    rows, table, settings = compute(args)
-    if load_start is not None:
-        settings.update(load_average=[load_start, os.getloadavg()[0]], cpus=os.cpu_count())
-    out = _figure.write(args.out, rows, dict(settings, quick=args.quick), started)
-    write_summary(out, table, settings)
-    if not args.no_plot:
-        plot(out, table)
-    print(f"wrote {out}")
+
+
+def main(argv=None):
+    return experiment.main(__doc__, "logreg_vs_hoag", compute, summarise=summarise, plot=plot,
+                           argv=argv, add_arguments=add_arguments, files=FILES)
 
 
 if __name__ == "__main__":

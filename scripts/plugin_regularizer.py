@@ -37,30 +37,34 @@ prior.pt; else it is trained here briefly with ``bilevel.solve`` on other crops
 and cached there.  Data: 12 random 96 x 96 crops of Set12 (../shared/data/bsd/Set12)
 when present, else of 12 images bundled with scikit-image; noise sigma 25/255,
 fixed seed.  Writes results/plugin_regularizer/{summary.json, summary.md,
-plugin_regularizer.png, data.csv, meta.json}; ``--quick`` (2 crops 32 x 32,
-3 x 3 grids, 3 MAID iterations) runs in seconds and is what the tests run.
+plugin_regularizer.png, data.csv (one row per MAID iterate, kind maid_RUN, and per
+grid point, kind grid_coarse / grid_fine), meta.json}; ``--quick`` (2 crops 32 x
+32, 3 x 3 grids, 3 MAID iterations) runs in seconds and is what the tests run.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _figure import bsd_folder, main, pyplot
+from _figure import foe_parts, pyplot
 from bilevel_problems import datasets
 
 import bilevel
+from bilevel import experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMA = 25 / 255
 #: The committed fields-of-experts run whose learned theta is the pretrained prior.
 COMMITTED_PRIOR = ROOT / "results" / "learned_foe" / "k8_3x3_n16_1500it" / "meta.json"
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+FILES = {"data.csv": "one row per MAID iterate (kind maid_RUN: theta, psnr of g(x~), cost) "
+                     "and per grid point (kind grid_coarse / grid_fine: theta, certified psnr)",
+         "summary.json": "MAID's runs (status, message, warnings, costs) against the grid"}
 
 
 # ----------------------------------------------------------------- the user's problem
@@ -126,7 +130,7 @@ class PluginDenoiser(bilevel.BilevelProblem):
 # ------------------------------------------------------------------------ data, prior
 def load_data(args):
     """(clean crops (N, H, W) float64, noisy crops, description)."""
-    folder = bsd_folder("Set12")
+    folder = experiment.image_folder("Set12")
     if folder:
         clean = datasets.load_images(folder, n=args.n_images, size=args.size, mode="crop",
                                      seed=args.seed)
@@ -141,18 +145,16 @@ def load_data(args):
 
 
 def _foe_prior(theta, K, s):
-    """Unpack a fields-of-experts theta [theta_0, w (K), l (K), raw filters (K s^2)]."""
-    raw = theta[1 + 2 * K:].view(K, s * s)
-    return dict(filters=(raw - raw.mean(dim=1, keepdim=True)).view(K, s, s),
-                weights=torch.exp(theta[0] + theta[1:1 + K]),
-                smoothings=torch.exp(theta[1 + K:1 + 2 * K]))
+    """The frozen prior of a fields-of-experts theta [theta_0, w (K), l (K), filters]."""
+    weights, smoothings, filters = foe_parts(theta, K, s)
+    return dict(filters=filters, weights=weights, smoothings=smoothings)
 
 
 def train_prior(args, path):
     """Learn an 8-filter 3x3 fields of experts briefly on other crops; cache it at ``path``."""
     from bilevel_problems.fields_of_experts import FieldsOfExperts
 
-    folder = bsd_folder("train")
+    folder = experiment.image_folder("train")
     if folder:
         images = datasets.load_images(folder, n=8, size=48, mode="crop", seed=args.seed)
         source = "BSD400 (8 random crops 48x48)"
@@ -161,9 +163,9 @@ def train_prior(args, path):
         source = "scikit-image: " + ", ".join(datasets.SKIMAGE_NAMES[:4])
     foe = FieldsOfExperts(images=images, sigma=SIGMA, seed=args.seed, num_filters=8,
                           filter_size=3, log_scale=-3.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)  # a brief run, on purpose
-        result = bilevel.solve(foe, "maid", max_iter=args.prior_iter, alpha0=0.1)
+    # A brief run, on purpose: its ConvergenceWarning is recorded by the runner, not shown.
+    result = experiment.run_method(foe, experiment.Run("prior", "maid", dict(alpha0=0.1)),
+                                   max_iter=args.prior_iter).result
     p = foe.params(result.theta)
     prior = dict(filters=p.filters.view(8, 3, 3), weights=p.alpha, smoothings=p.nu)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,14 +266,15 @@ def run_maid(args, problem, dtype_name, direction):
               f"accepted {row['accepted']} cost {row['cost']} t {row['time']:.0f}s", flush=True)
         return False
 
-    settings = {} if args.lower_max_iter is None else dict(lower_max_iter=args.lower_max_iter)
+    settings = dict(direction=direction)
+    if args.lower_max_iter is not None:
+        settings["lower_max_iter"] = args.lower_max_iter
     started = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", bilevel.ConvergenceWarning)
-        result = bilevel.solve(problem, "maid", max_iter=args.max_iter, max_cost=args.max_cost,
-                               callback=callback, direction=direction, **settings)
+    outcome = experiment.run_method(problem, experiment.Run(dtype_name, "maid", settings),
+                                    callback=callback, max_iter=args.max_iter,
+                                    max_cost=args.max_cost)
     wall = time.perf_counter() - started
-    return result, path, seen["estimates"], wall, [str(w.message) for w in caught]
+    return outcome.result, path, seen["estimates"], wall, outcome.warnings
 
 
 def _within_cost(history, target_psnr):
@@ -287,8 +290,7 @@ def _within_cost(history, target_psnr):
 
 
 # ---------------------------------------------------------------------------- compute
-def compute(args):
-    torch.set_num_threads(args.threads)
+def compute(args, folder):
     if args.quick:
         args.n_images, args.size, args.grid, args.max_iter = 2, 32, 3, 3
         args.prior_iter = min(args.prior_iter, 5)
@@ -364,11 +366,14 @@ def compute(args):
                            lower_max_iter=args.lower_max_iter, directions=args.directions,
                            other="library defaults"),
         maid=maid, grid=grid)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "summary.md").write_text(summary_markdown(summary))
-    return rows, dict(settings=vars(args), summary="summary.json")
+    folder.write_rows("data.csv", rows)
+    folder.write_json("summary.json", summary)
+    return dict(settings={k: v for k, v in vars(args).items() if k != "command"},
+                summary="summary.json")
+
+
+def summarise(folder):
+    folder.write_text("summary.md", summary_markdown(folder.read_json("summary.json")))
 
 
 def summary_markdown(s):
@@ -418,13 +423,8 @@ def summary_markdown(s):
     return "\n".join(lines)
 
 
-def plot(out):
-    import csv
-
-    out = Path(out)
-    summary = json.loads((out / "summary.json").read_text())
-    with open(out / "data.csv") as f:
-        rows = list(csv.DictReader(f))
+def plot(folder):
+    summary, rows = folder.read_json("summary.json"), folder.read_rows("data.csv")
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
     grid = [r for r in rows if r["kind"].startswith("grid")]
@@ -457,7 +457,7 @@ def plot(out):
            ylim=(top - 1.0, top + 0.1), title="MAID: PSNR of its iterate against cost")
     bx.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "plugin_regularizer.png", dpi=130)
+    fig.savefig(folder / "plugin_regularizer.png", dpi=130)
     plt.close(fig)
 
 
@@ -483,12 +483,12 @@ def add_arguments(p):
     p.add_argument("--prior", choices=("auto", "train"), default="auto",
                    help="'train' ignores the committed prior and the cache")
     p.add_argument("--prior-iter", type=int, default=100, help="MAID iterations of training")
-    p.add_argument("--threads", type=int, default=1)
 
 
-def run(argv=None):
-    return main(__doc__, "plugin_regularizer", compute, plot, argv, add_arguments)
+def main(argv=None):
+    return experiment.main(__doc__, "plugin_regularizer", compute, summarise=summarise,
+                           plot=plot, argv=argv, add_arguments=add_arguments, files=FILES)
 
 
 if __name__ == "__main__":
-    run()
+    main()

@@ -10,14 +10,10 @@ quadratic.png}.
 """
 from __future__ import annotations
 
-import csv
-import warnings
-from pathlib import Path
-
 import _figure
 from bilevel_problems.quadratic import Quadratic
 
-import bilevel
+from bilevel import experiment
 
 ACCURACIES = (1e-1, 1e-3, 1e-5)
 METHODS = ("maid", "maid_lbfgs", "fixed")
@@ -25,36 +21,41 @@ NAMES = {"maid": "MAID", "maid_lbfgs": "MAID L-BFGS", "fixed": "fixed"}
 STYLES = {"maid": "-", "maid_lbfgs": "-.", "fixed": "--"}
 
 
-def compute(args):
+FILES = {"data.csv": "one row per outer iteration of each run (run, method, eps0, cost, "
+                       "gap F - F*, eps, step, accepted, time)",
+         "runs.csv": "one row per run: status, message, warnings"}
+KEEP = ("iteration", "cost", "eps", "step", "accepted", "time")
+
+
+def runs():
+    for method in METHODS:
+        for eps0 in ACCURACIES:
+            yield experiment.Run(f"{NAMES[method]} eps0={eps0:.0e}", method,
+                                 dict(eps0=eps0, delta0=eps0))
+
+
+def compute(args, folder):
     size = dict(n=200, m=5) if args.quick else dict(n=1000, m=10)
     budget = 3e3 if args.quick else 1.5e5
     problem = Quadratic(**size, seed=args.seed)
     F_star = problem.value(problem.optimal_theta())
-    rows = []
-    for method in METHODS:
-        for eps0 in ACCURACIES:
-            thetas = [problem.initial_theta()]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
-                result = bilevel.solve(problem, method, eps0=eps0, delta0=eps0, tol=0,
-                                       max_iter=100_000, max_cost=budget,
-                                       callback=lambda s, r, seen=thetas:
-                                       seen.append(s.theta) and False)
-            for row, theta in zip(result.history, thetas[1:], strict=True):
-                rows.append(dict(method=method, eps0=eps0, iteration=row["iteration"],
-                                 cost=row["cost"], gap=problem.value(theta) - F_star,
-                                 eps=row["eps"], step=row["step"], accepted=row["accepted"],
-                                 time=row["time"]))
-            print(f"{method:10s} eps0={eps0:.0e}: {result.status:18s} cost={rows[-1]['cost']:>7d} "
-                  f"gap={rows[-1]['gap']:.3e}", flush=True)
-    return rows, dict(problem="quadratic", size=size, seed=args.seed, budget=budget,
-                      F_star=F_star, accuracies=ACCURACIES)
+
+    def gap(state, row):  # the optimality gap at the point the iteration moved to
+        return dict(gap=problem.value(state.theta) - F_star)
+
+    outcomes = experiment.run_methods(problem, runs(), record=gap, tol=0, max_iter=100_000,
+                           max_cost=budget)
+    rows = [dict(row, eps0=outcome.run.settings["eps0"]) for outcome in outcomes
+            for row in outcome.rows(KEEP)]
+    folder.write_rows("data.csv", rows)
+    folder.write_rows("runs.csv", experiment.summary_rows(outcomes))
+    return dict(problem="quadratic", size=size, seed=args.seed, budget=budget,
+                F_star=F_star, accuracies=ACCURACIES)
 
 
-def plot(out):
+def plot(folder):
     plt = _figure.pyplot()
-    with open(Path(out) / "data.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = folder.read_rows("data.csv")
     fig, (ax, ax_eps) = plt.subplots(1, 2, figsize=(11, 4))
     colors = dict(zip(map(str, ACCURACIES), ("C0", "C1", "C2"), strict=True))
     present = [m for m in METHODS if any(r["method"] == m for r in rows)]
@@ -72,12 +73,12 @@ def plot(out):
     ax_eps.set(xlabel="outer iteration", ylabel="eps", yscale="log",
                title="accuracy chosen by MAID")
     fig.tight_layout()
-    fig.savefig(Path(out) / "quadratic.png", dpi=120)
+    fig.savefig(folder / "quadratic.png", dpi=120)
     plt.close(fig)
 
 
 def main(argv=None):
-    return _figure.main(__doc__, "quadratic", compute, plot, argv)
+    return experiment.main(__doc__, "quadratic", compute, plot=plot, argv=argv, files=FILES)
 
 
 if __name__ == "__main__":

@@ -19,29 +19,31 @@ caused), TV(2), and the network's Lipschitz bound (l2 -> l2)
     prod_l ||W_l||_2  x  prod_l max_c Lip(sigma_{l,c}),
 
 (spectral norms of the weight matrices; 1 for ReLU).  Writes
-results/spline_digits/{data.csv, meta.json, summary.md, activations.png}.
+results/spline_digits/{data.csv (one row per variant and seed), activations.csv
+(the first seed's sparsified activations: curves and knots), meta.json,
+summary.md, activations.png}.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from bilevel.results import environment, write_csv
+from bilevel import experiment
 from bilevel.splines import LinearSpline
 
 VARIANTS = ("relu", "spline", "spline_tv2")
+FILES = {"data.csv": "one row per variant and seed: accuracies, knots, Lipschitz bounds",
+         "activations.csv": "the first seed's sparsified activations (first spline layer, "
+                            "neurons 0-3): one row per variant, neuron and point, "
+                            "kind 'curve' or 'knot'"}
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="one seed, few epochs (seconds)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+def add_arguments(p):
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="data and training seeds (default: --seed and the next two)")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--knots", type=int, default=21)
     p.add_argument("--x-range", type=float, default=3.0)
@@ -50,10 +52,6 @@ def parse_args():
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (shared machine)")
-    p.add_argument("--out", default="results/spline_digits")
-    p.add_argument("--no-plot", action="store_true")
-    return p.parse_args()
 
 
 def load(seed):
@@ -132,33 +130,26 @@ def train(variant, seed, args, data):
     return row, net
 
 
-def plot(nets, path, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 4, figsize=(10, 4.5), sharex=True)
+def activation_rows(nets, args):
+    """The first spline layer's first four activations of each net: curves and knots."""
+    rows = []
     t = torch.linspace(-1.5 * args.x_range, 1.5 * args.x_range, 400)
-    for row, (label, net) in zip(axes, nets.items(), strict=False):
+    for variant, net in nets.items():
         sp = splines(net)[0]
         with torch.no_grad():
             y = sp(t.view(-1, 1).expand(-1, sp.num_activations).contiguous())
-        for k, ax in enumerate(row):
-            ax.plot(t, y[:, k], lw=1.2)
-            ax.plot(sp.grid, sp.coefficients[k].detach(), ".", ms=3)
-            ax.set_title(f"{label} (sparsified), neuron {k}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        for k in range(min(4, sp.num_activations)):
+            rows += [dict(variant=variant, neuron=k, kind="curve", x=float(a), y=float(b))
+                     for a, b in zip(t, y[:, k], strict=True)]
+            rows += [dict(variant=variant, neuron=k, kind="knot", x=float(a), y=float(b))
+                     for a, b in zip(sp.grid, sp.coefficients[k].detach(), strict=True)]
+    return rows
 
 
-def main():
-    args = parse_args()
+def compute(args, folder):
+    args.seeds = args.seeds or [args.seed, args.seed + 1, args.seed + 2]
     if args.quick:
         args.seeds, args.epochs = args.seeds[:1], 5
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
     rows, nets = [], {}
     for seed in args.seeds:
         data = load(seed)
@@ -172,25 +163,50 @@ def main():
                   + (f"  active knots {row['active_knots']}/{row['knots_total']}  "
                      f"after sparsify {row['sparsified_test_accuracy']:.4f}"
                      if "active_knots" in row else ""), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "data.csv", rows)
-    meta = dict(vars(args), wall_time_s=round(time.perf_counter() - started, 1),
-                environment=environment())
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    folder.write_rows("data.csv", rows)
+    folder.write_rows("activations.csv", activation_rows(nets, args))
+    return {k: v for k, v in vars(args).items() if k not in ("command", "replot")}
+
+
+def plot(folder):
+    """activations.png from activations.csv (a folder without it has nothing to draw)."""
+    if not (folder / "activations.csv").is_file():
+        return
+    import _figure
+
+    plt = _figure.pyplot()
+    points = folder.read_rows("activations.csv")
+    variants = list(dict.fromkeys(r["variant"] for r in points))
+    fig, axes = plt.subplots(2, 4, figsize=(10, 4.5), sharex=True)
+    for row, variant in zip(axes, variants, strict=False):
+        for k, ax in enumerate(row):
+            for kind, style in (("curve", dict(lw=1.2)), ("knot", dict(ls="", marker=".",
+                                                                         ms=3))):
+                sel = [r for r in points if r["variant"] == variant and r["neuron"] == k
+                       and r["kind"] == kind]
+                ax.plot([r["x"] for r in sel], [r["y"] for r in sel], **style)
+            ax.set_title(f"{variant} (sparsified), neuron {k}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "activations.png", dpi=120)
+    plt.close(fig)
+
+
+def summarise(folder):
+    rows, meta = folder.read_rows("data.csv"), folder.read_meta()
 
     def stat(variant, key, fmt):
-        vals = [r[key] for r in rows if r["variant"] == variant and key in r]
+        vals = [r[key] for r in rows if r["variant"] == variant and r.get(key) not in ("", None)]
         if not vals:
             return "-"
         return (fmt.format(np.mean(vals)) + (" ± " + fmt.format(np.std(vals))
                                              if len(vals) > 1 else ""))
 
-    lines = [f"# Spline activations vs. ReLU on digits ({len(args.seeds)} seed(s))", "",
-             f"MLP 64-{args.width}-{args.width}-10, Adam lr {args.lr}, {args.epochs} epochs, "
-             f"batch {args.batch}; splines: {args.knots} knots on [-{args.x_range}, "
-             f"{args.x_range}], ReLU init; TV(2) weight {args.lam}; active knot: slope "
-             f"change > {args.tol}.  Mean ± std over seeds {args.seeds}.", "",
+    lines = [f"# Spline activations vs. ReLU on digits ({len(meta['seeds'])} seed(s))", "",
+             f"MLP 64-{meta['width']}-{meta['width']}-10, Adam lr {meta['lr']}, "
+             f"{meta['epochs']} epochs, batch {meta['batch']}; splines: {meta['knots']} knots on "
+             f"[-{meta['x_range']}, {meta['x_range']}], ReLU init; TV(2) weight {meta['lam']}; "
+             f"active knot: slope change > {meta['tol']}.  Mean ± std over seeds "
+             f"{meta['seeds']}.", "",
              "| variant | test acc. | active knots | test acc. after sparsify | "
              "max change of an activation by sparsify | TV(2) | "
              "Lipschitz bound | product of spectral norms | product of max Lip(sigma) |",
@@ -204,12 +220,15 @@ def main():
                      f"{stat(v, 'spectral_product', '{:.3g}')} | "
                      f"{stat(v, 'activation_lipschitz_product', '{:.3g}')} |")
     total = rows[1].get("knots_total") if len(rows) > 1 else None
+    total = "None" if total in (None, "") else f"{total:.0f}"
     lines += ["", f"Interior knots in the network: {total}.  Wall time "
-              f"{meta['wall_time_s']} s ({args.threads} torch thread(s))."]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    if not args.no_plot and nets:
-        plot(nets, out / "activations.png", args)
-    print(f"wrote {out} in {meta['wall_time_s']} s")
+              f"{meta['wall_time_s']} s ({meta['threads']} torch thread(s))."]
+    folder.write_text("summary.md", "\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    return experiment.main(__doc__, "spline_digits", compute, summarise=summarise, plot=plot,
+                           argv=argv, add_arguments=add_arguments, files=FILES)
 
 
 if __name__ == "__main__":

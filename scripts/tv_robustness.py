@@ -12,55 +12,50 @@ the accuracy eps and step MAID chose against outer iterations.  Writes results/t
 """
 from __future__ import annotations
 
-import csv
-import warnings
-from pathlib import Path
-
 import _figure
 
 import bilevel
+from bilevel import experiment
 
 EPS0 = (1e2, 1e0, 1e-1, 1e-3, 1e-5)
 ALPHA0 = (1e-4, 1e-2, 1e0)
 FIXED = (1e-1, 1e-3, 1e-5)
 
 
+FILES = {"data.csv": "one row per outer iteration of each run (run, method, cost, "
+                       "upper_value, eps, step, accepted, time)",
+         "runs.csv": "one row per run: status, message, warnings"}
+KEEP = ("iteration", "cost", "upper_value", "eps", "step", "accepted", "time")
+
+
 def runs():
+    Run = experiment.Run
     for eps0 in EPS0:
-        yield f"MAID eps0={eps0:.0e}", "maid", dict(eps0=eps0, delta0=eps0)
+        yield Run(f"MAID eps0={eps0:.0e}", "maid", dict(eps0=eps0, delta0=eps0))
     for alpha0 in ALPHA0:
-        yield f"MAID alpha0={alpha0:.0e}", "maid", dict(alpha0=alpha0)
+        yield Run(f"MAID alpha0={alpha0:.0e}", "maid", dict(alpha0=alpha0))
     for eps in FIXED:
-        yield f"fixed eps={eps:.0e}", "fixed", dict(eps0=eps, delta0=eps)
-    yield "MAID (paper's settings)", "maid_paper", {}
-    yield "MAID L-BFGS", "maid_lbfgs", {}
+        yield Run(f"fixed eps={eps:.0e}", "fixed", dict(eps0=eps, delta0=eps))
+    yield Run("MAID (paper's settings)", "maid_paper")
+    yield Run("MAID L-BFGS", "maid_lbfgs")
     for schedule in ("geometric", "quadratic", "cubic"):
-        yield f"HOAG {schedule}", f"hoag_{schedule}", {}
+        yield Run(f"HOAG {schedule}", f"hoag_{schedule}")
 
 
-def compute(args):
+def compute(args, folder):
     size = dict(n_images=2, size=24) if args.quick else dict(n_images=4, size=48)
     max_iter = 15 if args.quick else 100
     problem = bilevel.make_problem("tv_denoising", seed=args.seed, **size)
-    rows = []
-    for label, method, settings in runs():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
-            result = bilevel.solve(problem, method, max_iter=max_iter, tol=0, **settings)
-        for row in result.history:
-            rows.append(dict(run=label, method=method, iteration=row["iteration"],
-                             cost=row["cost"], upper_value=row["upper_value"], eps=row["eps"],
-                             step=row["step"], accepted=row["accepted"], time=row["time"]))
-        print(f"{label:20s} {result.status:18s} cost={rows[-1]['cost']:>7d} "
-              f"loss={rows[-1]['upper_value']:.6g}", flush=True)
-    return rows, dict(problem="tv_denoising", params=size, seed=args.seed, max_iter=max_iter,
-                      eps0=EPS0, alpha0=ALPHA0, fixed=FIXED)
+    outcomes = experiment.run_methods(problem, runs(), max_iter=max_iter, tol=0)
+    folder.write_rows("data.csv", experiment.history_rows(outcomes, KEEP))
+    folder.write_rows("runs.csv", experiment.summary_rows(outcomes))
+    return dict(problem="tv_denoising", params=size, seed=args.seed, max_iter=max_iter,
+                eps0=EPS0, alpha0=ALPHA0, fixed=FIXED)
 
 
-def plot(out):
+def plot(folder):
     plt = _figure.pyplot()
-    with open(Path(out) / "data.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = folder.read_rows("data.csv")
     labels = list(dict.fromkeys(r["run"] for r in rows))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for i, label in enumerate(labels):
@@ -81,12 +76,13 @@ def plot(out):
                 title="step size")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(Path(out) / "tv_robustness.png", dpi=120)
+    fig.savefig(folder / "tv_robustness.png", dpi=120)
     plt.close(fig)
 
 
 def main(argv=None):
-    return _figure.main(__doc__, "tv_robustness", compute, plot, argv)
+    return experiment.main(__doc__, "tv_robustness", compute, plot=plot, argv=argv,
+                           files=FILES)
 
 
 if __name__ == "__main__":
