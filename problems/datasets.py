@@ -301,65 +301,6 @@ def _image_stack(name, label, images, dtype, device):
     return images
 
 
-class DenoisingQuality:
-    """Mixin of the denoising problems: PSNR / SSIM of their own denoiser.
-
-    Needs ``self.clean``, ``self.noisy`` and ``self.denoise(noisy, theta, tol=...)``.
-    """
-
-    quality_tol = None  # the denoiser's default: 1e-6, or what the dtype can certify
-
-    def quality(self, theta, clean=None, noisy=None, tol=None):
-        """Mean PSNR / SSIM of the denoised ``noisy`` against ``clean``.
-
-        Defaults to the problem's own (training) images; pass held-out ``clean``
-        and ``noisy`` to test.
-        """
-        clean = self.clean if clean is None else clean
-        noisy = self.noisy if noisy is None else noisy
-        tol = self.quality_tol if tol is None else tol
-        return quality(self.denoise(noisy, theta, tol=tol), clean)
-
-    @staticmethod
-    def solve_certified(problem, theta, tol, max_iter, shape, default_tol=1e-6):
-        """x*(theta) of ``problem`` (built on the images to denoise), shaped ``shape``.
-
-        Certified ||x - x*|| <= tol.  ``tol=None`` takes ``default_tol``, raised to
-        what the dtype can certify here (:func:`bilevel.lower.rounding_floor`:
-        in float32 the default 1e-6 is often below rounding).  An explicit tol
-        below :func:`bilevel.lower.reachable_accuracy` is refused at once, naming
-        the dtype's reachable accuracy.  ``RuntimeError`` if the solve stops short
-        (max_iter, or its certificate stalled at the rounding floor).
-        """
-        from bilevel.lower import reachable_accuracy, rounding_floor
-
-        theta = problem.check_theta(torch.as_tensor(theta, dtype=problem.dtype,
-                                                    device=problem.device).flatten())
-        x0 = problem.initial_x(theta)
-        if tol is None:
-            tol = max(default_tol, 2 * rounding_floor(problem, theta, x0))
-        else:
-            tol = params.number(problem.name, "tol", tol, positive=True)
-            reachable = reachable_accuracy(problem, theta, x0)
-            if tol < reachable:
-                raise ValueError(f"{problem.name}: denoise tol={tol:g} is below what "
-                                 f"{x0.dtype} can certify for these images (about "
-                                 f"{reachable:.1e} = 4 eps max(1, ||x||) / mu); pass a larger "
-                                 "tol, tol=None for a reachable default, or use float64")
-        max_iter = params.integer(problem.name, "max_iter", max_iter, 1)
-        sol = problem.solve_lower(theta, tol, max_iter=max_iter)
-        if not sol.converged:
-            if sol.iterations < max_iter:
-                raise RuntimeError(
-                    f"{problem.name}: denoise stalled at certified accuracy "
-                    f"{sol.error_bound:.2e} > tol={tol:g}, the rounding floor of {x0.dtype} "
-                    f"at this theta (about {rounding_floor(problem, theta, x0):.1e}); pass "
-                    "a larger tol, tol=None, or use float64")
-            raise RuntimeError(f"{problem.name}: denoise reached max_iter={max_iter} at "
-                               f"certified accuracy {sol.error_bound:.2e} > tol={tol:g}")
-        return sol.x.reshape(shape)
-
-
 def train_test_images(train_dir, test_dir, n_train, n_test, size, test_size, seed=0):
     """Training crops and held-out test crops for the denoising scripts.
 

@@ -26,7 +26,8 @@ class DenseNewtonSolve:
     ``max_iter`` or when rounding keeps it from getting closer.
     """
 
-    def solve_lower(self, theta, tol, x0=None, max_iter=10_000):
+    def solve_lower(self, theta, tol, x0=None, max_iter=10_000, **options):
+        # options (an estimate of L for FISTA) mean nothing to Newton's method.
         if not (tol > 0 and math.isfinite(tol)):
             raise ValueError(f"{self.name}: lower-level tolerance must be > 0, got {tol}")
         mu = self.check_mu(theta)

@@ -45,32 +45,23 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from bilevel import BilevelProblem, BoundConstants
+from bilevel import BoundConstants
 from bilevel.splines import evaluate_potential, knots, potential_tables
 
-from . import datasets, params
-from .fields_of_experts import dct_filters  # the same starting filter bank as FoE
+from . import filter_bank, params
+from .denoising import DenoisingProblem
 
 
 def _logit(p):
     return math.log(p / (1 - p))
 
 
-class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
+class RidgeRegularizer(DenoisingProblem):
     """Bilevel learning of a convex ridge regularizer: filters and spline potentials.
 
     Parameters
     ----------
-    n_images : int
-        Training images (ignored when ``images`` is given).
-    size : int or (int, int)
-        Image size (ignored with ``images``).
-    sigma : float
-        Noise standard deviation.
-    seed : int
-        Seed of the noise (and of random filters beyond the DCT basis).
     num_filters : int
         K (default 4).
     filter_size : int
@@ -91,16 +82,14 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
         is a smoothed Huber-like potential, close to a TV-like start.
     init_width : float
         Half-width of that central window (default 0.06).
-    source : None or str
-        None: the images bundled with scikit-image; else a folder of PNGs.
-    images, noisy : torch.Tensor, optional
-        Clean images (N, H, W) and their noisy observations, instead of loading.
-    dtype, device
+    n_images, size, sigma, seed, source, images, noisy, dtype, device
+        The training images (:class:`~bilevel_problems.denoising.DenoisingProblem`):
+        4 of 32 x 32 by default, float64 on the CPU; ``seed`` also draws random
+        filters beyond the DCT basis.
     """
 
     name = "ridge_regularizer"
-    quality_tol = 1e-4
-    upper_convex_in_x = True
+    quality_tol = denoise_tol = 1e-4
 
     def __init__(self, n_images=4, size=32, sigma=0.1, seed=0, num_filters=4, filter_size=5,
                  num_knots=11, x_range=0.3, s_max=1.0, log_scale=-1.0,
@@ -108,8 +97,7 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
                  noisy=None, dtype=torch.float64, device="cpu"):
         to = dict(dtype=dtype, device=device)
         name = self.name
-        self.K = params.integer(name, "num_filters", num_filters, 1)
-        self.s = params.integer(name, "filter_size", filter_size, 2)
+        self.K, self.s = filter_bank.check_bank(name, num_filters, filter_size)
         num_knots = params.integer(name, "num_knots", num_knots, 3)
         if num_knots % 2 == 0:
             raise ValueError(f"{name}: num_knots must be an odd integer >= 3 (so that 0 is a "
@@ -123,21 +111,17 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
         if not all(0 < f < 1 for f in slope_init):
             raise ValueError(f"{name}: slope_init must be 2 fractions in (0, 1), got "
                              f"{tuple(slope_init)}")
-        images, noisy = datasets.denoising_pair(self.name, images, noisy, source=source,
-                                                n=n_images, size=size, sigma=sigma, seed=seed,
-                                                min_size=self.s, **to)
-        self.clean, self.noisy = images, noisy
-        self.sigma, self.n_images = sigma, images.shape[0]
+        super().__init__(n_images=n_images, size=size, sigma=sigma, seed=seed, source=source,
+                         images=images, noisy=noisy, min_size=self.s, **to)
         self.num_knots, self.x_range, self.s_max = int(num_knots), float(x_range), float(s_max)
         self.M = self.num_knots - 1
         self.T = 2 * self.x_range / self.M
         grid = knots(self.num_knots, self.x_range)
         mid = (grid[:-1] + grid[1:]) / 2
         q = torch.where(mid.abs() <= init_width, _logit(slope_init[0]), _logit(slope_init[1]))
-        filters = dct_filters(self.s, self.K, seed=seed)
+        filters = filter_bank.dct_filters(self.s, self.K, seed=seed)
         self.theta0 = torch.cat([torch.tensor([float(log_scale)], dtype=torch.float64),
                                  filters.flatten(), q.repeat(self.K)]).to(**to)
-        super().__init__()
 
     # ------------------------------------------------------------ parameters
     @property
@@ -151,10 +135,9 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
             raise ValueError(f"ridge_regularizer: theta must have {self.dim_theta} entries, got "
                              f"shape {tuple(theta.shape)}")
         K, s2 = self.K, self.s ** 2
-        raw = theta[1:1 + K * s2].view(K, s2)
+        filters = filter_bank.zero_mean(theta[1:1 + K * s2].view(K, s2))
         sig = torch.sigmoid(theta[1 + K * s2:].view(K, self.M))
-        return (torch.exp(theta[0]), raw - raw.mean(dim=1, keepdim=True), self.s_max * sig,
-                self.s_max * sig * (1 - sig))
+        return torch.exp(theta[0]), filters, self.s_max * sig, self.s_max * sig * (1 - sig)
 
     def filters(self, theta):
         """The zero-mean filters (K, s, s)."""
@@ -171,10 +154,10 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
         return tuple(v[0] for v in evaluate_potential(z, tables, self.x_range, orders))
 
     def _conv(self, x, C):
-        return F.conv2d(x.unsqueeze(1), C.view(self.K, 1, self.s, self.s))
+        return filter_bank.correlate(x, C, self.s)
 
     def _conv_adjoint(self, z, C):
-        return F.conv_transpose2d(z, C.view(self.K, 1, self.s, self.s)).squeeze(1)
+        return filter_bank.correlate_adjoint(z, C, self.s)
 
     def _grad(self, x, theta):
         """grad_x h as a torch function of theta (differentiable in theta)."""
@@ -190,17 +173,6 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
         (psi,) = evaluate_potential(self._conv(x, C), tables, self.x_range, (0,))
         return 0.5 * torch.sum((x - self.noisy) ** 2) + alpha * psi.sum()
 
-    def upper_objective(self, x, theta):
-        return 0.5 * torch.sum((x - self.clean) ** 2) / self.n_images
-
-    def strong_convexity(self, theta):
-        # psi_k'' >= 0 (monotone sigma_k), so the Hessian is I + PSD; h sums over images.
-        return 1.0
-
-    def _autocorrelations(self, C):
-        Cimg = C.view(1, self.K, self.s, self.s)
-        return F.conv2d(Cimg, Cimg.transpose(0, 1), padding=self.s - 1, groups=self.K)[0]
-
     def smoothness(self, theta):
         r"""Certified L = 1 + alpha ||sum_k smax_k c_k \star c_k||_1.
 
@@ -208,19 +180,13 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
         (psi_k'' lies between the smallest and largest slope), and
         K_k^T K_k <= C_k^T C_k (full convolution on the zero-extended image), whose
         weighted sum is the convolution with sum_k smax_k (c_k \star c_k): its norm
-        is at most that kernel's l1 norm.  Never more than the cruder
-        1 + alpha s_max sum_k ||c_k||_1^2 (Young's inequality).
+        is at most that kernel's l1 norm
+        (:func:`bilevel_problems.filter_bank.weighted_kernel_norm`).  Never more than
+        the cruder 1 + alpha s_max sum_k ||c_k||_1^2 (Young's inequality).
         """
         alpha, C, slopes, _ = self.params(theta.detach())
-        auto = self._autocorrelations(C)
-        smax = slopes.amax(dim=1).view(-1, 1, 1)
-        return 1.0 + float(alpha) * float(torch.sum(smax * auto, dim=0).abs().sum())
-
-    def initial_theta(self):
-        return self.theta0.clone()
-
-    def initial_x(self, theta):
-        return self.noisy.clone()
+        auto = filter_bank.autocorrelations(C, self.s)
+        return 1.0 + float(alpha) * filter_bank.weighted_kernel_norm(auto, slopes.amax(dim=1))
 
     # ------------------------------------------------------------ closed forms
     def lower_grad(self, x, theta):
@@ -239,11 +205,6 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
             theta = theta.detach().requires_grad_(True)
             (bw,) = torch.autograd.grad(torch.sum(self._grad(x.detach(), theta) * w), theta)
         return bw
-
-    def upper_grads(self, x, theta):
-        r = x - self.clean
-        return (0.5 * torch.sum(r * r) / self.n_images, r / self.n_images,
-                torch.zeros_like(theta))
 
     # ---------------------------------------------------------- bound constants
     def bound_constants(self, theta, x):
@@ -289,13 +250,11 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
         grad_reg = alpha * self._conv_adjoint(d1, C)
         e = float(torch.linalg.vector_norm(x - self.noisy + grad_reg)) / mu
 
-        patches = F.unfold(x.unsqueeze(1), s)                     # (N, s^2, L)
-        patches = patches - patches.mean(dim=1, keepdim=True)     # zero-mean directions only
-        gram = torch.matmul(patches, patches.transpose(1, 2)).sum(0).double()
-        X_norm = math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0)) * (1 + 1e-10)
+        _, gram = filter_bank.centred_patch_gram(filter_bank.patches(x, s))
+        X_norm = filter_bank.top_singular_value(gram)
 
-        auto = self._autocorrelations(C)
-        kappa = torch.sqrt(auto.abs().sum(dim=(1, 2))).double().cpu()
+        auto = filter_bank.autocorrelations(C, s)
+        kappa = filter_bank.operator_norm_bounds(auto).double().cpu()
         c2 = torch.linalg.vector_norm(C, dim=1).double().cpu()
         smax = slopes.amax(dim=1).double().cpu()
         dsmax = dslopes.amax(dim=1).double().cpu()
@@ -320,22 +279,11 @@ class RidgeRegularizer(datasets.DenoisingQuality, BilevelProblem):
                               L_Ainv=L_A / mu ** 2, L_gtheta=0.0, certified=True, cost=2)
 
     # ------------------------------------------------------------------ usage
-    def denoise(self, noisy, theta=None, tol=None, max_iter=100_000):
-        """Denoise new images (N, H, W) or (H, W) with ``theta`` (default theta0).
-
-        Returns x shaped like ``noisy`` with certified ||x - x*|| <= tol (None:
-        1e-4, raised to what the dtype can certify); raises ``RuntimeError`` if
-        the solve stops short (:meth:`~bilevel_problems.datasets.DenoisingQuality.solve_certified`).
-        """
-        noisy = torch.as_tensor(noisy, dtype=self.dtype, device=self.device)
-        theta = self.initial_theta() if theta is None else theta
-        shape = noisy.shape
-        noisy3 = noisy.reshape(-1, *shape[-2:])
-        problem = RidgeRegularizer(images=noisy3, noisy=noisy3, num_filters=self.K,
-                                   filter_size=self.s, num_knots=self.num_knots,
-                                   x_range=self.x_range, s_max=self.s_max, dtype=self.dtype,
-                                   device=self.device)
-        return self.solve_certified(problem, theta, tol, max_iter, shape, default_tol=1e-4)
+    def on_images(self, images, theta):
+        return RidgeRegularizer(images=images, noisy=images, num_filters=self.K,
+                                filter_size=self.s, num_knots=self.num_knots,
+                                x_range=self.x_range, s_max=self.s_max, dtype=self.dtype,
+                                device=self.device)
 
 
 ENTRY = dict(

@@ -38,9 +38,10 @@ import math
 
 import torch
 
-from bilevel import BilevelProblem, BoundConstants, local_bounds
+from bilevel import BoundConstants, local_bounds
 
-from . import datasets, params
+from . import params
+from .denoising import DenoisingProblem
 
 #: Bound on nu^2 ||dHphi(t)[d]|| over t and unit d, isotropic.  In the frame
 #: t = s e_1, d = (c, sigma), nu = 1, rho^2 = 1 + s^2:
@@ -107,62 +108,33 @@ def _hessian_apply(t, s, nu, r, variant):
     return s * (nu * nu / (r * r * r))
 
 
-class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
+class TVDenoising(DenoisingProblem):
     """Bilevel learning of theta = (log weight, log smoothing) of smoothed TV denoising.
 
     Parameters
     ----------
-    n_images : int
-        Training images (ignored when ``images`` is given).
-    size : int or (int, int)
-        Image size after an aspect-preserving resize (ignored with ``images``).
-    sigma : float
-        Standard deviation of the Gaussian noise.
-    seed : int
-        Seed of the noise.
     theta0 : (float, float)
         Starting (log weight, log smoothing); (-5, -5) is the paper's.
     variant : {'isotropic', 'anisotropic'}
-    source : None or str
-        None uses the images bundled with scikit-image; a folder of PNGs otherwise
-        (:func:`bilevel_problems.datasets.load_images`).
-    images : torch.Tensor, optional
-        Clean images (N, H, W) or (H, W), instead of loading them.
-    noisy : torch.Tensor, optional
-        Noisy observations of ``images``, instead of adding noise here.
-    shard : (int, int), optional
-        ``(rank, world)``: keep only this rank's block of the images, for
-        data-parallel solves (:func:`bilevel.distributed.data_parallel`).  g stays
-        the mean over all N images and the bound constants are those of the whole
-        problem (computed through ``reduce_sum`` / ``reduce_max``).
-    dtype, device
-        Of every tensor (float64 on CPU by default).
+    n_images, size, sigma, seed, source, images, noisy, shard, dtype, device
+        The training images (:class:`~bilevel_problems.denoising.DenoisingProblem`):
+        8 of 64 x 64 by default, float64 on the CPU.  Sharded, the bound constants
+        are still those of the whole problem (computed through ``reduce_sum`` /
+        ``reduce_max``).
     """
 
     name = "tv_denoising"
-    upper_convex_in_x = True
 
     def __init__(self, n_images=8, size=64, sigma=0.1, seed=0, theta0=(-5.0, -5.0),
                  variant="isotropic", source=None, images=None, noisy=None, shard=None,
                  dtype=torch.float64, device="cpu"):
         params.choice(self.name, "variant", variant, VARIANTS)
         theta0 = params.vector(self.name, "theta0", theta0, 2, "(log weight, log smoothing)")
-        to = dict(dtype=dtype, device=device)
-        images, noisy = datasets.denoising_pair(self.name, images, noisy, source=source,
-                                                n=n_images, size=size, sigma=sigma, seed=seed,
-                                                **to)
-        self.n_total = images.shape[0]  # g is the mean over all images, on every shard
-        if shard is not None:
-            from bilevel.distributed import shard as shard_indices
-
-            keep = shard_indices(self.n_total, *shard)
-            images, noisy = images[keep], noisy[keep]
-        self.clean, self.noisy = images, noisy
-        self.variant, self.sigma = variant, sigma
-        self.theta0 = theta0.to(**to)
-        self.n_images = images.shape[0]
-        self.D2 = diff_norm_squared(*images.shape[-2:])
-        super().__init__()
+        super().__init__(n_images=n_images, size=size, sigma=sigma, seed=seed, source=source,
+                         images=images, noisy=noisy, shard=shard, dtype=dtype, device=device)
+        self.variant = variant
+        self.theta0 = theta0.to(dtype=dtype, device=device)
+        self.D2 = diff_norm_squared(*self.clean.shape[-2:])
 
     # ------------------------------------------------------------ the contract
     def lower_objective(self, x, theta):
@@ -170,21 +142,9 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
         phi = _radius(grad_op(x), nu, self.variant).sum()
         return 0.5 * torch.sum((x - self.noisy) ** 2) + lam * phi
 
-    def upper_objective(self, x, theta):
-        return 0.5 * torch.sum((x - self.clean) ** 2) / self.n_total
-
-    def strong_convexity(self, theta):
-        return 1.0
-
     def smoothness(self, theta):
         lam, nu = math.exp(float(theta[0])), math.exp(float(theta[1]))
         return 1.0 + lam * self.D2 / nu
-
-    def initial_theta(self):
-        return self.theta0.clone()
-
-    def initial_x(self, theta):
-        return self.noisy.clone()
 
     # ------------------------------------------------------------ closed forms
     def lower_grad(self, x, theta):
@@ -209,11 +169,6 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
         psi, chi = self._psi_chi(x, nu)
         dw = grad_op(w)
         return torch.stack((lam * torch.sum(psi * dw), -lam * torch.sum(chi * dw)))
-
-    def upper_grads(self, x, theta):
-        r = x - self.clean
-        return (0.5 * torch.sum(r * r) / self.n_total, r / self.n_total,
-                torch.zeros_like(theta))
 
     def mixed_columns(self, x, theta):
         """The two columns of B(x) = d/dtheta grad_x h, each shaped like x."""
@@ -413,29 +368,40 @@ class TVDenoising(datasets.DenoisingQuality, BilevelProblem):
         return lam * math.sqrt(total) / scale
 
     # ------------------------------------------------------------------ usage
-    def denoise(self, noisy, theta=None, tol=None, max_iter=100_000):
-        """Denoise new images with this problem's variant and ``theta`` (default theta0)."""
-        theta = self.initial_theta() if theta is None else theta
-        return denoise(noisy, theta, variant=self.variant, tol=tol, max_iter=max_iter)
+    def as_noisy(self, noisy):
+        """Images to denoise as a floating-point tensor, in their own dtype."""
+        return _floating_images(noisy)
+
+    def on_images(self, images, theta):
+        return _on_images(images, theta, self.variant)
+
+
+def _floating_images(noisy):
+    noisy = torch.as_tensor(noisy)
+    if not noisy.is_floating_point():
+        raise TypeError(f"tv_denoising: denoise needs floating-point images, got {noisy.dtype}")
+    return noisy
+
+
+def _on_images(images, theta, variant):
+    """TV denoising of ``variant`` on ``images``, in their dtype and on their device."""
+    theta = torch.as_tensor(theta, dtype=images.dtype, device=images.device).flatten()
+    return TVDenoising(images=images, noisy=images, theta0=theta, variant=variant,
+                       dtype=images.dtype, device=images.device)
 
 
 def denoise(noisy, theta, variant="isotropic", tol=None, max_iter=100_000):
     """Minimise the lower-level objective for ``noisy`` (N, H, W) or (H, W).
 
-    Returns x, shaped like ``noisy``, with certified ||x - x*|| <= tol (FISTA,
-    mu = 1).  ``tol=None``: 1e-6, raised to what the dtype can certify at this
-    theta (float32 often cannot reach 1e-6); an explicit tol below the dtype's
-    reachable accuracy is refused at once
-    (:meth:`~bilevel_problems.datasets.DenoisingQuality.solve_certified`).  Raises
+    Returns x, shaped like ``noisy`` and in its dtype, with certified
+    ||x - x*|| <= tol (FISTA, mu = 1).  ``tol=None``: 1e-6, raised to what the
+    dtype can certify at this theta (float32 often cannot reach 1e-6); an
+    explicit tol below the dtype's reachable accuracy is refused at once
+    (:meth:`~bilevel_problems.denoising.DenoisingProblem.solve_certified`).  Raises
     ``RuntimeError`` if the solve stops short of tol.
     """
-    noisy = torch.as_tensor(noisy)
-    if not noisy.is_floating_point():
-        raise TypeError(f"tv_denoising: denoise needs floating-point images, got {noisy.dtype}")
-    theta = torch.as_tensor(theta, dtype=noisy.dtype, device=noisy.device).flatten()
-    problem = TVDenoising(images=noisy, noisy=noisy, theta0=theta, variant=variant,
-                          dtype=noisy.dtype, device=noisy.device)
-    return problem.solve_certified(problem, theta, tol, max_iter, noisy.shape)
+    noisy = _floating_images(noisy)
+    return _on_images(noisy, theta, variant).solve_certified(theta, tol, max_iter, noisy.shape)
 
 
 ENTRY = dict(

@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from bilevel import BoundConstants, local_bounds
+
+from .. import filter_bank
 
 C3 = 1.5 / 1.25 ** 2.5  # 0.858650...
 
@@ -35,25 +36,21 @@ class CertifiedConstants:
     def _kernel_norms(self, p):
         """(||sum_k (alpha_k / nu_k) a_k||_1, kappa_k) with a_k the autocorrelation of c_k.
 
-        kappa_k = sqrt(||a_k||_1) >= ||K_k||: see :meth:`smoothness`.
+        kappa_k = sqrt(||a_k||_1) >= ||K_k|| (:mod:`bilevel_problems.filter_bank`).
         """
-        Cimg = p.filters.view(1, self.K, self.s, self.s)
-        auto = F.conv2d(Cimg, Cimg.transpose(0, 1), padding=self.s - 1, groups=self.K)[0]
-        kappa = torch.sqrt(auto.abs().sum(dim=(1, 2)))
-        mixed = torch.sum((p.alpha / p.nu).view(-1, 1, 1) * auto, dim=0).abs().sum()
-        return float(mixed), kappa
+        auto = filter_bank.autocorrelations(p.filters, self.s)
+        return (filter_bank.weighted_kernel_norm(auto, p.alpha / p.nu),
+                filter_bank.operator_norm_bounds(auto))
 
     def smoothness(self, theta):
         r"""Certified L = 1 + ||sum_k (alpha_k / nu_k) c_k \star c_k||_1.
 
         The Hessian is I + sum_k alpha_k K_k^T D_k K_k with 0 <= D_k <= 1/nu_k
         (phi'' = nu^2 / r^3 <= 1 / nu), so it is <= I + sum_k (alpha_k / nu_k)
-        K_k^T K_k.  K_k is the full convolution C_k on the zero-extended image
-        followed by a restriction to the valid window, so K_k^T K_k <= C_k^T C_k,
-        and sum_k w_k C_k^T C_k is the convolution with the kernel
-        sum_k w_k a_k (a_k = c_k \star c_k the autocorrelation), whose norm is at
-        most the l1 norm of that kernel.  This is at most the simpler
-        1 + sum_k alpha_k ||c_k||_1^2 / nu_k (Young: ||K_k|| <= ||c_k||_1).
+        K_k^T K_k, whose norm is at most 1 + ||sum_k (alpha_k / nu_k) a_k||_1
+        (a_k = c_k \star c_k; :func:`bilevel_problems.filter_bank.weighted_kernel_norm`).
+        This is at most the simpler 1 + sum_k alpha_k ||c_k||_1^2 / nu_k (Young:
+        ||K_k|| <= ||c_k||_1).
         """
         mixed, _ = self._kernel_norms(self.params(theta))
         return 1.0 + mixed
@@ -63,7 +60,7 @@ class CertifiedConstants:
         r"""Certified constants of the hypergradient bound, in closed form.
 
         Notation: alpha_k, nu_k, c_k, P as in the module docstring; z_k = K_k x;
-        kappa_k = sqrt(||c_k \star c_k||_1) >= ||K_k|| (:meth:`smoothness`);
+        kappa_k = sqrt(||c_k \star c_k||_1) >= ||K_k|| (:mod:`bilevel_problems.filter_bank`);
         ||K_c|| <= ||c||_1 <= s ||c||_2 for any s x s filter c;
         X(v): c -> K_c v, the patch map of an image v;
         e = ||grad_x h(x)|| / mu >= ||x - x*||.  Two facts used throughout:
@@ -225,11 +222,8 @@ class CertifiedConstants:
             rs = torch.rsqrt(z * z + nu2)
             d1, d2 = z * rs, nu2 * rs * rs * rs
             ch.adjoint_into(grad_reg, d1, Ca)
-            # Patches with their mean removed: the filter directions P delta_r are
-            # zero-mean, so X only sees the zero-mean part of each patch.
-            cols = ch.patches(x)
-            cols = cols - cols.mean(dim=1, keepdim=True)
-            gram_x += torch.matmul(cols, cols.transpose(1, 2)).sum(0).double()
+            cols, gram = filter_bank.centred_patch_gram(ch.patches(x))
+            gram_x += gram
             stats += torch.stack([
                 torch.sum(d1 * d1, dim=(0, 2)),
                 torch.sum((z * d2) ** 2, dim=(0, 2)),
@@ -242,8 +236,7 @@ class CertifiedConstants:
 
         # (1 + 1e-10) absorbs the rounding of the eigenvalues and of the FFT.
         Pm = torch.eye(s * s, dtype=torch.float64, device=x.device) - 1.0 / s ** 2
-        X_norm = math.sqrt(max(float(torch.linalg.eigvalsh(Pm @ gram_x @ Pm)[-1]), 0.0)) \
-            * (1 + 1e-10)
+        X_norm = filter_bank.top_singular_value(Pm @ gram_x @ Pm)
         lag = torch.arange(s, device=x.device)
         i1 = (lag.view(-1, 1, 1, 1) - lag.view(1, 1, -1, 1) + s - 1).expand(s, s, s, s)
         i2 = (lag.view(1, -1, 1, 1) - lag.view(1, 1, 1, -1) + s - 1).expand(s, s, s, s)

@@ -18,20 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
+from ..filter_bank import patches
+
 #: Output pixels per chunk of the GEMM backend: the s^2 x L patch matrix of a 7 x 7
 #: filter bank is then 49 x 4096 doubles = 1.6 MB, so a chunk's operands stay in cache.
 CHUNK_COLUMNS = 4096
-
-
-def patches(images, s):
-    """The s x s patches of images (N, H, W) as columns: (N, s^2, (H - s + 1)(W - s + 1)).
-
-    Equal to ``F.unfold(images[:, None], s)``, but built as a strided view and one
-    copy, which on the CPU is several times faster than ``F.unfold``'s im2col.
-    """
-    n, h, w = images.shape
-    view = images.unfold(1, s, 1).unfold(2, s, 1)  # (N, H', W', s, s), no copy
-    return view.permute(0, 3, 4, 1, 2).reshape(n, s * s, (h - s + 1) * (w - s + 1))
 
 
 class FlatLayout:

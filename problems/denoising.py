@@ -1,0 +1,170 @@
+r"""The denoising problems' family: what TV, fields of experts and the ridge regularizer share.
+
+Each learns the theta of a lower level on N training images (docs/problems.md)
+
+    h(x, theta) = sum_i [ 1/2 ||x_i - y_i||^2 + R_theta(x_i) ],   R_theta convex,
+    g(x)        = mean_i 1/2 ||x_i - x_i^true||^2,
+
+so mu = 1: the Hessian of h is I plus that of a convex R_theta (positive
+semi-definite), and h is a sum over the images, never a mean (a mean would
+shrink mu by N).  :class:`DenoisingProblem` holds the training pairs, g and its
+derivatives, mu, the start (theta0, x = y), the certified denoiser of new images
+and its PSNR / SSIM.  A member keeps its regulariser (``lower_objective``, the
+closed forms), its constants, and how it is built on other images
+(:meth:`DenoisingProblem.on_images`).
+"""
+from __future__ import annotations
+
+import torch
+
+from bilevel import BilevelProblem
+
+from . import datasets, params
+
+
+class DenoisingProblem(BilevelProblem):
+    """Base of the denoising problems (module docstring).
+
+    Its constructor takes the training images, as every member's does:
+
+    Parameters
+    ----------
+    n_images : int
+        Training images (ignored when ``images`` is given).
+    size : int or (int, int)
+        Image size after an aspect-preserving resize (ignored with ``images``).
+    sigma : float
+        Standard deviation of the Gaussian noise.
+    seed : int
+        Seed of the noise.
+    source : None or str
+        None uses the images bundled with scikit-image; a folder of PNGs otherwise
+        (:func:`bilevel_problems.datasets.load_images`).
+    images : torch.Tensor, optional
+        Clean images (N, H, W) or (H, W), instead of loading them.
+    noisy : torch.Tensor, optional
+        Noisy observations of ``images``, instead of adding noise here.
+    shard : (int, int), optional
+        ``(rank, world)``: keep only this rank's block of the images, for
+        data-parallel solves (:func:`bilevel.distributed.data_parallel`).  g stays
+        the mean over all ``n_total`` images.
+    min_size : int
+        The smallest side an image may have (a member's filter size).
+    dtype, device
+        Of every tensor.
+
+    A member sets ``theta0``; ``n_images`` is the number of images held here.
+    """
+
+    upper_convex_in_x = True
+    #: The tolerance of :meth:`quality`'s solves (None: :attr:`denoise_tol`, raised
+    #: to what the dtype can certify).
+    quality_tol = None
+    #: The default tolerance of :meth:`denoise`.
+    denoise_tol = 1e-6
+
+    def __init__(self, *, n_images, size, sigma, seed, source, images, noisy, shard=None,
+                 min_size=1, dtype=torch.float64, device="cpu"):
+        images, noisy = datasets.denoising_pair(self.name, images, noisy, source=source,
+                                                n=n_images, size=size, sigma=sigma, seed=seed,
+                                                min_size=min_size, dtype=dtype, device=device)
+        self.n_total = images.shape[0]  # g is the mean over all images, on every shard
+        if shard is not None:
+            from bilevel.distributed import shard as shard_indices
+
+            keep = shard_indices(self.n_total, *shard)
+            images, noisy = images[keep], noisy[keep]
+        self.clean, self.noisy = images, noisy
+        self.sigma, self.n_images = sigma, images.shape[0]
+
+    # ------------------------------------------------------------ the contract
+    def upper_objective(self, x, theta):
+        return 0.5 * torch.sum((x - self.clean) ** 2) / self.n_total
+
+    def upper_grads(self, x, theta):
+        r = x - self.clean
+        return (0.5 * torch.sum(r * r) / self.n_total, r / self.n_total,
+                torch.zeros_like(theta))
+
+    def strong_convexity(self, theta):
+        return 1.0  # the module docstring
+
+    def initial_theta(self):
+        return self.theta0.clone()
+
+    def initial_x(self, theta):
+        return self.noisy.clone()
+
+    # ------------------------------------------------------------------ usage
+    def on_images(self, images, theta) -> DenoisingProblem:
+        """This problem's model on other images (clean = noisy = ``images``, (N, H, W)).
+
+        ``theta`` is the one they will be denoised with.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not say how to denoise new "
+                                  "images (on_images)")
+
+    def as_noisy(self, noisy) -> torch.Tensor:
+        """Images to denoise as a tensor: in this problem's dtype and on its device."""
+        return torch.as_tensor(noisy, dtype=self.dtype, device=self.device)
+
+    def denoise(self, noisy, theta=None, tol=None, max_iter=100_000):
+        """Denoise new images (N, H, W), (H, W) or (..., H, W) with ``theta`` (default theta0).
+
+        Returns x shaped like ``noisy`` with certified ||x - x*|| <= tol (None:
+        :attr:`denoise_tol`, raised to what the dtype can certify); raises
+        ``RuntimeError`` if the solve stops short (:meth:`solve_certified`).
+        """
+        noisy = self.as_noisy(noisy)
+        theta = self.initial_theta() if theta is None else theta
+        problem = self.on_images(noisy.reshape(-1, *noisy.shape[-2:]), theta)
+        return problem.solve_certified(theta, tol, max_iter, noisy.shape)
+
+    def quality(self, theta, clean=None, noisy=None, tol=None):
+        """Mean PSNR / SSIM of the denoised ``noisy`` against ``clean``.
+
+        Defaults to the problem's own (training) images; pass held-out ``clean``
+        and ``noisy`` to test.
+        """
+        clean = self.clean if clean is None else clean
+        noisy = self.noisy if noisy is None else noisy
+        tol = self.quality_tol if tol is None else tol
+        return datasets.quality(self.denoise(noisy, theta, tol=tol), clean)
+
+    def solve_certified(self, theta, tol, max_iter, shape):
+        """x*(theta) of this problem (built on the images to denoise), shaped ``shape``.
+
+        Certified ||x - x*|| <= tol.  ``tol=None`` takes :attr:`denoise_tol`, raised to
+        what the dtype can certify here (:func:`bilevel.lower.rounding_floor`:
+        in float32 the default 1e-6 is often below rounding).  An explicit tol
+        below :func:`bilevel.lower.reachable_accuracy` is refused at once, naming
+        the dtype's reachable accuracy.  ``RuntimeError`` if the solve stops short
+        (max_iter, or its certificate stalled at the rounding floor).
+        """
+        from bilevel.lower import reachable_accuracy, rounding_floor
+
+        theta = self.check_theta(torch.as_tensor(theta, dtype=self.dtype,
+                                                 device=self.device).flatten())
+        x0 = self.initial_x(theta)
+        if tol is None:
+            tol = max(self.denoise_tol, 2 * rounding_floor(self, theta, x0))
+        else:
+            tol = params.number(self.name, "tol", tol, positive=True)
+            reachable = reachable_accuracy(self, theta, x0)
+            if tol < reachable:
+                raise ValueError(f"{self.name}: denoise tol={tol:g} is below what "
+                                 f"{x0.dtype} can certify for these images (about "
+                                 f"{reachable:.1e} = 4 eps max(1, ||x||) / mu); pass a larger "
+                                 "tol, tol=None for a reachable default, or use float64")
+        max_iter = params.integer(self.name, "max_iter", max_iter, 1)
+        sol = self.solve_lower(theta, tol, max_iter=max_iter)
+        if not sol.converged:
+            if sol.iterations < max_iter:
+                raise RuntimeError(
+                    f"{self.name}: denoise stalled at certified accuracy "
+                    f"{sol.error_bound:.2e} > tol={tol:g}, the rounding floor of {x0.dtype} "
+                    f"at this theta (about {rounding_floor(self, theta, x0):.1e}); pass "
+                    "a larger tol, tol=None, or use float64")
+            raise RuntimeError(f"{self.name}: denoise reached max_iter={max_iter} at "
+                               f"certified accuracy {sol.error_bound:.2e} > tol={tol:g}")
+        return sol.x.reshape(shape)

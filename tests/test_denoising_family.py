@@ -1,0 +1,114 @@
+"""The denoising family (bilevel_problems.denoising) and its shared filter bank."""
+import pytest
+import torch
+from bilevel_problems import filter_bank
+from bilevel_problems.denoising import DenoisingProblem
+from bilevel_problems.fields_of_experts import FieldsOfExperts
+from bilevel_problems.ridge_regularizer import RidgeRegularizer
+from bilevel_problems.tv_denoising import TVDenoising
+
+from bilevel.numerics import power_iteration, random_unit
+
+MEMBERS = {
+    "tv": lambda: TVDenoising(n_images=2, size=12),
+    "foe": lambda: FieldsOfExperts(n_images=2, size=12, num_filters=3, filter_size=3),
+    "ridge": lambda: RidgeRegularizer(n_images=2, size=12, num_filters=2, filter_size=3,
+                                      num_knots=5, x_range=0.2),
+}
+
+
+@pytest.mark.parametrize("member", sorted(MEMBERS))
+def test_members_share_the_upper_level_and_the_start(member):
+    p = MEMBERS[member]()
+    assert isinstance(p, DenoisingProblem) and p.upper_convex_in_x
+    theta = p.initial_theta()
+    x = p.initial_x(theta)
+    assert torch.equal(x, p.noisy) and p.strong_convexity(theta) == 1.0
+    value, gx, gt = p.upper_grads(x, theta)
+    r = p.noisy - p.clean
+    torch.testing.assert_close(value, 0.5 * torch.sum(r * r) / 2, rtol=1e-15, atol=0)
+    torch.testing.assert_close(gx, r / 2, rtol=1e-15, atol=0)
+    assert torch.equal(gt, torch.zeros_like(theta))
+    assert float(p.upper_objective(x, theta)) == float(value)
+
+
+@pytest.mark.parametrize("member", sorted(MEMBERS))
+def test_denoise_keeps_the_shape_of_its_input(member):
+    p = MEMBERS[member]()
+    one = p.denoise(p.noisy[0], tol=1e-3)
+    many = p.denoise(p.noisy.unsqueeze(0), tol=1e-3)  # (1, N, H, W)
+    assert one.shape == p.noisy[0].shape and many.shape == (1, *p.noisy.shape)
+    on = p.on_images(p.noisy, p.initial_theta())
+    assert type(on) is type(p) and torch.equal(on.clean, on.noisy)
+
+
+def test_a_member_without_on_images_cannot_denoise():
+    class Bare(TVDenoising):
+        on_images = DenoisingProblem.on_images
+
+    p = Bare(n_images=1, size=8)
+    with pytest.raises(NotImplementedError, match="on_images"):
+        p.denoise(p.noisy)
+
+
+def test_tv_sharded_g_is_the_mean_over_all_images():
+    whole = TVDenoising(n_images=3, size=8)
+    part = TVDenoising(n_images=3, size=8, shard=(1, 2))
+    assert (part.n_total, whole.n_total) == (3, 3) and part.n_images < 3
+    theta = whole.initial_theta()
+    _, gx, _ = part.upper_grads(part.noisy, theta)
+    torch.testing.assert_close(gx, (part.noisy - part.clean) / 3)
+
+
+# ------------------------------------------------------------------ filter bank
+def _bank(K=3, s=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return filter_bank.zero_mean(torch.randn(K, s * s, generator=gen, dtype=torch.float64)), s
+
+
+def test_filters_are_zero_mean_and_the_adjoint_is_exact():
+    C, s = _bank()
+    assert float(C.sum(dim=1).abs().max()) < 1e-15
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 9, 11, generator=gen, dtype=torch.float64)
+    z = torch.randn(filter_bank.correlate(x, C, s).shape, generator=gen, dtype=torch.float64)
+    lhs = float(torch.sum(filter_bank.correlate(x, C, s) * z))
+    rhs = float(torch.sum(x * filter_bank.correlate_adjoint(z, C, s)))
+    assert lhs == pytest.approx(rhs, rel=1e-13)
+    cols = filter_bank.patches(x, s)
+    assert torch.equal(cols, torch.nn.functional.unfold(x.unsqueeze(1), s))
+
+
+def test_norm_bounds_dominate_the_operators():
+    C, s = _bank(K=2, s=4)
+    auto = filter_bank.autocorrelations(C, s)
+    kappa = filter_bank.operator_norm_bounds(auto)
+    x = torch.empty(1, 10, 10, dtype=torch.float64)
+    weights = torch.tensor([0.7, 2.0], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(2)
+    for k in range(2):
+        ck = C[k:k + 1]
+        run = power_iteration(lambda v, ck=ck: filter_bank.correlate_adjoint(
+            filter_bank.correlate(v, ck, s), ck, s), random_unit(x, gen), 300, rtol=1e-12)
+        assert run.value <= float(kappa[k]) ** 2 * (1 + 1e-12)
+
+    def weighted(v):
+        return sum(w * filter_bank.correlate_adjoint(filter_bank.correlate(v, C[k:k + 1], s),
+                                                     C[k:k + 1], s)
+                   for k, w in enumerate(weights))
+
+    run = power_iteration(weighted, random_unit(x, gen), 300, rtol=1e-12)
+    assert run.value <= filter_bank.weighted_kernel_norm(auto, weights) * (1 + 1e-12)
+    assert filter_bank.weighted_kernel_norm(auto, weights) <= float(
+        torch.sum(weights * C.abs().sum(dim=1) ** 2))  # Young's inequality
+
+
+def test_patch_map_norm_is_exact():
+    C, s = _bank(K=1, s=3)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 7, 8, generator=gen, dtype=torch.float64)
+    cols, gram = filter_bank.centred_patch_gram(filter_bank.patches(x, s))
+    X = cols.transpose(1, 2).reshape(-1, s * s)  # c -> K_c x on zero-mean c
+    P = torch.eye(s * s, dtype=torch.float64) - 1.0 / s ** 2
+    exact = float(torch.linalg.matrix_norm(X @ P, ord=2))
+    assert exact <= filter_bank.top_singular_value(gram) <= exact * (1 + 1e-9)
