@@ -10,13 +10,13 @@ its exact adjoint is ``conv_transpose2d``) and psi_k a convex potential whose
 derivative sigma_k = psi_k' is a learned monotone spline:
 
 - The slopes s_kj, j = 0..N-2, of a linear spline on the grid of
-  :func:`bilevel.splines.knots` (N odd knots on [-R, R], spacing T) are
+  :func:`bilevel.nn.splines.knots` (N odd knots on [-R, R], spacing T) are
   s_kj = s_max * sigmoid(q_kj): theta stays unconstrained, the slopes stay in
   (0, s_max), so psi_k is convex and the lower level is strongly convex.
 - The spline's kinks would make psi_k'' (the Hessian) discontinuous and psi'''
   a sum of Diracs: finite differences at a kink fail and the Hessian has no
   Lipschitz constant.  So sigma_k is the linear spline *averaged over a window
-  of width T* (:func:`bilevel.splines.potential_tables`): psi_k'' is then the
+  of width T* (:func:`bilevel.nn.splines.potential_tables`): psi_k'' is then the
   continuous piecewise-linear interpolation of the slopes at the interval
   midpoints, psi_k'' in [min_j s_kj, max_j s_kj], |psi_k'''| <= max_j
   |s_kj - s_k(j-1)| / T, and |sigma_k - spline| <= T max_j |s_kj - s_k(j-1)| / 8.
@@ -47,7 +47,7 @@ import math
 import torch
 
 from bilevel import BoundConstants
-from bilevel.splines import evaluate_potential, knots, potential_tables
+from bilevel.nn.splines import evaluate_potential, knots, potential_tables
 
 from . import filter_bank, params
 from .denoising import DenoisingProblem

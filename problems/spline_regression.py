@@ -1,6 +1,6 @@
 r"""Learning the TV(2) weight of a 1-D linear-spline fit on validation data.
 
-The fitted function is a linear spline sigma_c (:mod:`bilevel.splines`) with
+The fitted function is a linear spline sigma_c (:mod:`bilevel.nn.splines`) with
 coefficients c in R^N on the grid t_k = -R + k T, T = 2R / (N - 1), extended
 linearly beyond [-R, R].  With S the (n x N) interpolation matrix of the
 training inputs (S c = sigma_c(x)) and D the scaled second differences,
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from bilevel import BilevelProblem, BoundConstants
-from bilevel.splines import interpolation_matrix, knots
+from bilevel.nn.splines import interpolation_matrix, knots
 
 from . import params
 from .dense_newton import DenseNewtonSolve
@@ -315,8 +315,8 @@ class SplineRegression(DenseNewtonSolve, BilevelProblem):
 
     # ------------------------------------------------------------------ usage
     def spline(self, c):
-        """The fitted function as a :class:`bilevel.splines.LinearSpline` (one channel)."""
-        from bilevel.splines import LinearSpline
+        """The fitted function as a :class:`bilevel.nn.splines.LinearSpline` (one channel)."""
+        from bilevel.nn.splines import LinearSpline
 
         module = LinearSpline(1, self.num_knots, self.x_range, init="zero", dtype=c.dtype)
         with torch.no_grad():

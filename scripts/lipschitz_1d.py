@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from bilevel import experiment
-from bilevel.lipschitz import lipschitz_lower_bound, network_lipschitz_bound
-from bilevel.lipschitz_training import fit_lipschitz_1d, mlp, train_lipschitz_regression
+from bilevel.nn.lipschitz import lipschitz_lower_bound, network_lipschitz_bound
+from bilevel.nn.lipschitz_training import fit_lipschitz_1d, mlp, train_lipschitz_regression
 
 LAM = 0.05
 SIZES = (50, 200, 800, 3200)

@@ -34,8 +34,8 @@ import torch
 from bilevel_problems.lipschitz_regression import LipschitzRegression
 
 from bilevel import experiment
-from bilevel.lipschitz import empirical_lipschitz, network_lipschitz_bound
-from bilevel.lipschitz_training import mlp, train_lipschitz_regression
+from bilevel.nn.lipschitz import empirical_lipschitz, network_lipschitz_bound
+from bilevel.nn.lipschitz_training import mlp, train_lipschitz_regression
 
 FLIP = 0.2
 RADIUS = math.sqrt(2 / math.pi)  # the disc of area 2 holds half of [-1, 1]^2

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from bilevel import experiment
-from bilevel.splines import LinearSpline
+from bilevel.nn.splines import LinearSpline
 
 VARIANTS = ("relu", "spline", "spline_tv2")
 FILES = {"data.csv": "one row per variant and seed: accuracies, knots, Lipschitz bounds",

@@ -11,8 +11,8 @@ from bilevel_problems.lipschitz_regression import ENTRY, LipschitzRegression
 from torch import nn
 
 import bilevel
-from bilevel import lipschitz as lip
-from bilevel.lipschitz_training import (
+from bilevel.nn import lipschitz as lip
+from bilevel.nn.lipschitz_training import (
     batch_lipschitz,
     fit_lipschitz_1d,
     mlp,
@@ -170,7 +170,7 @@ def test_activation_constants_duck_typing_and_errors():
 
 
 def test_linear_spline_activations_if_available():
-    splines = pytest.importorskip("bilevel.splines")
+    splines = pytest.importorskip("bilevel.nn.splines")
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(2, 8), splines.LinearSpline(8, 11, 2.0, "leaky_relu"),
                         nn.Linear(8, 1)).double()

@@ -10,7 +10,7 @@ from bilevel_problems.spline_regression import SplineRegression, make_data, tv2_
 
 import bilevel
 from bilevel import BilevelProblem
-from bilevel.splines import LinearSpline, interpolation_matrix, knots
+from bilevel.nn.splines import LinearSpline, interpolation_matrix, knots
 from bilevel.testing import check_problem
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from bilevel.splines import (
+from bilevel.nn.splines import (
     LinearSpline,
     evaluate_potential,
     interpolation_matrix,

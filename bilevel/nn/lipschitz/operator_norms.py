@@ -1,6 +1,6 @@
 """Operator norms of linear layers: certified upper bounds and power-iteration estimates.
 
-The linear layers' share of the certified bound (c) of :mod:`bilevel.lipschitz`.
+The linear layers' share of the certified bound (c) of :mod:`bilevel.nn.lipschitz`.
 
 What is proven
 --------------

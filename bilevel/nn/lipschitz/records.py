@@ -1,4 +1,4 @@
-"""Result records of the Lipschitz bounds and estimates of :mod:`bilevel.lipschitz`.
+"""Result records of the Lipschitz bounds and estimates of :mod:`bilevel.nn.lipschitz`.
 
 :class:`OperatorNorm` (one linear layer), :class:`LayerBound` and
 :class:`NetworkBound` (the certified bound (c)), :class:`LowerBound` (d) and

@@ -2,7 +2,7 @@
 
 (a) :func:`empirical_lipschitz`, (b) :func:`input_gradient_norms` and
 :func:`gradient_lipschitz`, (d) :func:`lipschitz_lower_bound`; see
-:mod:`bilevel.lipschitz` for what each is.
+:mod:`bilevel.nn.lipschitz` for what each is.
 
 Why sorted neighbours are exact in 1-D: for x_1 < ... < x_n and i < j,
 ||u(x_j) - u(x_i)|| <= sum_k ||u(x_{k+1}) - u(x_k)|| <= max_k r_k (x_j - x_i),

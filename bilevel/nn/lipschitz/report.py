@@ -1,4 +1,4 @@
-"""The estimates and bounds (a)-(d) of :mod:`bilevel.lipschitz` side by side."""
+"""The estimates and bounds (a)-(d) of :mod:`bilevel.nn.lipschitz` side by side."""
 from __future__ import annotations
 
 from .estimates import empirical_lipschitz, gradient_lipschitz, lipschitz_lower_bound

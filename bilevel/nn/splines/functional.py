@@ -1,7 +1,7 @@
 """Linear splines on a uniform grid as functions: evaluation, its gradients, interpolation.
 
 The grid, the evaluation and the two implementations are described in
-:mod:`bilevel.splines`.
+:mod:`bilevel.nn.splines`.
 """
 from __future__ import annotations
 

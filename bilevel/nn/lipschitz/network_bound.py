@@ -1,7 +1,7 @@
 """Certified upper bound (c) on the Lipschitz constant of a sequential network.
 
 The product of the certified operator norms of the linear layers (see
-:mod:`bilevel.lipschitz.operator_norms`) and of the Lipschitz constants of the
+:mod:`bilevel.nn.lipschitz.operator_norms`) and of the Lipschitz constants of the
 activations.
 
 Activations: ReLU, ReLU6, Hardtanh, Tanh, Softplus, CELU (1), LeakyReLU

@@ -49,7 +49,7 @@ def mlp(in_features, hidden=(64, 64), out_features=1, activation="relu", *, seed
     hidden : sequence of int
         Widths of the hidden layers.
     activation : {'relu', 'tanh', 'spline'}
-        'spline' uses :class:`bilevel.splines.LinearSpline` (one learned linear
+        'spline' uses :class:`bilevel.nn.splines.LinearSpline` (one learned linear
         spline per neuron, with ``num_knots`` (odd) on [-x_range, x_range] and
         ``init``).
     seed : int
