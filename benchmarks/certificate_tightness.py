@@ -19,30 +19,27 @@ and flag a *violation* where a bound is below the true error (beyond rounding
 and the reference's own uncertainty).  A ratio of 1 is a perfect bound; the
 larger it is, the more work MAID spends for accuracy it already has.
 
-Writes ``certificate_tightness.json`` (per-problem summaries and every row) and
-``certificate_tightness.md`` (the table) under ``--out``.
+Writes ``certificate_tightness.json`` (per-problem summaries and every row: one
+per problem, theta, accuracy and start) and ``certificate_tightness.md`` (the
+table) under ``--out`` (default results/benchmarks); ``--replot`` rewrites the
+table from the JSON.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
-import platform
 import statistics
 import subprocess
-import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import bilevel
+from bilevel import experiment
+from bilevel.reference import reference_solution
+from bilevel.results import environment
 
-import bilevel  # noqa: E402
-from bilevel.reference import reference_solution  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ACCURACIES = (1e-2, 1e-4, 1e-6, 1e-8)
 QUICK_ACCURACIES = (1e-2, 1e-6)
@@ -82,9 +79,9 @@ def _logreg_thetas(problem, gen):
 
 def _foe_thetas(problem, gen, iterations=20):
     theta = problem.initial_theta()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a short run does not converge; that is the point
-        learned = bilevel.solve(problem, "maid", max_iter=iterations).theta.detach()
+    # A short run does not converge, and is not meant to: the runner records its warning.
+    learned = experiment.run_method(problem, experiment.Run("learned"),
+                                    max_iter=iterations).result.theta.detach()
     # std 0.5: the filters are unit-norm with s^2 entries, std 1 would swamp them.
     return [("initial", theta), ("learned", learned),
             ("random0", _perturbed(theta, 1, 0.5, gen)[0])]
@@ -257,38 +254,18 @@ def _fmt(spread):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    """This machine and commit, and whether the library has uncommitted changes."""
+    env = environment()
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=ROOT, timeout=5).stdout.strip()
         # Tracked files only: a new, uncommitted module changes no existing bound.
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "bilevel", "problems"],
                                cwd=ROOT, timeout=5).returncode != 0
     except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", False
-    return dict(platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
-                python=platform.python_version(), torch=torch.__version__,
-                torch_threads=torch.get_num_threads(), git_commit=commit or None,
+        dirty = False
+    return dict(platform=env["platform"], cpu=env["cpu"], cpu_count=env["cpus"],
+                python=env["python"], torch=env["torch"], torch_threads=env["torch_threads"],
+                git_commit=(env["git_commit"] or "")[:7] or None,
                 uncommitted_changes_in_library=dirty)
-
-
-def command(argv):
-    """The command line with paths made relative to the repository (no absolute paths)."""
-    parts = ["python", "benchmarks/certificate_tightness.py"]
-    for arg in argv:
-        path = Path(arg)
-        if path.is_absolute():
-            try:
-                arg = str(path.resolve().relative_to(ROOT))
-            except ValueError:
-                arg = path.name
-        parts.append(arg)
-    return " ".join(parts)
 
 
 def _plain(value):
@@ -312,9 +289,9 @@ def _largest_terms(rows):
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"
 
 
-def write(out, result):
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "certificate_tightness.json").write_text(json.dumps(_plain(result), indent=1) + "\n")
+def write_table(folder):
+    """certificate_tightness.md from the JSON."""
+    result = folder.read_meta()
     m, problems, rows = result["machine"], result["problems"], result["rows"]
     unresolved = sum(s.get("lower_unresolved", 0) for s in problems.values())
     lines = [
@@ -367,25 +344,15 @@ def write(out, result):
     lines.append("Reference Newton failures: " + (", ".join(failed) or "none") + ".  Stopped "
                  "at rounding short of ||grad h|| <= 1e-13 max(1, ||x||): "
                  + (", ".join(short) or "none") + ".")
-    (out / "certificate_tightness.md").write_text("\n".join(lines) + "\n")
+    folder.write_text("certificate_tightness.md", "\n".join(lines) + "\n")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help=f"first theta of {len(QUICK_LABELS)} problems, eps in "
-                        f"{QUICK_ACCURACIES} (seconds)")
-    p.add_argument("--out", default="results/benchmarks")
-    p.add_argument("--seed", type=int, default=0)
+def add_arguments(p):
     p.add_argument("--foe-iterations", type=int, default=20,
                    help="MAID iterations from the initial theta to the 'learned' FoE theta")
-    return p.parse_args(argv)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    torch.set_num_threads(1)  # small problems: threads cost more than they save
+def compute(args, folder):
     accuracies = QUICK_ACCURACIES if args.quick else ACCURACIES
     started = time.perf_counter()
     rows, notes = [], {}
@@ -408,16 +375,20 @@ def main(argv=None):
                 print(f"  !! VIOLATION theta {r['theta_index']} eps {r['eps']:g} {r['start']}: "
                       f"lower {r['lower_bound']:.3e} < {r['lower_true']:.3e} or "
                       f"omega {r['omega']:.3e} < {r['hg_true']:.3e}", flush=True)
-    result = dict(command=command(argv), machine=machine(), quick=args.quick, seed=args.seed,
-                  foe_iterations=args.foe_iterations,
+    result = dict(machine=machine(), foe_iterations=args.foe_iterations,
                   accuracies=list(accuracies), runtime_s=time.perf_counter() - started,
                   total_rows=len(rows), skipped_rounding=sum(r["skipped"] for r in rows),
                   violations=sum(r["violation"] for r in rows),
                   problems=summarise(rows, notes), rows=rows)
-    write(Path(args.out), result)
-    print(f"{len(rows)} cases, {result['violations']} violations, "
-          f"{result['runtime_s']:.0f} s; wrote {args.out}/certificate_tightness.{{json,md}}")
-    return result
+    print(f"{len(rows)} cases, {result['violations']} violations, {result['runtime_s']:.0f} s")
+    return _plain(result)
+
+
+def main(argv=None):
+    """Run the benchmark (or, with --replot, rewrite its table); the run folder."""
+    return experiment.main(__doc__, "certificate_tightness", compute, summarise=write_table,
+                           argv=argv, add_arguments=add_arguments, kind="benchmarks",
+                           meta_name="certificate_tightness.json")
 
 
 if __name__ == "__main__":

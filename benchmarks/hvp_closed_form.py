@@ -2,8 +2,11 @@
 
     python benchmarks/hvp_closed_form.py [--quick] [--threads T] [--out results/benchmarks]
 
-Writes ``hvp_closed_form.json`` and ``hvp_closed_form.md`` to ``--out`` (with
-``_threads{T}`` appended when ``--threads`` is given, ``_quick`` with ``--quick``).
+Writes ``hvp_closed_form.json`` (settings, one row per problem, operation and
+implementation, throughputs) and ``hvp_closed_form.md`` to ``--out`` (default
+results/benchmarks; ``_threads{T}`` appended when ``--threads`` is given, ``_quick``
+with ``--quick``, which measures the peak memory of one call only); ``--replot``
+rewrites the .md from the .json.
 
 What is measured (paper setting: 20 gray images of 256 x 256, sigma = 0.1):
 
@@ -46,26 +49,19 @@ import functools
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from bilevel_problems import datasets
+from bilevel_problems.fields_of_experts import CHUNK_COLUMNS
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bilevel import BilevelProblem, experiment
+from bilevel.results import environment
 
-from bilevel_problems import datasets  # noqa: E402
-from bilevel_problems.fields_of_experts import CHUNK_COLUMNS  # noqa: E402
-
-from bilevel import BilevelProblem  # noqa: E402
-
-SHARED_IMAGES = ROOT.parent / "shared" / "data" / "bsd" / "Set68"
 OPS = ("lower_grad", "lower_hvp", "mixed_vjp")
 CHUNKS = (1024, 2048, 4096, 8192, 16384)
 GEMM = "gemm backend"
@@ -74,10 +70,9 @@ BEFORE = "gemm backend before (F.fold, serial chunks)"
 
 # ---------------------------------------------------------------- the problems
 def load_images(n, size, folder):
-    """n gray images size x size: a folder of PNGs if present, else scikit-image crops."""
-    if folder is not None and Path(folder).is_dir():
-        # Recorded relative to the working directory: no machine path in results/.
-        return datasets.load_images(str(folder), n=n, size=size), os.path.relpath(folder)
+    """n gray images size x size: a folder of PNGs if given, else scikit-image crops."""
+    if folder is not None:
+        return datasets.load_images(str(folder), n=n, size=size), folder
     crops, seed = [], 0
     while sum(len(c) for c in crops) < n:
         crops.append(datasets.load_images(None, size=size, mode="crop", seed=seed))
@@ -224,17 +219,9 @@ def gradient_throughput(images, dtype, repeats, n_mm, K, s):
 
 # -------------------------------------------------------------------- report
 def machine():
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return dict(cpu=cpu, logical_cpus=os.cpu_count(), torch=torch.__version__,
-                threads=torch.get_num_threads(), python=platform.python_version(),
+    env = environment()
+    return dict(cpu=env["cpu"], logical_cpus=env["cpus"], torch=env["torch"],
+                threads=torch.get_num_threads(), python=env["python"],
                 blas=("MKL" if torch.backends.mkl.is_available() else "other"),
                 mkldnn=torch.backends.mkldnn.is_available())
 
@@ -261,8 +248,9 @@ def markdown(res):
         "|---|---|---|---|---|---|",
     ]
     for r in res["derivatives"]:
+        peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
         lines.append(f"| {r['problem']} | {r['op']} | {r['impl']} | {r['seconds']:.3f} | "
-                     f"{r['speedup_vs_autograd']:.1f}x | {r['peak_mib']:.0f} |")
+                     f"{r['speedup_vs_autograd']:.1f}x | {peak} |")
     lines += ["", f"Peak memory: {res['memory_method']}.", "",
               "## FoE gradient throughput", "",
               f"One gradient = {res['gradient_flops']:.3g} FLOPs (2 convolution passes of "
@@ -289,38 +277,26 @@ def markdown(res):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
-    parser.add_argument("--n-images", type=int, default=20)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--filters", type=int, default=48)
-    parser.add_argument("--filter-size", type=int, default=7)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--throughput-repeats", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--images", default=str(SHARED_IMAGES),
-                        help="folder of PNGs (scikit-image crops if it does not exist)")
-    parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
-    parser.add_argument("--render", metavar="JSON",
-                        help="only rewrite the .md next to an existing .json")
-    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.memory_probe:
-        print(measure_memory_here(json.loads(args.memory_probe)))
-        return
-    if args.render:
-        path = Path(args.render)
-        path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))
-        return
-    if args.quick:
-        args.n_images, args.size, args.repeats, args.throughput_repeats = 2, 64, 2, 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
-    load_before = [round(v, 2) for v in os.getloadavg()]
+def stem(args):
+    return ("hvp_closed_form" + ("_quick" if args.quick else "")
+            + (f"_threads{args.threads}" if args.threads else ""))
 
-    images, source = load_images(args.n_images, args.size, args.images)
+
+def add_arguments(p):
+    p.add_argument("--n-images", type=int, default=20)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--filters", type=int, default=48)
+    p.add_argument("--filter-size", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--throughput-repeats", type=int, default=9)
+    p.add_argument("--images", default=None,
+                   help="folder of PNGs (default: Set68 where bilevel.experiment.image_folder "
+                        "finds it, else scikit-image crops)")
+    p.add_argument("--memory-probe", help=argparse.SUPPRESS)
+
+
+def derivative_rows(images, args, threads):
+    """Time (and peak memory) of each derivative in each implementation."""
     foe_kw = dict(num_filters=args.filters, filter_size=args.filter_size)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -335,20 +311,33 @@ def main(argv=None):
             for op in OPS:
                 for impl in impls:
                     seconds = best_time(operation(problem, op, impl), args.repeats)
+                    # Each probe is a fresh process (seconds of imports): --quick probes one.
+                    probe = not args.quick or not rows
                     mib = measure_memory(dict(problem=name, kw=kw, op=op, impl=impl,
-                                              images=path, threads=threads))
+                                              images=path, threads=threads)) if probe else None
                     if impl == "closed" and "backend" in kw:
                         impl = f"closed ({kw['backend']})"
                     rows.append(dict(problem=label, op=op, impl=impl, seconds=seconds,
                                      peak_mib=mib))
-                    print(f"{label:15s} {op:11s} {impl:15s} {seconds:8.3f} s {mib:8.0f} MiB",
-                          flush=True)
+                    print(f"{label:15s} {op:11s} {impl:15s} {seconds:8.3f} s "
+                          f"{'-' if mib is None else f'{mib:.0f}':>8s} MiB", flush=True)
     for row in rows:
         ref = next(r for r in rows if r["problem"] == row["problem"] and r["op"] == row["op"]
                    and r["impl"] == "autograd")
         row["speedup_vs_autograd"] = ref["seconds"] / row["seconds"]
-        row["memory_vs_autograd"] = row["peak_mib"] / ref["peak_mib"]
+        row["memory_vs_autograd"] = (None if row["peak_mib"] is None or not ref["peak_mib"]
+                                     else row["peak_mib"] / ref["peak_mib"])
+    return rows
 
+
+def compute(args, folder):
+    if args.quick:
+        args.n_images, args.size, args.repeats, args.throughput_repeats = 2, 64, 2, 2
+    threads = torch.get_num_threads()
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    images, source = load_images(args.n_images, args.size,
+                                 experiment.image_folder("Set68", args.images))
+    rows = derivative_rows(images, args, threads)
     n_mm = 1024 if args.quick else 4096
     throughput = {}
     for dt in (torch.float64, torch.float32):
@@ -357,7 +346,21 @@ def main(argv=None):
                                                      n_mm, args.filters, args.filter_size)
         print(key, json.dumps(throughput[key], indent=1), flush=True)
     load_after = [round(v, 2) for v in os.getloadavg()]
+    verdict = verdicts(rows, throughput)
+    print("\n".join(verdict))
+    return dict(machine=machine(), load_before=load_before, load_after=load_after,
+                config=dict(n_images=args.n_images, size=args.size, images=source,
+                            num_filters=args.filters, filter_size=args.filter_size,
+                            repeats=args.repeats, throughput_repeats=args.throughput_repeats,
+                            dtype="float64"),
+                memory_method="fresh subprocess per measurement; /proc/self/clear_refs reset "
+                              "of the peak RSS, then VmHWM - VmRSS around one call; "
+                              "MALLOC_MMAP_THRESHOLD_=65536",
+                derivatives=rows, gradient_flops=flops, matmul_n=n_mm, throughput=throughput,
+                verdict=verdict)
 
+
+def verdicts(rows, throughput):
     def speedups(problem, impl):
         return ", ".join(f"{r['op']} {r['speedup_vs_autograd']:.1f}x" for r in rows
                          if r["problem"] == problem and r["impl"] == impl)
@@ -375,26 +378,24 @@ def main(argv=None):
             f"{100 * tp['fraction_of_matmul'][default]:.0f}% of matmul throughput "
             f"(target >= 50%); best variant {best} at "
             f"{100 * tp['fraction_of_matmul'][best]:.0f}%.")
-    res = dict(machine=machine(), load_before=load_before, load_after=load_after,
-               command="python benchmarks/hvp_closed_form.py "
-                       + " ".join(argv if argv is not None else sys.argv[1:]),
-               config=dict(n_images=args.n_images, size=args.size, images=source,
-                           num_filters=args.filters, filter_size=args.filter_size,
-                           repeats=args.repeats, throughput_repeats=args.throughput_repeats,
-                           dtype="float64"),
-               memory_method="fresh subprocess per measurement; /proc/self/clear_refs reset "
-                             "of the peak RSS, then VmHWM - VmRSS around one call; "
-                             "MALLOC_MMAP_THRESHOLD_=65536",
-               derivatives=rows, gradient_flops=flops, matmul_n=n_mm, throughput=throughput,
-               verdict=verdict)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = ("hvp_closed_form" + ("_quick" if args.quick else "")
-            + (f"_threads{args.threads}" if args.threads else ""))
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    (out / f"{stem}.md").write_text(markdown(res))
-    print("\n".join(verdict))
-    print(f"wrote {out / stem}.json and .md")
+    return verdict
+
+
+def write_markdown(folder):
+    """The .md beside the .json."""
+    folder.write_text(folder.meta_name.replace(".json", ".md"), markdown(folder.read_meta()))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "--memory-probe" in argv:  # one measurement, in the fresh process measure_memory started
+        parser = experiment.parser(__doc__, threads=None)
+        add_arguments(parser)
+        print(measure_memory_here(json.loads(parser.parse_args(argv).memory_probe)))
+        return
+    return experiment.main(__doc__, "hvp_closed_form", compute, summarise=write_markdown,
+                           argv=argv, add_arguments=add_arguments, kind="benchmarks",
+                           meta_name=lambda args: f"{stem(args)}.json", threads=None)
 
 
 if __name__ == "__main__":

@@ -20,29 +20,24 @@ Test: centre crops of ``--test-size`` of the first ``--n-test`` images of the te
 folder (Set68 when present), other noise (seed + 1); mean PSNR / SSIM of the
 lower-level solution to certified accuracy 1e-3.
 
-Writes results/benchmarks/ridge_vs_foe.{json,md} and ridge_vs_foe_history.csv.
+Writes results/benchmarks/ridge_vs_foe.{json (settings, per-model summaries, one row
+per model and theta), md} and ridge_vs_foe_history.csv (one row per MAID iteration
+of each model); with ``--quick`` the stem is ridge_vs_foe_quick.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
-import warnings
-from pathlib import Path
 
-import torch
 from bilevel_problems import datasets
 
-import bilevel
-from bilevel.results import environment, write_csv
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsd"  # absent: skimage
+from bilevel import experiment
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
+def stem(args):
+    return "ridge_vs_foe_quick" if args.quick else "ridge_vs_foe"
+
+
+def add_arguments(p):
     p.add_argument("--train-dir", default=None, help="default: BSD400 if present, else skimage")
     p.add_argument("--test-dir", default=None, help="default: Set68 if present, else skimage")
     p.add_argument("--n-train", type=int, default=8)
@@ -56,20 +51,13 @@ def parse_args():
     p.add_argument("--max-iter", type=int, default=60)
     p.add_argument("--alpha0", type=float, default=0.1)
     p.add_argument("--models", default="ridge_regularizer,fields_of_experts")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (shared machine)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/benchmarks")
-    return p.parse_args()
 
 
 def load_sets(args):
-    # Relative to the working directory: no machine path in results/.
-    train_dir = args.train_dir or (os.path.relpath(SHARED / "train")
-                                   if (SHARED / "train").is_dir() else None)
-    test_dir = args.test_dir or (os.path.relpath(SHARED / "Set68")
-                                 if (SHARED / "Set68").is_dir() else None)
     train, test, _, sources = datasets.train_test_images(
-        train_dir, test_dir, args.n_train, args.n_test, args.size, args.test_size, seed=args.seed)
+        experiment.image_folder("train", args.train_dir),
+        experiment.image_folder("Set68", args.test_dir),
+        args.n_train, args.n_test, args.size, args.test_size, seed=args.seed)
     return train, test, sources
 
 
@@ -90,78 +78,82 @@ def scale_grid(name):
             else (-6.0, -5.0, -4.0, -3.0, -2.0))
 
 
-def main():
-    args = parse_args()
+def train(name, args, train_images, noisy_train):
+    """The global scale picked on a grid by training loss, then MAID; (problem, outcome, info)."""
+    t0 = time.perf_counter()
+    calib = []
+    for ls in scale_grid(name):
+        problem = build(name, args, train_images, noisy_train, ls)
+        sol = problem.solve_lower(problem.initial_theta(), 1e-3)
+        calib.append((float(problem.upper_objective(sol.x, problem.initial_theta())), ls))
+        print(f"  {name}: theta_0 = {ls:+.1f}: training loss {calib[-1][0]:.4f}", flush=True)
+    log_scale = min(calib)[1]
+    problem = build(name, args, train_images, noisy_train, log_scale)
+
+    def callback(state, row):
+        print(f"  {name} it {row['iteration']:3d}  F {row['upper_value']:.4f}  "
+              f"|z| {row['grad_norm']:.2e}  eps {row['eps']:.1e}  step {row['step']:.2e}  "
+              f"t {row['time']:.0f}s", flush=True)
+        return False
+
+    outcome = experiment.run_method(problem, experiment.Run(name, "maid",
+                                                            dict(alpha0=args.alpha0)),
+                                    callback=callback, max_iter=args.max_iter)
+    info = dict(log_scale_start=log_scale, calibration=calib, status=outcome.result.status,
+                warnings=outcome.warnings, iterations=len(outcome.history),
+                final_upper=outcome.last["upper_value"], cost=outcome.last["cost"],
+                train_time_s=round(time.perf_counter() - t0, 1))
+    return problem, outcome, info
+
+
+def compute(args, folder):
     if args.quick:
         args.n_train, args.size, args.n_test, args.test_size = 2, 16, 2, 24
         args.max_iter, args.filters, args.filter_size, args.knots = 3, 2, 3, 5
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    train, test, sources = load_sets(args)
-    noisy_train = datasets.add_noise(train, args.sigma, args.seed)
+    train_images, test, sources = load_sets(args)
+    noisy_train = datasets.add_noise(train_images, args.sigma, args.seed)
     noisy_test = datasets.add_noise(test, args.sigma, args.seed + 1)
-    base = dict(noisy_train_psnr=float(datasets.psnr(noisy_train, train).mean()),
+    base = dict(noisy_train_psnr=float(datasets.psnr(noisy_train, train_images).mean()),
                 noisy_test_psnr=float(datasets.psnr(noisy_test, test).mean()))
-    print(f"train {tuple(train.shape)} from {sources['train']}, test {tuple(test.shape)} from "
-          f"{sources['test']}; noisy test PSNR {base['noisy_test_psnr']:.2f}", flush=True)
+    print(f"train {tuple(train_images.shape)} from {sources['train']}, test "
+          f"{tuple(test.shape)} from {sources['test']}; noisy test PSNR "
+          f"{base['noisy_test_psnr']:.2f}", flush=True)
     rows, history, summary = [], [], {}
     for name in args.models.split(","):
-        t0 = time.perf_counter()
-        calib = []
-        for ls in scale_grid(name):
-            problem = build(name, args, train, noisy_train, ls)
-            sol = problem.solve_lower(problem.initial_theta(), 1e-3)
-            calib.append((float(problem.upper_objective(sol.x, problem.initial_theta())), ls))
-            print(f"  {name}: theta_0 = {ls:+.1f}: training loss {calib[-1][0]:.4f}", flush=True)
-        log_scale = min(calib)[1]
-        problem = build(name, args, train, noisy_train, log_scale)
-        theta0 = problem.initial_theta()
-
-        def callback(state, row, name=name):
-            history.append(dict(model=name, **row))
-            print(f"  {name} it {row['iteration']:3d}  F {row['upper_value']:.4f}  "
-                  f"|z| {row['grad_norm']:.2e}  eps {row['eps']:.1e}  step {row['step']:.2e}  "
-                  f"t {row['time']:.0f}s", flush=True)
-            return False
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
-            result = bilevel.solve(problem, "maid", max_iter=args.max_iter, alpha0=args.alpha0,
-                                   callback=callback)
-        train_time = time.perf_counter() - t0
+        problem, outcome, info = train(name, args, train_images, noisy_train)
+        history += [dict(model=name, **row) for row in outcome.rows()]
         evals = {}
-        for label, theta in (("start", theta0), ("learned", result.theta)):
+        for label, theta in (("start", problem.initial_theta()), ("learned",
+                                                                  outcome.result.theta)):
             q = problem.quality(theta, clean=test, noisy=noisy_test, tol=1e-3)
             qt = problem.quality(theta, tol=1e-3)
             evals[label] = dict(test_psnr=q["psnr"], test_ssim=q["ssim"], train_psnr=qt["psnr"],
                                 test_psnr_per_image=q["psnr_per_image"])
             rows.append(dict(model=name, theta=label, test_psnr=q["psnr"], test_ssim=q["ssim"],
                              train_psnr=qt["psnr"]))
-        summary[name] = dict(parameters=int(theta0.numel()), log_scale_start=log_scale,
-                             calibration=calib, status=result.status,
-                             iterations=len(result.history),
-                             final_upper=result.history[-1]["upper_value"],
-                             cost=result.history[-1]["cost"], train_time_s=round(train_time, 1),
-                             **evals)
+        summary[name] = dict(parameters=int(problem.initial_theta().numel()), **info, **evals)
         print(f"{name}: test PSNR start {evals['start']['test_psnr']:.2f} -> learned "
-              f"{evals['learned']['test_psnr']:.2f} ({train_time:.0f} s)", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "ridge_vs_foe_quick" if args.quick else "ridge_vs_foe"
-    write_csv(out / f"{stem}_history.csv", history)
-    meta = dict(settings=vars(args), sources=sources, baseline=base, models=summary, rows=rows,
-                wall_time_s=round(time.perf_counter() - started, 1), environment=environment())
-    (out / f"{stem}.json").write_text(json.dumps(meta, indent=2, default=str))
-    lines = [f"# Ridge regularizer vs. fields of experts ({args.filters} filters "
-             f"{args.filter_size}x{args.filter_size})", "",
-             f"Train: {args.n_train} crops {args.size}x{args.size} from {sources['train']}; "
-             f"test: {args.n_test} centre crops {args.test_size}x{args.test_size} from "
-             f"{sources['test']}; sigma = {args.sigma:.4f}; MAID {args.max_iter} iterations "
-             f"(alpha0 = {args.alpha0}); {args.threads} torch thread(s).", "",
+              f"{evals['learned']['test_psnr']:.2f} ({info['train_time_s']:.0f} s)", flush=True)
+    folder.write_rows(f"{stem(args)}_history.csv", history)
+    return dict(settings={k: v for k, v in vars(args).items() if k != "command"},
+                sources=sources, baseline=base, models=summary, rows=rows)
+
+
+def write_table(folder):
+    """The .md beside the .json."""
+    meta = folder.read_meta()
+    a, base, summary, sources = meta["settings"], meta["baseline"], meta["models"], \
+        meta["sources"]
+    lines = [f"# Ridge regularizer vs. fields of experts ({a['filters']} filters "
+             f"{a['filter_size']}x{a['filter_size']})", "",
+             f"Train: {a['n_train']} crops {a['size']}x{a['size']} from {sources['train']}; "
+             f"test: {a['n_test']} centre crops {a['test_size']}x{a['test_size']} from "
+             f"{sources['test']}; sigma = {a['sigma']:.4f}; MAID {a['max_iter']} iterations "
+             f"(alpha0 = {a['alpha0']}); {a['threads']} torch thread(s).", "",
              f"Noisy test PSNR: {base['noisy_test_psnr']:.2f} dB.", "",
              "| model | parameters | theta | test PSNR | test SSIM | train PSNR |",
              "|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in meta["rows"]:
         lines.append(f"| {r['model']} | {summary[r['model']]['parameters']} | {r['theta']} | "
                      f"{r['test_psnr']:.2f} | {r['test_ssim']:.3f} | {r['train_psnr']:.2f} |")
     lines += ["", "| model | status | iterations | cost (lower+CG its) | training time (s) |",
@@ -169,8 +161,13 @@ def main():
     for name, s in summary.items():
         lines.append(f"| {name} | {s['status']} | {s['iterations']} | {s['cost']} | "
                      f"{s['train_time_s']} |")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / stem}.{{json,md}} in {time.perf_counter() - started:.0f} s")
+    folder.write_text(folder.meta_name.replace(".json", ".md"), "\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    return experiment.main(__doc__, "ridge_vs_foe", compute, summarise=write_table, argv=argv,
+                           add_arguments=add_arguments, kind="benchmarks",
+                           meta_name=lambda args: f"{stem(args)}.json")
 
 
 if __name__ == "__main__":

@@ -3,16 +3,16 @@ against unrolled differentiation, and the data-parallel speed-up.
 
     python benchmarks/scale.py [--quick]
 
-Writes results/benchmarks/scale.{json,md} with the device name.  Memory is the
-growth of the peak resident set of a fresh subprocess over one call (CPU; the peak
-is reset through /proc/self/clear_refs first).
+Writes results/benchmarks/scale.{json (settings and one row per measurement), md}
+with the device name (``--quick``: scale_quick).  Memory is the growth of the peak
+resident set of a fresh subprocess over one call (CPU; the peak is reset through
+/proc/self/clear_refs first).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -21,18 +21,17 @@ from pathlib import Path
 
 import torch
 
+from bilevel import experiment
+from bilevel.results import environment
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def device_name(device):
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
-    return platform.processor() or platform.machine()
+    env = environment()
+    return f"{env['cpu']} ({env['cpus']} logical CPUs)"
 
 
 def problem(kind, n, size, dtype, device):
@@ -148,20 +147,15 @@ def data_parallel(n, size, iterations, tmp):
     return rows
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="results/benchmarks")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.memory_child:
-        mode, K, n, size = args.memory_child
-        return memory_child(mode, int(K), int(n), int(size))
+def stem(args):
+    return "scale_quick" if args.quick else "scale"
 
-    # One thread: on a 2-core machine shared with other processes, two threads per
-    # process oversubscribe the cores and small operations slow down erratically.
-    torch.set_num_threads(args.threads)
+
+def add_arguments(p):
+    p.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+
+
+def compute(args, folder):
     n, size = (2, 32) if args.quick else (8, 128)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     speed = []
@@ -171,41 +165,66 @@ def main():
                 speed.append(throughput(kind, n, size, dtype, device, 20 if args.quick else 100))
                 print(speed[-1], flush=True)
     mem_n, mem_size = (2, 32) if args.quick else (4, 96)
-    dp_setting = (4, 32, 3) if args.quick else (8, 256, 10)  # images, size, MAID iterations
-    mem = memory([10, 20] if args.quick else [25, 50, 100, 200, 400], mem_n, mem_size)
+    dp_setting = (2, 16, 1) if args.quick else (8, 256, 10)  # images, size, MAID iterations
+    mem = memory([10] if args.quick else [25, 50, 100, 200, 400], mem_n, mem_size)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         dp = data_parallel(*dp_setting, tmp)
-    result = dict(devices={d: device_name(d) for d in devices}, torch=torch.__version__,
-                  threads=torch.get_num_threads(), images=n, size=size, speed=speed,
-                  memory=mem, data_parallel=dp, command=" ".join(sys.argv))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scale.json").write_text(json.dumps(result, indent=2))
-    lines = ["# Scale benchmarks\n", f"Devices: {result['devices']}; torch {torch.__version__}; "
-             f"command: `{result['command']}`\n",
+    return dict(devices={d: device_name(d) for d in devices}, torch=torch.__version__,
+                threads=torch.get_num_threads(), images=n, size=size, speed=speed,
+                memory=mem, memory_images=mem_n, memory_size=mem_size, data_parallel=dp,
+                data_parallel_setting=dp_setting,
+                load_average=[round(v, 2) for v in os.getloadavg()])
+
+
+def write_table(folder):
+    """The .md beside the .json.  A JSON written before the memory and data-parallel
+    settings were recorded is a full run: 4 images 96x96, and 8 images 256x256 for 10
+    iterations."""
+    r = folder.read_meta()
+    n, size, speed, mem, dp = r["images"], r["size"], r["speed"], r["memory"], \
+        r["data_parallel"]
+    mem_n, mem_size = r.get("memory_images", 4), r.get("memory_size", 96)
+    dp_setting = r.get("data_parallel_setting", (8, 256, 10))
+    lines = ["# Scale benchmarks\n", f"Devices: {r['devices']}; torch {r['torch']}; "
+             f"command: `{r['command']}`\n",
              f"## Lower-level throughput and hypergradient time ({n} images {size}x{size}; "
              "FoE 48 filters 7x7)\n",
              "| problem | device | dtype | pixels x iterations / s | hypergradient (s) at "
              "eps=delta=1e-4 | its lower+CG iterations |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['kind']} | {r['device']} | {r['dtype']} | {r['pixel_iterations_per_s']:.3g} "
-              f"| {r['hypergradient_s']:.3f} | {r['hypergradient_cost']} |" for r in speed]
-    load = os.getloadavg()
+    lines += [f"| {s['kind']} | {s['device']} | {s['dtype']} | "
+              f"{s['pixel_iterations_per_s']:.3g} | {s['hypergradient_s']:.3f} | "
+              f"{s['hypergradient_cost']} |" for s in speed]
     lines += ["", f"## Peak memory (TV, {mem_n} images {mem_size}x{mem_size}, float64, CPU)\n",
               "| K (lower-level iterations) | implicit (MiB) | unrolled (MiB) |", "|---|---|---|"]
-    by = {(r["mode"], r["K"]): r["peak_mib"] for r in mem}
+    by = {(m["mode"], m["K"]): m["peak_mib"] for m in mem}
     lines += [f"| {K} | {by[('implicit', K)]:.0f} | {by[('unrolled', K)]:.0f} |"
-              for K in sorted({r["K"] for r in mem})]
+              for K in sorted({m["K"] for m in mem})]
     t1, t2 = dp[0]["seconds"], dp[1]["seconds"]
     lines += ["", "## Data parallel (gloo, one thread per process)\n",
               f"TV, {dp_setting[0]} images {dp_setting[1]}x{dp_setting[1]}, MAID "
               f"{dp_setting[2]} iterations: 1 process {t1:.2f} s, 2 processes "
-              f"{t2:.2f} s, speed-up {t1 / t2:.2f}x.",
-              "", f"Load average at the end (1, 5, 15 min): {load[0]:.2f}, {load[1]:.2f}, "
-              f"{load[2]:.2f}; other jobs on this shared machine inflate times."]
-    (out / "scale.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+              f"{t2:.2f} s, speed-up {t1 / t2:.2f}x."]
+    if "load_average" in r:
+        load = r["load_average"]
+        lines += ["", f"Load average at the end (1, 5, 15 min): {load[0]:.2f}, {load[1]:.2f}, "
+                      f"{load[2]:.2f}; other jobs on this shared machine inflate times."]
+    folder.write_text(folder.meta_name.replace(".json", ".md"), "\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "--memory-child" in argv:  # one measurement, in the fresh process memory() started
+        parser = experiment.parser(__doc__)
+        add_arguments(parser)
+        mode, K, n, size = parser.parse_args(argv).memory_child
+        return memory_child(mode, int(K), int(n), int(size))
+    # One thread: on a 2-core machine shared with other processes, two threads per
+    # process oversubscribe the cores and small operations slow down erratically.
+    return experiment.main(__doc__, "scale", compute, summarise=write_table, argv=argv,
+                           add_arguments=add_arguments, kind="benchmarks",
+                           meta_name=lambda args: f"{stem(args)}.json")
 
 
 if __name__ == "__main__":

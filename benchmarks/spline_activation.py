@@ -25,7 +25,8 @@ respect to x and, for splines, the coefficients):
   the operation needs beyond its input.
 
 Each variant runs in its own subprocess so the high-water marks do not mix.
-Writes results/benchmarks/spline_activation.{json,md}.
+Writes results/benchmarks/spline_activation.{json (settings, one row per variant),
+md}; ``--quick`` (a small input, ReLU and one spline) writes spline_activation_quick.
 """
 from __future__ import annotations
 
@@ -35,21 +36,21 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from bilevel import experiment
 
 VARIANTS = ("relu", "spline", "spline_many_knots", "spline_autograd")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small input (seconds)")
+def stem(args):
+    return "spline_activation_quick" if args.quick else "spline_activation"
+
+
+def add_arguments(p):
     p.add_argument("--shape", type=int, nargs="+", default=[256, 64, 32, 32])
     p.add_argument("--knots", type=int, default=21)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="results/benchmarks")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
 
 
 def worker(args):
@@ -120,14 +121,14 @@ def worker(args):
                           peak_extra_bytes_per_element=(peak - base) * 1024 / n)))
 
 
-def main():
-    args = parse_args()
-    if args.worker:
-        return worker(args)
+def compute(args, folder):
+    # Each worker is a fresh process (a few seconds of imports): the quick run measures
+    # two of them.
+    variants = VARIANTS[:2] if args.quick else VARIANTS
     if args.quick:
         args.shape, args.repeats = [16, 8, 16, 16], 2
     rows = []
-    for variant in VARIANTS:
+    for variant in variants:
         cmd = [sys.executable, __file__, "--worker", variant, "--shape", *map(str, args.shape),
                "--knots", str(args.knots), "--repeats", str(args.repeats),
                "--threads", str(args.threads)]
@@ -139,23 +140,21 @@ def main():
               f"{r['peak_extra_bytes'] / 2**20:7.1f} MiB", flush=True)
     import torch
 
-    from bilevel.results import environment
+    return dict(shape=args.shape, dtype="float32", device="cpu", threads=args.threads,
+                repeats=args.repeats, torch=torch.__version__, rows=rows)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "spline_activation_quick" if args.quick else "spline_activation"
-    meta = dict(shape=args.shape, dtype="float32", device="cpu", threads=args.threads,
-                repeats=args.repeats, torch=torch.__version__, rows=rows,
-                environment=environment())
-    (out / f"{stem}.json").write_text(json.dumps(meta, indent=2))
-    relu = rows[0]
-    lines = [f"# LinearSpline vs. ReLU: forward + backward on {tuple(args.shape)} float32 (CPU)",
-             "",
-             f"{args.threads} torch thread(s), median of {args.repeats} runs after a warm-up; "
-             "each variant in a fresh process.  *saved*: bytes of the distinct storages "
-             "autograd keeps for backward (saved_tensors_hooks); *not input*: of which not x "
-             "itself; *peak*: growth of the process's resident-set high-water mark over one "
-             "forward + backward (output, gradients and temporaries included).", "",
+
+def write_table(folder):
+    """The .md beside the .json."""
+    meta = folder.read_meta()
+    rows, relu = meta["rows"], meta["rows"][0]
+    lines = [f"# LinearSpline vs. ReLU: forward + backward on {tuple(meta['shape'])} float32 "
+             "(CPU)", "",
+             f"{meta['threads']} torch thread(s), median of {meta['repeats']} runs after a "
+             "warm-up; each variant in a fresh process.  *saved*: bytes of the distinct "
+             "storages autograd keeps for backward (saved_tensors_hooks); *not input*: of which "
+             "not x itself; *peak*: growth of the process's resident-set high-water mark over "
+             "one forward + backward (output, gradients and temporaries included).", "",
              "| variant | knots | time (ms) | x ReLU | saved (MiB) | saved B/elem | "
              "not input (MiB) | peak (MiB) | peak B/elem |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -166,8 +165,18 @@ def main():
                      f"{r['saved_not_input_bytes'] / 2**20:.1f} | "
                      f"{r['peak_extra_bytes'] / 2**20:.1f} | "
                      f"{r['peak_extra_bytes_per_element']:.1f} |")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / stem}.{{json,md}}")
+    folder.write_text(folder.meta_name.replace(".json", ".md"), "\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "--worker" in argv:  # one variant, in the fresh process that compute() started
+        parser = experiment.parser(__doc__)
+        add_arguments(parser)
+        return worker(parser.parse_args(argv))
+    return experiment.main(__doc__, "spline_activation", compute, summarise=write_table,
+                           argv=argv, add_arguments=add_arguments, kind="benchmarks",
+                           meta_name=lambda args: f"{stem(args)}.json")
 
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ def command_line(argv=None, script=None) -> str:
     return " ".join(["python", *(relative(a) for a in argv)])
 
 
-def environment() -> dict:
-    """Versions, machine and git commit, for meta.json."""
+def environment(command=None) -> dict:
+    """Versions, machine and git commit, for meta.json; ``command`` (default: this
+    process's command line) with its paths relative."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip()
@@ -59,7 +60,8 @@ def environment() -> dict:
                 cpu=_cpu_name(), platform=platform.platform(),
                 cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                git_commit=commit or None, command=" ".join(relative(a) for a in sys.argv))
+                git_commit=commit or None,
+                command=command or " ".join(relative(a) for a in sys.argv))
 
 
 class CorruptRunError(ValueError):
@@ -160,7 +162,8 @@ class RunFolder:
 
     def write_meta(self, meta: dict) -> Path:
         """Write the meta file with the environment added: the folder is complete."""
-        return self.write_json(self.meta_name, dict(meta, environment=environment()))
+        return self.write_json(self.meta_name,
+                               dict(meta, environment=environment(meta.get("command"))))
 
     def read_rows(self, name="data.csv") -> list[dict]:
         """The rows of a CSV file of the folder, numbers parsed (CorruptRunError if empty)."""
