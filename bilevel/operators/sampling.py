@@ -50,6 +50,9 @@ class Inpainting(LinearOperator):
 
     def A(self, x):
         check_image(x, self.mask.shape[-2:], "Inpainting")
+        if torch.broadcast_shapes(self.mask.shape, x.shape) != x.shape:
+            raise ValueError(f"Inpainting's masks {tuple(self.mask.shape)} do not match the "
+                             f"images {tuple(x.shape)}")
         return self._mask.like(x) * x
 
     def A_adjoint(self, y):
