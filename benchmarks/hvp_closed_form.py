@@ -4,9 +4,9 @@
 
 Writes ``hvp_closed_form.json`` (settings, one row per problem, operation and
 implementation, throughputs) and ``hvp_closed_form.md`` to ``--out`` (default
-results/benchmarks; ``_threads{T}`` appended when ``--threads`` is given, ``_quick``
-with ``--quick``, which measures the peak memory of one call only); ``--replot``
-rewrites the .md from the .json.
+results/benchmarks; ``_threads{T}`` appended when ``--threads`` is given);
+``--quick`` measures the peak memory of one call only; ``--replot`` rewrites the .md
+from the .json.
 
 What is measured (paper setting: 20 gray images of 256 x 256, sigma = 0.1):
 
@@ -278,8 +278,7 @@ def markdown(res):
 
 
 def stem(args):
-    return ("hvp_closed_form" + ("_quick" if args.quick else "")
-            + (f"_threads{args.threads}" if args.threads else ""))
+    return "hvp_closed_form" + (f"_threads{args.threads}" if args.threads else "")
 
 
 def add_arguments(p):

@@ -22,7 +22,7 @@ lower-level solution to certified accuracy 1e-3.
 
 Writes results/benchmarks/ridge_vs_foe.{json (settings, per-model summaries, one row
 per model and theta), md} and ridge_vs_foe_history.csv (one row per MAID iteration
-of each model); with ``--quick`` the stem is ridge_vs_foe_quick.
+of each model).
 """
 from __future__ import annotations
 
@@ -31,10 +31,6 @@ import time
 from bilevel_problems import datasets
 
 from bilevel import experiment
-
-
-def stem(args):
-    return "ridge_vs_foe_quick" if args.quick else "ridge_vs_foe"
 
 
 def add_arguments(p):
@@ -134,7 +130,7 @@ def compute(args, folder):
         summary[name] = dict(parameters=int(problem.initial_theta().numel()), **info, **evals)
         print(f"{name}: test PSNR start {evals['start']['test_psnr']:.2f} -> learned "
               f"{evals['learned']['test_psnr']:.2f} ({info['train_time_s']:.0f} s)", flush=True)
-    folder.write_rows(f"{stem(args)}_history.csv", history)
+    folder.write_rows("ridge_vs_foe_history.csv", history)
     return dict(settings={k: v for k, v in vars(args).items() if k != "command"},
                 sources=sources, baseline=base, models=summary, rows=rows)
 
@@ -167,7 +163,7 @@ def write_table(folder):
 def main(argv=None):
     return experiment.main(__doc__, "ridge_vs_foe", compute, summarise=write_table, argv=argv,
                            add_arguments=add_arguments, kind="benchmarks",
-                           meta_name=lambda args: f"{stem(args)}.json")
+                           meta_name="ridge_vs_foe.json")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ against unrolled differentiation, and the data-parallel speed-up.
     python benchmarks/scale.py [--quick]
 
 Writes results/benchmarks/scale.{json (settings and one row per measurement), md}
-with the device name (``--quick``: scale_quick).  Memory is the growth of the peak
+with the device name.  Memory is the growth of the peak
 resident set of a fresh subprocess over one call (CPU; the peak is reset through
 /proc/self/clear_refs first).
 """
@@ -147,10 +147,6 @@ def data_parallel(n, size, iterations, tmp):
     return rows
 
 
-def stem(args):
-    return "scale_quick" if args.quick else "scale"
-
-
 def add_arguments(p):
     p.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
 
@@ -224,7 +220,7 @@ def main(argv=None):
     # process oversubscribe the cores and small operations slow down erratically.
     return experiment.main(__doc__, "scale", compute, summarise=write_table, argv=argv,
                            add_arguments=add_arguments, kind="benchmarks",
-                           meta_name=lambda args: f"{stem(args)}.json")
+                           meta_name="scale.json")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ respect to x and, for splines, the coefficients):
 
 Each variant runs in its own subprocess so the high-water marks do not mix.
 Writes results/benchmarks/spline_activation.{json (settings, one row per variant),
-md}; ``--quick`` (a small input, ReLU and one spline) writes spline_activation_quick.
+md}; ``--quick``: a small input, ReLU and one spline.
 """
 from __future__ import annotations
 
@@ -40,10 +40,6 @@ import time
 from bilevel import experiment
 
 VARIANTS = ("relu", "spline", "spline_many_knots", "spline_autograd")
-
-
-def stem(args):
-    return "spline_activation_quick" if args.quick else "spline_activation"
 
 
 def add_arguments(p):
@@ -176,7 +172,7 @@ def main(argv=None):
         return worker(parser.parse_args(argv))
     return experiment.main(__doc__, "spline_activation", compute, summarise=write_table,
                            argv=argv, add_arguments=add_arguments, kind="benchmarks",
-                           meta_name=lambda args: f"{stem(args)}.json")
+                           meta_name="spline_activation.json")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def relative(arg: str) -> str:
     Run folders are committed: an absolute path names one machine's layout.
     """
     text = str(arg)
-    if os.path.isabs(text) and not any(c.isspace() for c in text):
+    if os.path.isabs(text) and len(Path(text).parts) > 1 and not any(c.isspace() for c in text):
         return os.path.relpath(text)
     return text
 

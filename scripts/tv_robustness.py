@@ -43,8 +43,8 @@ def runs():
 
 
 def compute(args, folder):
-    size = dict(n_images=2, size=24) if args.quick else dict(n_images=4, size=48)
-    max_iter = 15 if args.quick else 100
+    size = dict(n_images=2, size=16) if args.quick else dict(n_images=4, size=48)
+    max_iter = 10 if args.quick else 100
     problem = bilevel.make_problem("tv_denoising", seed=args.seed, **size)
     outcomes = experiment.run_methods(problem, runs(), max_iter=max_iter, tol=0)
     folder.write_rows("data.csv", experiment.history_rows(outcomes, KEEP))

@@ -1,78 +1,120 @@
-"""Every figure script's --quick run produces its three files."""
-import csv
+"""Every script and benchmark: ``--quick`` writes its files in seconds, and ``--replot``
+redraws from those files alone, on a quick run and on a copy of each committed run.
+
+Run in this process (no interpreter start-up per run).  ``--replot`` runs with the
+script's ``compute``, the runner and the image loaders replaced by functions that
+raise, and must leave every data file as it was.
+"""
+import importlib.util
 import json
-import subprocess
+import os
+import shutil
 import sys
+import tempfile
+from functools import cache
 from pathlib import Path
 
 import pytest
+from bilevel_problems import datasets
+
+from bilevel import experiment
+from bilevel.results import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.mark.parametrize("script,png", [("quadratic", "quadratic.png"),
-                                        ("logreg_vs_hoag", "logreg_vs_hoag.png"),
-                                        ("tv_robustness", "tv_robustness.png"),
-                                        ("learned_foe", "filters.png"),
-                                        ("foe_vs_hoag", "foe_vs_hoag.png")])
-def test_quick_figure(tmp_path, script, png):
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), "--quick",
-                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    with open(tmp_path / "data.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert rows
-    meta = json.loads((tmp_path / "meta.json").read_text())
-    assert meta["quick"] is True and "environment" in meta
-    assert (tmp_path / png).stat().st_size > 10_000
-    if script == "learned_foe":  # not one of the paper's figures: no separate plot step
-        return
-    (tmp_path / png).unlink()
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), "--replot",
-                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / png).stat().st_size > 10_000
-
-
-def test_quick_learned_tv(tmp_path):
-    """learned_tv --quick: its files, a learned weight that denoises, and --replot."""
-    script = str(ROOT / "scripts" / "learned_tv.py")
-    done = subprocess.run([sys.executable, script, "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    with open(tmp_path / "data.csv") as f:
-        rows = {r["method"]: r for r in csv.DictReader(f)}  # last grid row per method
-    assert float(rows["learned"]["psnr"]) > float(rows["noisy"]["psnr"]) + 3
-    assert json.loads((tmp_path / "meta.json").read_text())["quick"] is True
-    (tmp_path / "learned_tv.png").unlink()
-    done = subprocess.run([sys.executable, script, "--replot", "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "learned_tv.png").stat().st_size > 10_000
+#: script -> the figures its plot draws from a quick run.
+SCRIPTS = {
+    "quadratic": ["quadratic.png"],
+    "tv_robustness": ["tv_robustness.png"],
+    "quadratic_table": [],
+    "learned_foe": ["filters.png", "example.png"],
+    "learned_tv": ["learned_tv.png"],
+    "lipschitz_1d": ["lipschitz_1d.png"],
+    "lipschitz_noisy": ["lipschitz_noisy.png"],
+    "spline_digits": ["activations.png"],
+    "foe_vs_hoag": ["foe_vs_hoag.png"],
+    "logreg_vs_hoag": ["logreg_vs_hoag.png"],
+    "plugin_regularizer": ["plugin_regularizer.png"],
+}
+#: benchmark -> (its extra arguments, the meta file of a quick run).
+BENCHMARKS = {
+    "certificate_tightness": ([], "certificate_tightness.json"),
+    "hvp_closed_form": (["--threads", "1"], "hvp_closed_form_threads1.json"),
+    "ridge_vs_foe": ([], "ridge_vs_foe.json"),
+    "scale": ([], "scale.json"),
+    "spline_activation": ([], "spline_activation.json"),
+}
+#: Committed benchmark results: (benchmark, extra arguments, their meta file).
+COMMITTED_BENCHMARKS = [("certificate_tightness", [], "certificate_tightness.json"),
+                        ("hvp_closed_form", [], "hvp_closed_form.json"),
+                        ("hvp_closed_form", ["--threads", "1"], "hvp_closed_form_threads1.json"),
+                        ("ridge_vs_foe", [], "ridge_vs_foe.json"),
+                        ("scale", [], "scale.json"),
+                        ("spline_activation", [], "spline_activation.json")]
+#: Files --replot writes: figures and summaries (everything else is data).
+DRAWN = (".png", ".md")
+#: Benchmarks whose quick run starts several interpreters (torchrun, memory probes).
+SLOW_QUICK = {"scale"}
 
 
-def test_quick_certificate_tightness(tmp_path):
-    """benchmarks/certificate_tightness.py --quick: both files, no bound below its true error."""
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "certificate_tightness.py"),
-                           "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
-                          cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    result = json.loads((tmp_path / "certificate_tightness.json").read_text())
-    assert result["quick"] is True and result["rows"]
-    assert result["violations"] == 0, [r for r in result["rows"] if r["violation"]]
-    assert all(s["cases"] > 0 for s in result["problems"].values())
-    assert str(tmp_path) not in json.dumps(result)  # no absolute paths
-    table = (tmp_path / "certificate_tightness.md").read_text()
-    assert "| quadratic |" in table and str(tmp_path) not in table
+@cache
+def module(kind, name):
+    """scripts/NAME.py or benchmarks/NAME.py, imported (scripts/ on the path for _figure)."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location(f"{kind}_{name}", ROOT / kind / f"{name}.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
 
 
-def test_quick_plugin_regularizer(tmp_path):
-    """plugin_regularizer --quick: MAID in both dtypes against a grid, its files, --replot."""
-    script = str(ROOT / "scripts" / "plugin_regularizer.py")
-    done = subprocess.run([sys.executable, script, "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    summary = json.loads((tmp_path / "summary.json").read_text())
+def data_files(folder):
+    """{relative path: bytes} of every file --replot must not touch."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix not in DRAWN}
+
+
+def boom(*args, **kwargs):
+    raise AssertionError("--replot computed something")
+
+
+def replot(monkeypatch, kind, name, folder, extra=()):
+    """--replot with everything that computes replaced by ``boom``: data files unchanged."""
+    script = module(kind, name)
+    before = data_files(folder)
+    with monkeypatch.context() as m:
+        m.setattr(script, "compute", boom)
+        m.setattr(experiment, "run_method", boom)
+        for loader in ("train_test_images", "load_images", "skimage_images", "add_noise"):
+            m.setattr(datasets, loader, boom)
+        script.main(["--replot", "--out", str(folder), *extra])
+    assert data_files(folder) == before
+
+
+#: Where this machine's paths start (a meta file may name /proc files, not these).
+MACHINE = (str(ROOT.parent), tempfile.gettempdir(), str(Path.home()))
+
+
+def no_absolute_paths(value):
+    """No string in a meta file names an absolute path of this machine, nor holds one."""
+    if isinstance(value, dict):
+        return all(no_absolute_paths(v) for v in value.values())
+    if isinstance(value, list):
+        return all(no_absolute_paths(v) for v in value)
+    return not isinstance(value, str) or not any(os.path.isabs(w) and w.startswith(MACHINE)
+                                                 for w in value.split())
+
+
+# ------------------------------------------------- what some quick runs must show
+def learned_tv_denoises(folder):
+    """The weight MAID learns in the quick run denoises the held-out images."""
+    rows = {r["method"]: r for r in RunFolder(folder).read_rows()}
+    assert rows["learned"]["psnr"] > rows["noisy"]["psnr"] + 3
+
+
+def plugin_regularizer_summary(folder):
+    """MAID in both dtypes and both directions against a grid, in summary.json."""
+    summary = json.loads((folder / "summary.json").read_text())
     assert summary["quick"] is True
     assert set(summary["maid"]) == {"float64", "float32", "float64 L-BFGS", "float32 L-BFGS"}
     for run in summary["maid"].values():
@@ -80,11 +122,83 @@ def test_quick_plugin_regularizer(tmp_path):
         assert run["final_psnr"] > summary["start"]["psnr"]
         assert 1 <= run["constant_estimates"] <= run["iterations"]
     assert summary["grid"]["points"] >= 9 and summary["grid"]["lower_iterations"] > 0
-    assert "| MAID float32 |" in (tmp_path / "summary.md").read_text()
-    assert json.loads((tmp_path / "meta.json").read_text())["quick"] is True
-    png = tmp_path / "plugin_regularizer.png"
-    png.unlink()
-    done = subprocess.run([sys.executable, script, "--replot", "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    assert png.stat().st_size > 10_000
+    assert "| MAID float32 |" in (folder / "summary.md").read_text()
+
+
+def runs_recorded(folder):
+    """One row per run, its status and warnings as columns."""
+    runs = RunFolder(folder).read_rows("runs.csv")
+    assert runs and all(r["status"] and "warnings" in r for r in runs)
+
+
+def no_violation(folder):
+    result = json.loads((folder / "certificate_tightness.json").read_text())
+    assert result["rows"] and result["violations"] == 0, \
+        [r for r in result["rows"] if r["violation"]]
+    assert all(s["cases"] > 0 for s in result["problems"].values())
+    assert "| quadratic |" in (folder / "certificate_tightness.md").read_text()
+
+
+CHECKS = {"learned_tv": learned_tv_denoises, "plugin_regularizer": plugin_regularizer_summary,
+          "quadratic": runs_recorded, "tv_robustness": runs_recorded,
+          "foe_vs_hoag": runs_recorded, "certificate_tightness": no_violation}
+
+
+# ----------------------------------------------------------------------- scripts
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_quick_then_replot(tmp_path, monkeypatch, name):
+    module("scripts", name).main(["--quick", "--out", str(tmp_path)])
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["quick"] is True and meta["script"] == f"scripts/{name}.py"
+    assert "environment" in meta and no_absolute_paths(meta)
+    for file in meta.get("files", {}):
+        assert (tmp_path / file).stat().st_size > 0, file
+    CHECKS.get(name, lambda folder: None)(tmp_path)
+    for png in SCRIPTS[name]:
+        assert (tmp_path / png).stat().st_size > 10_000
+        (tmp_path / png).unlink()
+    replot(monkeypatch, "scripts", name, tmp_path)
+    for png in SCRIPTS[name]:
+        assert (tmp_path / png).stat().st_size > 10_000
+
+
+def committed_scripts():
+    """(script, committed run folder) for every results/SCRIPT folder with a meta.json."""
+    return [(name, str(meta.parent.relative_to(ROOT))) for name in SCRIPTS
+            for meta in sorted((ROOT / "results" / name).glob("**/meta.json"))]
+
+
+@pytest.mark.parametrize("name,folder", committed_scripts())
+def test_script_replots_its_committed_results(tmp_path, monkeypatch, name, folder):
+    copy = tmp_path / "run"
+    shutil.copytree(ROOT / folder, copy)
+    drawn = {p.name for p in copy.iterdir() if p.suffix in DRAWN}
+    replot(monkeypatch, "scripts", name, copy)
+    assert drawn <= {p.name for p in copy.iterdir()}
+
+
+# -------------------------------------------------------------------- benchmarks
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_QUICK
+                                  else n for n in BENCHMARKS])
+def test_benchmark_quick_then_replot(tmp_path, monkeypatch, name):
+    extra, meta_name = BENCHMARKS[name]
+    module("benchmarks", name).main(["--quick", "--out", str(tmp_path), *extra])
+    meta = json.loads((tmp_path / meta_name).read_text())
+    assert meta["quick"] is True and "environment" in meta and no_absolute_paths(meta)
+    CHECKS.get(name, lambda folder: None)(tmp_path)
+    table = tmp_path / meta_name.replace(".json", ".md")
+    table.unlink()
+    replot(monkeypatch, "benchmarks", name, tmp_path, extra)
+    assert table.stat().st_size > 0
+
+
+@pytest.mark.parametrize("name,extra,meta_name", COMMITTED_BENCHMARKS)
+def test_benchmark_replots_its_committed_results(tmp_path, monkeypatch, name, extra,
+                                                 meta_name):
+    stem = meta_name.removesuffix(".json")
+    for path in (ROOT / "results" / "benchmarks").glob(f"{stem}*"):
+        shutil.copy(path, tmp_path)
+    table = tmp_path / f"{stem}.md"
+    table.unlink()
+    replot(monkeypatch, "benchmarks", name, tmp_path, extra)
+    assert table.stat().st_size > 0
