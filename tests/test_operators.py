@@ -1,7 +1,9 @@
 """Forward operators (bilevel.operators): adjoints, certified bounds, shapes and geometry."""
 import math
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,3 +242,12 @@ def test_dense_matrix_of_complex_measurements_stacks_real_and_imaginary_parts():
     x = torch.randn(1, 2, 2, dtype=torch.float64)
     y = op.A(x).reshape(-1)
     torch.testing.assert_close(matrix @ x.reshape(-1), torch.cat([y.real, y.imag]))
+
+
+def test_docs_own_operator_example_runs():
+    """docs/operators.md's "Your own operator" runs as written."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "operators.md"
+    (block,) = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    namespace = {}
+    exec(block, namespace)
+    assert namespace["check"].passed
