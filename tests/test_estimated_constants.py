@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_custom_problem import make_ridge  # the README example, a sibling test module
 
 import bilevel
 import bilevel.constants as constants_module
@@ -168,38 +169,8 @@ def test_reuse_rereads_mu():
     assert b.cost == 0 and b.L_Ainv == pytest.approx(a.L_Ainv / 1.1 ** 2)
 
 
-class Ridge(bilevel.BilevelProblem):
-    """The README's example: ridge regression with one log-penalty per feature."""
-
-    name = "ridge"
-
-    def __init__(self, n=40, d=6, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        w = torch.randn(d, generator=g, dtype=torch.float64)
-        self.A, self.A_val = (torch.randn(n, d, generator=g, dtype=torch.float64)
-                              for _ in range(2))
-        self.b = self.A @ w + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
-        self.b_val = self.A_val @ w + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
-        super().__init__()
-
-    def lower_objective(self, x, theta):
-        return 0.5 * (self.A @ x - self.b).square().sum() + 0.5 * (theta.exp() * x**2).sum()
-
-    def upper_objective(self, x, theta):
-        return 0.5 * (self.A_val @ x - self.b_val).square().sum()
-
-    def strong_convexity(self, theta):
-        return float(theta.exp().min())
-
-    def initial_theta(self):
-        return torch.zeros(self.A.shape[1], dtype=torch.float64)
-
-    def initial_x(self, theta):
-        return torch.zeros(self.A.shape[1], dtype=torch.float64)
-
-
 def test_a_maid_run_reuses_its_estimates(monkeypatch):
-    p = Ridge()
+    p = make_ridge()  # the README's example (tests/test_custom_problem.py)
     calls = []
     original = constants_module._estimate
 
