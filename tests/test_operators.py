@@ -110,6 +110,31 @@ def test_dtype_and_batch_shape_follow_the_input(name):
     torch.testing.assert_close(op.A(x64)[1, 2], op.A(x64[1, 2][None])[0])
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_autograd_through_A_gives_the_adjoint(name):
+    """grad of 1/2 ||A x||^2 by autograd is A^T A x: problems may differentiate through A."""
+    op, _ = _operators(8)[name]
+    x = torch.randn(2, 8, 8, dtype=torch.float64, requires_grad=True)
+    (gradient,) = torch.autograd.grad(0.5 * op.A(x).abs().square().sum(), x)
+    torch.testing.assert_close(gradient, op.A_adjoint_A(x.detach()))
+
+
+@pytest.mark.parametrize("make", [
+    lambda shape: ops.CircularBlur(_signed_kernel(), shape),
+    lambda shape: ops.Inpainting(ops.random_mask(shape, 0.3, seed=0)),
+    lambda shape: ops.Decimation(2, shape),
+    lambda shape: ops.SubsampledFourier(ops.random_mask(shape, 0.5, seed=0)),
+    lambda shape: ops.ParallelBeamTomography(shape, 7),
+], ids=["blur", "inpainting", "decimation", "mri", "tomography"])
+def test_odd_and_non_square_images(make):
+    op = make((7, 5))
+    assert ops.adjoint_test(op, (2, 7, 5)).relative_error <= 1e-10
+    matrix = ops.dense_matrix(op, (7, 5))
+    gram = torch.linalg.eigvalsh(matrix.T @ matrix)
+    assert op.norm_squared() >= float(gram[-1]) * (1 - 1e-12)
+    assert op.gram_lower_bound() <= max(float(gram[0]), 0.0) + 1e-12
+
+
 def test_blur_is_a_centred_circular_convolution():
     kernel = torch.rand(3, 5, dtype=torch.float64)
     x = torch.randn(2, 7, 9, dtype=torch.float64)
