@@ -34,27 +34,14 @@ from bilevel import experiment
 
 
 def add_arguments(p):
-    p.add_argument("--train-dir", default=None, help="default: BSD400 if present, else skimage")
-    p.add_argument("--test-dir", default=None, help="default: Set68 if present, else skimage")
-    p.add_argument("--n-train", type=int, default=8)
-    p.add_argument("--size", type=int, default=40)
-    p.add_argument("--n-test", type=int, default=8)
-    p.add_argument("--test-size", type=int, default=128)
-    p.add_argument("--sigma", type=float, default=25 / 255)
+    experiment.add_image_arguments(p, n_train=8, n_test=8, size=40, test_size=128,
+                                   sigma=25 / 255)
     p.add_argument("--filters", type=int, default=4)
     p.add_argument("--filter-size", type=int, default=5)
     p.add_argument("--knots", type=int, default=11)
     p.add_argument("--max-iter", type=int, default=60)
     p.add_argument("--alpha0", type=float, default=0.1)
     p.add_argument("--models", default="ridge_regularizer,fields_of_experts")
-
-
-def load_sets(args):
-    train, test, _, sources = datasets.train_test_images(
-        experiment.image_folder("train", args.train_dir),
-        experiment.image_folder("Set68", args.test_dir),
-        args.n_train, args.n_test, args.size, args.test_size, seed=args.seed)
-    return train, test, sources
 
 
 def build(name, args, images, noisy, log_scale):
@@ -106,7 +93,7 @@ def compute(args, folder):
     if args.quick:
         args.n_train, args.size, args.n_test, args.test_size = 2, 16, 2, 24
         args.max_iter, args.filters, args.filter_size, args.knots = 3, 2, 3, 5
-    train_images, test, sources = load_sets(args)
+    train_images, test, _, sources = experiment.image_sets(args)
     noisy_train = datasets.add_noise(train_images, args.sigma, args.seed)
     noisy_test = datasets.add_noise(test, args.sigma, args.seed + 1)
     base = dict(noisy_train_psnr=float(datasets.psnr(noisy_train, train_images).mean()),

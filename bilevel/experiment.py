@@ -165,6 +165,30 @@ def image_folder(name: str, given=None) -> str | None:
     return None
 
 
+def add_image_arguments(p, n_train, n_test, size=64, test_size=96, sigma=0.1) -> None:
+    """The options of a denoising experiment's image sets, read by :func:`image_sets`."""
+    p.add_argument("--train-dir", default=None,
+                   help="training PNGs (default: BSD400 if image_folder finds it, else skimage)")
+    p.add_argument("--test-dir", default=None,
+                   help="test PNGs (default: Set68 if image_folder finds it, else skimage)")
+    p.add_argument("--n-train", type=int, default=n_train)
+    p.add_argument("--size", type=int, default=size, help="training crop side")
+    p.add_argument("--n-test", type=int, default=n_test)
+    p.add_argument("--test-size", type=int, default=test_size, help="test crop side")
+    p.add_argument("--sigma", type=float, default=sigma, help="noise level")
+
+
+def image_sets(args):
+    """(train, test, test names, sources) of :func:`add_image_arguments`' options: random
+    training crops and centre test crops of the folders :func:`image_folder` finds, else
+    scikit-image's images (``bilevel_problems.datasets.train_test_images``)."""
+    from bilevel_problems import datasets
+
+    return datasets.train_test_images(image_folder("train", args.train_dir),
+                                      image_folder("Set68", args.test_dir), args.n_train,
+                                      args.n_test, args.size, args.test_size, seed=args.seed)
+
+
 # -------------------------------------------------------------- the command line
 def parser(doc: str, threads=1) -> argparse.ArgumentParser:
     """The options every script and benchmark takes (see the module's docstring)."""

@@ -15,6 +15,13 @@ def pyplot():
     return plt
 
 
+def save(fig, path, dpi=120, **layout):
+    """Lay the figure out (``layout``: tight_layout's arguments), write it, free it."""
+    fig.tight_layout(**layout)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
 def foe_parts(theta, K, s):
     """(weights, smoothings, zero-mean filters (K, s, s)) of a fields-of-experts theta
     [theta_0, w (K), l (K), raw filters (K s^2)], as FieldsOfExperts.params reads it."""

@@ -25,8 +25,6 @@ summary.md}.
 """
 from __future__ import annotations
 
-import argparse
-
 import _figure
 import numpy as np
 import torch
@@ -52,13 +50,7 @@ FILES = {"data.csv": "one row per outer iteration of each method (run, method, c
 
 
 def add_arguments(p):
-    p.add_argument("--train-dir", default=None, help="default: BSD400 if present, else skimage")
-    p.add_argument("--test-dir", default=None, help="default: Set68 if present, else skimage")
-    p.add_argument("--n-train", type=int, default=16)
-    p.add_argument("--size", type=int, default=64, help="training crop side")
-    p.add_argument("--n-test", type=int, default=16)
-    p.add_argument("--test-size", type=int, default=96)
-    p.add_argument("--sigma", type=float, default=0.1)
+    experiment.add_image_arguments(p, n_train=16, n_test=16)
     p.add_argument("--filters", type=int, default=8, help="K")
     p.add_argument("--filter-size", type=int, default=3, help="s")
     p.add_argument("--log-scale", type=float, default=-3.0, help="starting theta_0")
@@ -68,24 +60,21 @@ def add_arguments(p):
     p.add_argument("--hoag-eps0", type=float, default=1e-1, help="HOAG's first accuracy")
 
 
-def build(settings):
-    """The training problem and the noisy / clean test crops of ``settings`` (deterministic)."""
-    a = argparse.Namespace(**settings)
-    clean, test, names, sources = datasets.train_test_images(
-        experiment.image_folder("train", a.train_dir),
-        experiment.image_folder("Set68", a.test_dir),
-        a.n_train, a.n_test, a.size, a.test_size, seed=a.seed)
-    problem = FieldsOfExperts(images=clean, noisy=datasets.add_noise(clean, a.sigma, a.seed),
-                              num_filters=a.filters, filter_size=a.filter_size,
-                              log_scale=a.log_scale, seed=a.seed)
-    return problem, datasets.add_noise(test, a.sigma, a.seed + 1), test, names, sources
+def build(args):
+    """The training problem and the noisy / clean test crops of ``args`` (deterministic)."""
+    clean, test, names, sources = experiment.image_sets(args)
+    problem = FieldsOfExperts(images=clean,
+                              noisy=datasets.add_noise(clean, args.sigma, args.seed),
+                              num_filters=args.filters, filter_size=args.filter_size,
+                              log_scale=args.log_scale, seed=args.seed)
+    return problem, datasets.add_noise(test, args.sigma, args.seed + 1), test, names, sources
 
 
 def compute(args, folder):
     if args.quick:
         args.n_train, args.size, args.n_test, args.test_size = 2, 24, 2, 32
         args.filters, args.budget = 3, 600
-    problem, test_noisy, test, names, sources = build(vars(args))
+    problem, test_noisy, test, names, sources = build(args)
     clean = problem.clean
     print(f"train {tuple(clean.shape)} from {sources['train']}, test {tuple(test.shape)} from "
           f"{sources['test']}; {problem.dim_theta} hyperparameters, budget {args.budget:g}",
@@ -188,9 +177,7 @@ def plot(folder):
                  f"{s['filter_size']}, {meta['hyperparameters']} hyperparameters, "
                  f"{meta['n_train']} training crops): MAID vs HOAG at a budget of "
                  f"{s['budget']:g}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(folder / "foe_vs_hoag.png", dpi=110)
-    plt.close(fig)
+    _figure.save(fig, folder / "foe_vs_hoag.png", dpi=110, rect=(0, 0.03, 1, 1))
 
 
 def draw_panels(fig, grid, panels, meta, methods):

@@ -50,26 +50,13 @@ SCALE_GRID = dict(tv=(-4.0, -3.0, -2.5, -2.0, -1.0), foe=(-5.0, -4.0, -3.0, -2.0
 
 
 def add_arguments(p):
-    p.add_argument("--train-dir", default=None, help="default: BSD400 if present, else skimage")
-    p.add_argument("--test-dir", default=None, help="default: Set68 if present, else skimage")
-    p.add_argument("--n-train", type=int, default=8)
-    p.add_argument("--size", type=int, default=64, help="training crop side")
-    p.add_argument("--n-test", type=int, default=12)
-    p.add_argument("--test-size", type=int, default=96)
-    p.add_argument("--sigma", type=float, default=0.1)
+    experiment.add_image_arguments(p, n_train=8, n_test=12)
     p.add_argument("--filters", type=int, default=8, help="K")
     p.add_argument("--filter-size", type=int, default=5, help="s")
     p.add_argument("--max-iter", type=int, default=100, help="MAID iterations (both models)")
     p.add_argument("--tv-max-iter", type=int, default=None, help="default: --max-iter")
     p.add_argument("--alpha0", type=float, default=0.1, help="MAID alpha0 for FoE")
     p.add_argument("--tv-alpha0", type=float, default=1e-2, help="MAID alpha0 for TV")
-
-
-def load_sets(args):
-    return datasets.train_test_images(experiment.image_folder("train", args.train_dir),
-                                      experiment.image_folder("Set68", args.test_dir),
-                                      args.n_train, args.n_test, args.size, args.test_size,
-                                      seed=args.seed)
 
 
 def build(model, args, clean, noisy, scale):
@@ -113,7 +100,7 @@ def compute(args, folder):
         args.n_train, args.size, args.n_test, args.test_size = 2, 24, 2, 32
         args.max_iter, args.filters, args.filter_size = 5, 3, 3
         args.tv_max_iter = 5
-    clean, test, names, sources = load_sets(args)
+    clean, test, names, sources = experiment.image_sets(args)
     noisy = datasets.add_noise(clean, args.sigma, args.seed)
     test_noisy = datasets.add_noise(test, args.sigma, args.seed + 1)
     print(f"train {tuple(clean.shape)} from {sources['train']}, test {tuple(test.shape)} from "
@@ -165,9 +152,7 @@ def plot_filters(folder, meta):
         ax.imshow(f, cmap="gray", vmin=-m, vmax=m, interpolation="nearest")
         ax.set_title(f"a={float(alpha[k]):.3g}\nnu={float(nu[k]):.2g}", fontsize=7)
     fig.suptitle(f"Learned FoE filters ({K} of {s}x{s}), by weight", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(folder / "filters.png", dpi=150)
-    plt.close(fig)
+    _figure.save(fig, folder / "filters.png", dpi=150)
 
 
 def plot_example(folder, meta):
@@ -183,9 +168,7 @@ def plot_example(folder, meta):
     size = meta["settings"]["test_size"]
     fig.suptitle(f"{first} ({size}x{size} centre crop), sigma={meta['settings']['sigma']}",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(folder / "example.png", dpi=150)
-    plt.close(fig)
+    _figure.save(fig, folder / "example.png", dpi=150)
 
 
 def plot(folder):

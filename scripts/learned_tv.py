@@ -116,9 +116,7 @@ def plot(folder) -> None:
     wide.set_title(f"TV denoising, sigma = {meta['sigma']}: trained on {meta['n_train']} "
                    f"images {meta['size']}x{meta['size']}", fontsize=10)
     zoom.legend(fontsize=8, loc="lower center")
-    fig.tight_layout()
-    fig.savefig(folder / "learned_tv.png", dpi=130)
-    plt.close(fig)
+    _figure.save(fig, folder / "learned_tv.png", dpi=130)
 
 
 def grid_search(rows, record, denoiser, method, smoothing, n_grid, n_fine):

@@ -150,9 +150,7 @@ def plot(folder):
     ax_l.set(xscale="log", xlabel="n", ylabel="Lip(u)", title="fitted Lipschitz constant")
     for ax in (ax_e, ax_l):
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "lipschitz_1d.png", dpi=120)
-    plt.close(fig)
+    _figure.save(fig, folder / "lipschitz_1d.png")
 
 
 def main(argv=None):

@@ -206,9 +206,7 @@ def plot(folder):
     ax_c.set(xlabel="data seed", ylabel="test MSE against clean labels",
              title="B: lam learned by MAID vs none")
     ax_c.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "lipschitz_noisy.png", dpi=120)
-    plt.close(fig)
+    _figure.save(fig, folder / "lipschitz_noisy.png")
 
 
 def compute(args, folder):

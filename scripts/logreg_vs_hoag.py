@@ -309,9 +309,7 @@ def plot(folder):
     axes[2].set(xlabel="lower-level + CG iterations", ylabel="test loss of x~", xscale="log",
                 yscale="log", title="held-out test loss of the current model")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "logreg_vs_hoag.png", dpi=120)
-    plt.close(fig)
+    _figure.save(fig, folder / "logreg_vs_hoag.png")
 
 
 def add_arguments(p):

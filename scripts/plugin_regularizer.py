@@ -48,10 +48,10 @@ import math
 import time
 from pathlib import Path
 
+import _figure
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _figure import foe_parts, pyplot
 from bilevel_problems import datasets
 
 import bilevel
@@ -146,7 +146,7 @@ def load_data(args):
 
 def _foe_prior(theta, K, s):
     """The frozen prior of a fields-of-experts theta [theta_0, w (K), l (K), filters]."""
-    weights, smoothings, filters = foe_parts(theta, K, s)
+    weights, smoothings, filters = _figure.foe_parts(theta, K, s)
     return dict(filters=filters, weights=weights, smoothings=smoothings)
 
 
@@ -425,7 +425,7 @@ def summary_markdown(s):
 
 def plot(folder):
     summary, rows = folder.read_json("summary.json"), folder.read_rows("data.csv")
-    plt = pyplot()
+    plt = _figure.pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
     grid = [r for r in rows if r["kind"].startswith("grid")]
     t0, t1, p = (np.array([float(r[k]) for r in grid]) for k in ("theta0", "theta1", "psnr"))
@@ -456,9 +456,7 @@ def plot(folder):
     bx.set(xlabel="cost (lower-level + CG iterations)", ylabel="PSNR (dB)", xscale="log",
            ylim=(top - 1.0, top + 0.1), title="MAID: PSNR of its iterate against cost")
     bx.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(folder / "plugin_regularizer.png", dpi=130)
-    plt.close(fig)
+    _figure.save(fig, folder / "plugin_regularizer.png", dpi=130)
 
 
 def add_arguments(p):

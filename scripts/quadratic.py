@@ -72,9 +72,7 @@ def plot(folder):
     ax.legend(fontsize=8)
     ax_eps.set(xlabel="outer iteration", ylabel="eps", yscale="log",
                title="accuracy chosen by MAID")
-    fig.tight_layout()
-    fig.savefig(folder / "quadratic.png", dpi=120)
-    plt.close(fig)
+    _figure.save(fig, folder / "quadratic.png")
 
 
 def main(argv=None):

@@ -186,9 +186,7 @@ def plot(folder):
                        and r["kind"] == kind]
                 ax.plot([r["x"] for r in sel], [r["y"] for r in sel], **style)
             ax.set_title(f"{variant} (sparsified), neuron {k}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "activations.png", dpi=120)
-    plt.close(fig)
+    _figure.save(fig, folder / "activations.png")
 
 
 def summarise(folder):

@@ -75,9 +75,7 @@ def plot(folder):
     axes[2].set(xlabel="outer iteration", ylabel="accepted step", yscale="log",
                 title="step size")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "tv_robustness.png", dpi=120)
-    plt.close(fig)
+    _figure.save(fig, folder / "tv_robustness.png")
 
 
 def main(argv=None):
