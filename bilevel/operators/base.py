@@ -36,11 +36,12 @@ class LinearOperator(abc.ABC):
     norm_certified : bool
         True when :meth:`norm_squared` is proven to bound ||A||^2 (for the operator
         with its float64 data; evaluating A in float32 adds float32 rounding to A x,
-        not to the bound).  False for an estimate (power iteration), which may fall
+        not to the bound).  False (the default, so that only a subclass that says so
+        claims a proof) for an estimate such as power iteration, which may fall
         short of ||A||^2.
     """
 
-    norm_certified: bool = True
+    norm_certified: bool = False
 
     @abc.abstractmethod
     def A(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +70,8 @@ class LinearOperator(abc.ABC):
 class Identity(LinearOperator):
     """A = I: denoising as a reconstruction problem.  ||A||^2 = lambda_min(A^T A) = 1."""
 
+    norm_certified = True
+
     def A(self, x):
         return x
 
@@ -80,6 +83,10 @@ class Identity(LinearOperator):
 
     def gram_lower_bound(self):
         return 1.0
+
+
+#: A relative margin for a few float64 roundings (4 unit roundoffs, 4.4e-16).
+ROUNDING_SLACK = 2 * torch.finfo(torch.float64).eps
 
 
 class Composition(LinearOperator):
@@ -116,10 +123,6 @@ class Composition(LinearOperator):
     def gram_lower_bound(self):
         product = math.prod(op.gram_lower_bound() for op in self.operators)
         return product * (1 - ROUNDING_SLACK * len(self.operators))
-
-
-#: A relative margin for a few float64 roundings (4 unit roundoffs, 4.4e-16).
-ROUNDING_SLACK = 2 * torch.finfo(torch.float64).eps
 
 
 class TensorCopies:

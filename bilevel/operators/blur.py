@@ -54,6 +54,8 @@ class CircularBlur(LinearOperator):
       frequencies) and positive for a kernel with no zero in its spectrum.
     """
 
+    norm_certified = True
+
     def __init__(self, kernel: torch.Tensor, image_shape: tuple[int, int] | None = None):
         kernel = torch.as_tensor(kernel, dtype=torch.float64).detach().cpu()
         if kernel.dim() != 2 or kernel.numel() == 0:

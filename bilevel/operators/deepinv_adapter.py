@@ -60,7 +60,9 @@ class DeepinvOperator(LinearOperator):
     norm_bound : float, optional
         A proven upper bound of ||A||^2, used instead of anything below.
     seed, max_iter, tol
-        For deepinv's power method, when it is used (the global RNG is left as it was).
+        For deepinv's power method, when it is used: once, at the first call of
+        :meth:`norm_squared` (a physics changed later keeps the old estimate), with
+        the global RNG left as it was.
 
     Images (N, H, W) -> deepinv's measurements (N, ...).
     """

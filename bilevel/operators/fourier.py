@@ -59,6 +59,8 @@ class SubsampledFourier(LinearOperator):
     complex64 for float32 images and complex128 for float64 ones.
     """
 
+    norm_certified = True
+
     def __init__(self, mask: torch.Tensor):
         mask = torch.as_tensor(mask).detach().cpu().to(torch.float64)
         if mask.dim() != 2:

@@ -41,6 +41,8 @@ class Inpainting(LinearOperator):
     exact.  The mask may also be (N, H, W), one per image.
     """
 
+    norm_certified = True
+
     def __init__(self, mask: torch.Tensor):
         mask = torch.as_tensor(mask).detach().cpu().to(torch.float64)
         if mask.dim() < 2:
@@ -77,6 +79,8 @@ class Downsampling(LinearOperator):
     decimation, compose a :class:`~bilevel.operators.CircularBlur` with
     :class:`Decimation` instead.
     """
+
+    norm_certified = True
 
     def __init__(self, factor: int):
         if int(factor) != factor or factor < 1:
@@ -115,6 +119,8 @@ class Decimation(LinearOperator):
     ``image_shape``: the measurements' size does not determine it).  A selects
     pixels, so ||A||^2 = 1 and lambda_min(A^T A) = 0 for f > 1.
     """
+
+    norm_certified = True
 
     def __init__(self, factor: int, image_shape: tuple[int, int]):
         if int(factor) != factor or factor < 1:

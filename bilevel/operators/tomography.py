@@ -114,6 +114,8 @@ class ParallelBeamTomography(LinearOperator):
         Distance between detector centres, in pixels.
     """
 
+    norm_certified = True
+
     def __init__(self, image_shape: tuple[int, int], angles=90, n_detectors: int | None = None,
                  detector_spacing: float = 1.0):
         self.image_shape = tuple(image_shape)
