@@ -20,6 +20,7 @@ from .budget import charge
 from .contract import check_mu, check_theta, check_x
 from .cost import Cost
 from .linalg import conjugate_gradient
+from .numerics import damped_newton, power_iteration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +106,9 @@ def _estimate_smoothness(problem, theta, x, iterations=10):
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
     v = v / problem.parallel.norm(v)
-    value = 0.0
-    for _ in range(iterations):
-        w = problem.lower_hvp(x, theta, v)
-        value = problem.parallel.norm(w)  # the same on every data-parallel rank
-        if not value > 0:
-            break
-        v = w / value
-    return value, iterations
+    run = power_iteration(lambda u: problem.lower_hvp(x, theta, u), v, iterations,
+                          norm=problem.parallel.norm)  # the same on every data-parallel rank
+    return run.value, run.iterations
 
 
 def fista(problem, theta, tol, x0=None, max_iter=10_000, smoothness=None) -> LowerSolution:
@@ -230,9 +226,10 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
     A(x) s = grad_x h(x) by (preconditioned, :meth:`~bilevel.BilevelProblem.lower_preconditioner`)
     CG to the relative residual min(0.5, sqrt(||grad||)) (Eisenstat-Walker: loose
     far away, tight near x*) but never below tol mu / 2 (the residual of the
-    linear model is the next gradient: no need to overshoot), then takes the
-    full step if it reduces ||grad_x h|| by 10%, else backtracks on h with
-    Armijo's test.  The certificate is the same as FISTA's, ||grad_x h|| / mu.
+    linear model is the next gradient: no need to overshoot), and steps by
+    :func:`bilevel.numerics.damped_newton` (Armijo on h from the full step; where
+    h cannot resolve the decrease, a smaller ||grad_x h||).  The certificate is
+    the same as FISTA's, ||grad_x h|| / mu.
     ``iterations`` counts gradients and Hessian-vector products alike (each
     costs about one gradient), so costs compare with FISTA's.
     """
@@ -241,49 +238,35 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
     mu = check_mu(problem, theta)
     x = problem.initial_x(theta) if x0 is None else check_x(problem, x0, theta, "x0")
 
+    used = [0]  # gradients and Hessian-vector products: the iterations of the solve
+
     def dot(a, b):
         return problem.parallel.sum(torch.sum(a * b))
+
+    def gradient(point):
+        charge()
+        used[0] += 1
+        return problem.lower_grad(point, theta)
+
+    def direction(point, grad, g_norm):
+        # Eisenstat-Walker; the linear model's residual is the next gradient, so no
+        # need to go below tol mu.
+        cg_tol = max(min(0.5, math.sqrt(g_norm)) * g_norm, 0.5 * tol * mu)
+        step = conjugate_gradient(functools.partial(problem.lower_hvp, point, theta), grad,
+                                  tol=cg_tol, max_iter=max(1, max_iter - used[0]), dot=dot,
+                                  preconditioner=problem.lower_preconditioner(theta, point))
+        used[0] += step.iterations
+        return step.q, step.iterations
 
     def h(point):
         return float(problem.parallel.sum(problem.lower_objective(point, theta).detach()))
 
-    grad = problem.lower_grad(x, theta)
-    g_norm = problem.parallel.norm(grad)
-    iterations = evaluations = 1
-    charge()
-    while True:
-        bound = g_norm / mu
-        if not math.isfinite(bound):
-            return LowerSolution(x, math.inf, iterations, False, evaluations)
-        if bound <= tol or iterations >= max_iter:
-            break
-        # The linear model's residual is the next gradient: no need to go below tol mu.
-        cg_tol = max(min(0.5, math.sqrt(g_norm)) * g_norm, 0.5 * tol * mu)
-        step = conjugate_gradient(functools.partial(problem.lower_hvp, x, theta), grad,
-                                  tol=cg_tol, max_iter=max(1, max_iter - iterations), dot=dot,
-                                  preconditioner=problem.lower_preconditioner(theta, x))
-        iterations += step.iterations
-        evaluations += step.iterations
-        x_new = x - step.q
-        grad_new = problem.lower_grad(x_new, theta)
-        iterations += 1
-        charge()
-        evaluations += 1
-        norm_new = problem.parallel.norm(grad_new)
-        if not norm_new <= 0.9 * g_norm:
-            # Far from x* the model may overshoot: backtrack on h (Armijo).
-            h0, slope, t = h(x), float(dot(grad, step.q)), 1.0
-            evaluations += 1
-            while t > 1e-10 and not h(x - t * step.q) <= h0 - 1e-4 * t * slope:
-                t *= 0.5
-                evaluations += 1
-            if t <= 1e-10:
-                break  # no decrease along the Newton direction: stop, certified as is
-            x_new = x - t * step.q
-            grad_new = problem.lower_grad(x_new, theta)
-            norm_new = problem.parallel.norm(grad_new)
-            iterations += 1
-            charge()
-            evaluations += 1
-        x, grad, g_norm = x_new, grad_new, norm_new
-    return LowerSolution(x, bound, iterations, bound <= tol, evaluations)
+    run = damped_newton(x, gradient, h, direction, converged=lambda _p, n: n / mu <= tol,
+                        max_steps=max_iter, max_work=max_iter, norm=problem.parallel.norm,
+                        dot=lambda a, b: float(dot(a, b)))
+    bound = run.grad_norm / mu
+    if not math.isfinite(bound):
+        return LowerSolution(run.x, math.inf, run.gradients + run.direction_cost, False,
+                             run.evaluations)
+    return LowerSolution(run.x, bound, run.gradients + run.direction_cost, bound <= tol,
+                         run.evaluations)
