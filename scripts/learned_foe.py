@@ -124,7 +124,8 @@ def compute(args, folder):
     folder.write_rows("history.csv", [dict(model=m, **row) for m, (_, outcome, _) in
                                       models.items() for row in outcome.rows()])
     folder.write_rows("runs.csv", [outcome.summary() for _, outcome, _ in models.values()])
-    folder.write_arrays("example.npz", clean=test[0], **{m: x[0] for m, x in outputs.items()})
+    folder.write_arrays("example.npz", clean=test[0].float(),  # float32: images to show
+                        **{m: x[0].float() for m, x in outputs.items()})
     meta_models = {m: dict(info, theta=outcome.result.theta.tolist(), train_psnr=train_psnr[m])
                    for m, (_, outcome, info) in models.items()}
     tv_theta = models["tv"][1].result.theta
