@@ -4,8 +4,8 @@
                                   [--size S] [--max-iter M] [--threads T]
 
 Training set: ``--n-train`` random crops of ``--size`` pixels from the training
-folder (BSD400 at ../shared/data/bsd/train beside the repository when present, else the images
-bundled with scikit-image, resized), Gaussian noise ``--sigma`` (seed ``--seed``).
+folder (BSD400 where :func:`bilevel.experiment.image_folder` finds it, else the
+images bundled with scikit-image, resized), Gaussian noise ``--sigma`` (seed ``--seed``).
 Both models are trained on exactly these noisy/clean pairs:
 
 - ``tv``: smoothed isotropic TV, theta = (log weight, log smoothing)

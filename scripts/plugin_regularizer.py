@@ -34,8 +34,9 @@ Steps:
 The prior: the 8 filters 3 x 3 of results/learned_foe/k8_3x3_n16_1500it (BSD400
 crops, sigma 0.1) when that committed run is present; else results/plugin_regularizer/
 prior.pt; else it is trained here briefly with ``bilevel.solve`` on other crops
-and cached there.  Data: 12 random 96 x 96 crops of Set12 (../shared/data/bsd/Set12)
-when present, else of 12 images bundled with scikit-image; noise sigma 25/255,
+and cached there.  Data: 12 random 96 x 96 crops of Set12 where
+:func:`bilevel.experiment.image_folder` finds it, else of 12 images bundled with
+scikit-image; noise sigma 25/255,
 fixed seed.  Writes results/plugin_regularizer/{summary.json, summary.md,
 plugin_regularizer.png, data.csv (one row per MAID iterate, kind maid_RUN, and per
 grid point, kind grid_coarse / grid_fine), meta.json}; ``--quick`` (2 crops 32 x
