@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from .contract import check_mu, upper_depends_on_theta
 from .numerics import power_iteration, random_unit
 
 
@@ -196,7 +197,7 @@ def estimate_bound_constants(problem, theta, x, *, iterations=15, probes=3, seed
         With ``certified=False``.
     """
     theta, x = theta.detach(), x.detach()
-    mu = problem.check_mu(theta)
+    mu = check_mu(problem, theta)
     settings = (iterations, probes, seed, theta.dtype, x.dtype, str(x.device), tuple(x.shape))
     cache = getattr(problem, "_estimated_constants", None) if reuse else None
     if cache is not None and _reusable(cache, settings, theta, x, theta_radius, x_rtol):
@@ -248,7 +249,7 @@ def _estimate(problem, theta, x, iterations, probes, seed):
 
     step = _difference_step(x)
     L_B = L_A = L_gt = 0.0
-    reads_theta = problem.upper_depends_on_theta()
+    reads_theta = upper_depends_on_theta(problem)
 
     def rate(op, d, *args):
         return float(torch.linalg.vector_norm(op(x + d, theta, *args)

@@ -237,32 +237,6 @@ class BilevelProblem(abc.ABC):
     #: :func:`bilevel.distributed.data_parallel` joined this problem to a group.
     parallel: Reduction = ONE_PROCESS
 
-    # Shorthands kept for problems written against them.
-    def reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
-        return self.parallel.sum(value)
-
-    def reduce_max(self, value: torch.Tensor) -> torch.Tensor:
-        return self.parallel.max(value)
-
-    def global_norm(self, t: torch.Tensor) -> float:
-        return self.parallel.norm(t)
-
-    # ------------------------------------------- contract checks (bilevel.contract)
-    def check_theta(self, theta) -> torch.Tensor:
-        return contract.check_theta(self, theta)
-
-    def check_x(self, x, theta, what="x") -> torch.Tensor:
-        return contract.check_x(self, x, theta, what)
-
-    def check_mu(self, theta) -> float:
-        return contract.check_mu(self, theta)
-
-    def validate(self) -> None:
-        contract.validate(self)
-
-    def upper_depends_on_theta(self) -> bool:
-        return contract.upper_depends_on_theta(self)
-
     # ---------------------------------------------------------------- helpers
     @property
     def dtype(self):

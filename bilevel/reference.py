@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from .contract import check_mu, check_theta
 from .numerics import damped_newton
 
 #: Largest number of entries of x for which a dense Hessian is built: n Hessian-vector
@@ -108,9 +109,9 @@ def reference_solution(problem, theta, *, tol=1e-13, max_newton=50) -> Reference
         stopped on ``max_newton`` or because rounding kept it from getting closer;
         ``error_bound`` still says how far x may be.
     """
-    theta = problem.check_theta(theta).detach()
+    theta = check_theta(problem, theta).detach()
     _check_size(problem, problem.initial_x(theta))
-    mu = problem.check_mu(theta)
+    mu = check_mu(problem, theta)
     # Newton converges quadratically only near x*: a first-order solve gets there.
     x = problem.solve_lower(theta, 1e-6, max_iter=200_000).x.detach()
 

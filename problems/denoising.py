@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from bilevel import BilevelProblem
+from bilevel.contract import check_theta
 
 from . import datasets, params
 
@@ -143,7 +144,7 @@ class DenoisingProblem(BilevelProblem):
         """
         from bilevel.lower import reachable_accuracy, rounding_floor
 
-        theta = self.check_theta(torch.as_tensor(theta, dtype=self.dtype,
+        theta = check_theta(self, torch.as_tensor(theta, dtype=self.dtype,
                                                  device=self.device).flatten())
         x0 = self.initial_x(theta)
         if tol is None:

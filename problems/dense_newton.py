@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from bilevel.contract import check_mu, check_x
 from bilevel.lower import LowerSolution
 from bilevel.numerics import damped_newton
 
@@ -30,8 +31,8 @@ class DenseNewtonSolve:
         # options (an estimate of L for FISTA) mean nothing to Newton's method.
         if not (tol > 0 and math.isfinite(tol)):
             raise ValueError(f"{self.name}: lower-level tolerance must be > 0, got {tol}")
-        mu = self.check_mu(theta)
-        x = self.initial_x(theta) if x0 is None else self.check_x(x0, theta, "x0").clone()
+        mu = check_mu(self, theta)
+        x = self.initial_x(theta) if x0 is None else check_x(self, x0, theta, "x0").clone()
 
         def direction(point, grad, _grad_norm):
             return torch.linalg.solve(self.hessian(point, theta), grad), 0

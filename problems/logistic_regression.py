@@ -96,6 +96,7 @@ import numpy as np
 import torch
 
 from bilevel import BilevelProblem, BoundConstants
+from bilevel.contract import check_theta
 from bilevel.lower import newton_cg
 
 from . import params
@@ -442,7 +443,7 @@ class LogisticRegression(BilevelProblem):
             ``test_loss``, ``test_accuracy``, and ``error_bound`` (the certified
             distance of the evaluated model to x*(theta)).
         """
-        theta = self.check_theta(theta).detach()
+        theta = check_theta(self, theta).detach()
         sol = self.solve_lower(theta, tol, x0=x, max_iter=max_iter)
         return {**self.metrics(sol.x), "error_bound": sol.error_bound}
 

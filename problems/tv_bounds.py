@@ -78,15 +78,15 @@ class CertifiedConstants:
         lam, nu = math.exp(float(theta[0])), math.exp(float(theta[1]))
         mu = self.strong_convexity(theta)
         b0, b1 = self.mixed_columns(x, theta)
-        # Sums over all images: reduce_sum adds the other shards' parts in a
+        # Sums over all images: parallel.sum adds the other shards' parts in a
         # data-parallel solve (the identity in one process).
-        entries = self.reduce_sum(torch.stack([torch.sum(b0 * b0), torch.sum(b0 * b1),
+        entries = self.parallel.sum(torch.stack([torch.sum(b0 * b0), torch.sum(b0 * b1),
                                                torch.sum(b1 * b1)])).tolist()
         gram = torch.tensor([[entries[0], entries[1]], [entries[1], entries[2]]],
                             dtype=torch.float64)
         B_here = math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
         L_B = math.sqrt(2) * lam * self.D2 / nu
-        e = self.global_norm(self.lower_grad(x, theta)) / mu
+        e = self.parallel.norm(self.lower_grad(x, theta)) / mu
         pixels = self.n_total * x[0].numel()
         terms = pixels * (1 if self.variant == "isotropic" else 2)
         B_global = lam * math.sqrt(self.D2 * terms)
@@ -99,8 +99,8 @@ class CertifiedConstants:
             L_Ainv = lam * self.D2 * math.sqrt(2) * C3_ANISOTROPIC / nu ** 2 / mu ** 2
             _, gx, _ = self.upper_grads(x, theta)
             slack = 2 * e * L_g
-            g_inf = float(self.reduce_max(torch.linalg.vector_norm(gx, ord=math.inf))) + slack
-            g_two = self.global_norm(gx) - slack
+            g_inf = float(self.parallel.max(torch.linalg.vector_norm(gx, ord=math.inf))) + slack
+            g_two = self.parallel.norm(gx) - slack
             if g_two > 0:
                 local = lam * self.D2 * C3_ANISOTROPIC / nu ** 2 * 2 * g_inf / (mu * g_two)
                 L_Ainv = min(L_Ainv, local)
@@ -128,7 +128,7 @@ class CertifiedConstants:
         if not math.isfinite(x_radius):
             R = torch.full_like(size, nu)
             return 1.0, self.D2, math.inf, R, torch.full_like(size, math.inf), None
-        C2 = local_bounds.energy_budget(x_radius, self.global_norm(self.lower_grad(x, theta)))
+        C2 = local_bounds.energy_budget(x_radius, self.parallel.norm(self.lower_grad(x, theta)))
         # Each pixel's move |d_p| is at most c x_radius, and at most sqrt(C2 / w_p) with
         # w_p the least curvature on the disc it may reach: a smaller disc has a larger
         # w_p, so the reach shrinks, each round valid given the previous one.
@@ -181,10 +181,10 @@ class CertifiedConstants:
         c3 = torch.clamp(k / (R_near * R_near), max=C3 / nu ** 2)
         Dq = self._pixel_norms(q.detach())
         if C2 == math.inf:  # no x_radius: the Euclidean max form, a rate per unit distance
-            top = float(self.reduce_max(torch.max(c3 * (Dq + c * radius))))
+            top = float(self.parallel.max(torch.max(c3 * (Dq + c * radius))))
             return lam * self.D2 * top
         w = lam * nu * nu / R_far ** 3
-        top = self.reduce_max
+        top = self.parallel.max
         total = local_bounds.max_weighted_sum((c3 * (Dq + c * radius)) ** 2, w, C1, C2, top)
         if radius > 0:
             # Or split |(D q')_p|^2 <= 2 |(D q)_p|^2 + 2 |(D(q' - q))_p|^2: the CG part sums
@@ -217,10 +217,10 @@ class CertifiedConstants:
         total = 0.0
         for j in (1.0 / R_near, torch.clamp(2 * nu * nu / R_near ** 3, max=1.0 / nu)):
             if C2 == math.inf:
-                weighted = math.sqrt(C1 * float(self.reduce_sum(torch.sum((j * Dq) ** 2))))
+                weighted = math.sqrt(C1 * float(self.parallel.sum(torch.sum((j * Dq) ** 2))))
             else:
-                weighted = local_bounds.max_weighted_abs_sum(j * Dq, w, C1, C2, self.reduce_sum,
-                                                             self.reduce_max)
-            top = float(self.reduce_max(torch.max(j)))
+                weighted = local_bounds.max_weighted_abs_sum(j * Dq, w, C1, C2, self.parallel.sum,
+                                                             self.parallel.max)
+            top = float(self.parallel.max(torch.max(j)))
             total += (weighted + math.sqrt(C1) * D * radius * top) ** 2
         return lam * math.sqrt(total) / scale

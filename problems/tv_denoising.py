@@ -78,8 +78,8 @@ class TVDenoising(CertifiedConstants, DenoisingProblem):
     n_images, size, sigma, seed, source, images, noisy, shard, dtype, device
         The training images (:class:`~bilevel_problems.denoising.DenoisingProblem`):
         8 of 64 x 64 by default, float64 on the CPU.  Sharded, the bound constants
-        are still those of the whole problem (computed through ``reduce_sum`` /
-        ``reduce_max``).
+        are still those of the whole problem (computed through ``parallel.sum`` /
+        ``parallel.max``).
     """
 
     name = "tv_denoising"

@@ -160,7 +160,7 @@ class CertifiedConstants:
 
     def _local_hessian_rate(self, theta, x, q, radius, x_radius, p, kappa, c2):
         """The local form of :meth:`hessian_lipschitz_along` (responses held in memory)."""
-        C2 = local_bounds.energy_budget(x_radius, self.global_norm(self.lower_grad(x, theta)))
+        C2 = local_bounds.energy_budget(x_radius, self.parallel.norm(self.lower_grad(x, theta)))
         z = self.convolve(x, theta).abs().transpose(0, 1).flatten(1)   # (K, N P)
         u = self.convolve(q, theta).abs().transpose(0, 1).flatten(1)
         nu = p.nu.view(-1, 1)
