@@ -36,6 +36,7 @@ import torch
 
 import bilevel
 from bilevel import experiment
+from bilevel.contract import check_mu
 from bilevel.reference import reference_solution
 from bilevel.results import environment
 
@@ -204,7 +205,7 @@ def run_problem(label, name, params, thetas_of, accuracies, quick, seed, foe_ite
             continue
         refs.append(dict(theta_index=index, theta=tag, newton_steps=ref.newton_steps,
                          grad_norm=ref.grad_norm, error_bound=ref.error_bound,
-                         converged=ref.converged, mu=problem.check_mu(theta)))
+                         converged=ref.converged, mu=check_mu(problem, theta)))
         if not ref.converged:
             print(f"  !! reference Newton stopped short of its tolerance at theta {index} "
                   f"({tag}): ||grad h|| = {ref.grad_norm:.2e}, ||x_ref - x*|| <= "
