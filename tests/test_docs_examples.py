@@ -42,3 +42,14 @@ def test_adding_an_outer_method_guide_runs():
     history = namespace["result"].history
     assert history and history[-1]["cost"] > 0
     assert history[-1]["upper_value"] < history[0]["upper_value"]
+
+
+def test_readme_forward_operator_snippet_runs():
+    readme = (DOCS.parent / "README.md").read_text()
+    section = readme[readme.index("### Your own forward operator"):]
+    block = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    namespace = {}
+    lines = block.strip().splitlines()
+    exec("\n".join(lines[:2]), namespace)
+    for line in lines[2:]:  # each check, as written, must hold
+        assert eval(line.split("#")[0].strip(), namespace), line
