@@ -29,6 +29,7 @@ _BUILTIN = {
     "ridge_regularizer": "bilevel_problems.ridge_regularizer:ENTRY",
     "spline_regression": "bilevel_problems.spline_regression:ENTRY",
     "lipschitz_regression": "bilevel_problems.lipschitz_regression:ENTRY",
+    "reconstruction": "bilevel_problems.reconstruction:ENTRY",
 }
 
 

@@ -31,7 +31,22 @@ C3_ANISOTROPIC = 1.5 / 1.25 ** 2.5  # 0.858650
 
 
 class CertifiedConstants:
-    """The certified constants of :class:`~bilevel_problems.tv_denoising.TVDenoising`."""
+    """The certified constants of :class:`~bilevel_problems.tv_denoising.TVDenoising`.
+
+    Also those of the reconstruction problems (:mod:`bilevel_problems.reconstruction`),
+    whose Hessian is A^T A + gamma I + lam D^T Hphi D: the data term's Hessian is
+    constant and B reads the regulariser alone, so every bound below holds with mu
+    their strong convexity, except two places that use the identity of denoising.
+    They are the two hooks below, which a reconstruction overrides.
+    """
+
+    #: The Hessian is I + lam D^T Hphi D, an M-matrix with A 1 = 1 (denoising), which
+    #: the anisotropic variant's sharper L_Ainv uses.  False drops that branch.
+    hessian_is_identity_plus_laplacian = True
+
+    def energy_budget(self, theta, x_radius, r_norm):
+        """C2 >= sum_p w_p |d_p|^2 (docs/certificates.md, section 3), identity part I."""
+        return local_bounds.energy_budget(x_radius, r_norm)
 
     def bound_constants(self, theta, x):
         r"""Certified constants of the hypergradient bound, in closed form.
@@ -62,7 +77,8 @@ class CertifiedConstants:
           one pixel's difference moves by at most c ||x - x'||, c = sqrt(3) for
           the 2-vector (rows e_{i+1,j} - e_ij, e_{i,j+1} - e_ij: D_p D_p^T has
           eigenvalues 3 and 1), c = sqrt(2) for one component.
-        - Anisotropic variant, a sharper L_Ainv.  In omega, L_Ainv ||grad_x g||
+        - Anisotropic denoising (``hessian_is_identity_plus_laplacian``), a sharper
+          L_Ainv.  In omega, L_Ainv ||grad_x g||
           stands for a bound on ||(A(x~)^{-1} - A(x*)^{-1}) grad_x g|| / eps =
           ||A*^{-1} (A* - A~) q|| / eps with q = A~^{-1} grad_x g, and
           ||(A* - A~) q|| <= lam ||D||^2 (C3 / nu^2) max_{p,k} |(Dq)_pk| eps
@@ -97,6 +113,7 @@ class CertifiedConstants:
             L_Ainv = lam * self.D2 * math.sqrt(3) * C3_ISOTROPIC / nu ** 2 / mu ** 2
         else:
             L_Ainv = lam * self.D2 * math.sqrt(2) * C3_ANISOTROPIC / nu ** 2 / mu ** 2
+        if self.variant == "anisotropic" and self.hessian_is_identity_plus_laplacian:
             _, gx, _ = self.upper_grads(x, theta)
             slack = 2 * e * L_g
             g_inf = float(self.parallel.max(torch.linalg.vector_norm(gx, ord=math.inf))) + slack
@@ -128,7 +145,7 @@ class CertifiedConstants:
         if not math.isfinite(x_radius):
             R = torch.full_like(size, nu)
             return 1.0, self.D2, math.inf, R, torch.full_like(size, math.inf), None
-        C2 = local_bounds.energy_budget(x_radius, self.parallel.norm(self.lower_grad(x, theta)))
+        C2 = self.energy_budget(theta, x_radius, self.parallel.norm(self.lower_grad(x, theta)))
         # Each pixel's move |d_p| is at most c x_radius, and at most sqrt(C2 / w_p) with
         # w_p the least curvature on the disc it may reach: a smaller disc has a larger
         # w_p, so the reach shrinks, each round valid given the previous one.

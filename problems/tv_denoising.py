@@ -43,8 +43,8 @@ from .denoising import DenoisingProblem
 from .finite_differences import diff_norm_squared, grad_adjoint, grad_op
 from .tv_bounds import C3_ANISOTROPIC, C3_ISOTROPIC, CertifiedConstants
 
-__all__ = ["C3_ANISOTROPIC", "C3_ISOTROPIC", "ENTRY", "VARIANTS", "TVDenoising", "denoise",
-           "diff_norm_squared", "grad_adjoint", "grad_op"]
+__all__ = ["C3_ANISOTROPIC", "C3_ISOTROPIC", "ENTRY", "VARIANTS", "SmoothedTV", "TVDenoising",
+           "denoise", "diff_norm_squared", "grad_adjoint", "grad_op"]
 
 VARIANTS = ("isotropic", "anisotropic")
 
@@ -67,7 +67,52 @@ def _hessian_apply(t, s, nu, r, variant):
     return s * (nu * nu / (r * r * r))
 
 
-class TVDenoising(CertifiedConstants, DenoisingProblem):
+class SmoothedTV:
+    """The regulariser R_theta(x) = lam sum_p phi_nu((D x)_p) of theta, its derivatives and B.
+
+    Shared by TV denoising and the reconstruction problems
+    (:mod:`bilevel_problems.reconstruction`): their data terms do not read theta,
+    so B = d/dtheta grad_x h is the regulariser's alone.  Needs ``self.variant``.
+    """
+
+    def tv_value(self, x, theta):
+        """R_theta(x), summed over the images."""
+        lam, nu = torch.exp(theta[0]), torch.exp(theta[1])
+        return lam * _radius(grad_op(x), nu, self.variant).sum()
+
+    def tv_grad(self, x, theta):
+        """grad_x R_theta(x) = lam D^T psi(Dx)."""
+        lam, nu = torch.exp(theta[0]), torch.exp(theta[1])
+        t = grad_op(x)
+        return lam * grad_adjoint(t / _radius(t, nu, self.variant))
+
+    def tv_hvp(self, x, theta, v):
+        """The Hessian of R_theta at x applied to v: lam D^T [Hphi(Dx) Dv]."""
+        lam, nu = torch.exp(theta[0]), torch.exp(theta[1])
+        t = grad_op(x)
+        r = _radius(t, nu, self.variant)
+        return lam * grad_adjoint(_hessian_apply(t, grad_op(v), nu, r, self.variant))
+
+    def _psi_chi(self, x, nu):
+        t = grad_op(x)
+        r = _radius(t, nu, self.variant)
+        psi = t / r
+        return psi, psi * (nu * nu / (r * r))
+
+    def mixed_vjp(self, x, theta, w):
+        lam, nu = torch.exp(theta[0]), torch.exp(theta[1])
+        psi, chi = self._psi_chi(x, nu)
+        dw = grad_op(w)
+        return torch.stack((lam * torch.sum(psi * dw), -lam * torch.sum(chi * dw)))
+
+    def mixed_columns(self, x, theta):
+        """The two columns of B(x) = d/dtheta grad_x h, each shaped like x."""
+        lam, nu = torch.exp(theta[0]), torch.exp(theta[1])
+        psi, chi = self._psi_chi(x, nu)
+        return lam * grad_adjoint(psi), -lam * grad_adjoint(chi)
+
+
+class TVDenoising(CertifiedConstants, SmoothedTV, DenoisingProblem):
     """Bilevel learning of theta = (log weight, log smoothing) of smoothed TV denoising.
 
     Parameters
@@ -97,43 +142,19 @@ class TVDenoising(CertifiedConstants, DenoisingProblem):
 
     # ------------------------------------------------------------ the contract
     def lower_objective(self, x, theta):
-        lam, nu = torch.exp(theta[0]), torch.exp(theta[1])
-        phi = _radius(grad_op(x), nu, self.variant).sum()
-        return 0.5 * torch.sum((x - self.noisy) ** 2) + lam * phi
+        return 0.5 * torch.sum((x - self.noisy) ** 2) + self.tv_value(x, theta)
 
     def smoothness(self, theta):
         lam, nu = math.exp(float(theta[0])), math.exp(float(theta[1]))
         return 1.0 + lam * self.D2 / nu
 
     # ------------------------------------------------------------ closed forms
+    # mixed_vjp and mixed_columns: SmoothedTV's.
     def lower_grad(self, x, theta):
-        lam, nu = torch.exp(theta[0]), torch.exp(theta[1])
-        t = grad_op(x)
-        return x - self.noisy + lam * grad_adjoint(t / _radius(t, nu, self.variant))
+        return x - self.noisy + self.tv_grad(x, theta)
 
     def lower_hvp(self, x, theta, v):
-        lam, nu = torch.exp(theta[0]), torch.exp(theta[1])
-        t = grad_op(x)
-        r = _radius(t, nu, self.variant)
-        return v + lam * grad_adjoint(_hessian_apply(t, grad_op(v), nu, r, self.variant))
-
-    def _psi_chi(self, x, nu):
-        t = grad_op(x)
-        r = _radius(t, nu, self.variant)
-        psi = t / r
-        return psi, psi * (nu * nu / (r * r))
-
-    def mixed_vjp(self, x, theta, w):
-        lam, nu = torch.exp(theta[0]), torch.exp(theta[1])
-        psi, chi = self._psi_chi(x, nu)
-        dw = grad_op(w)
-        return torch.stack((lam * torch.sum(psi * dw), -lam * torch.sum(chi * dw)))
-
-    def mixed_columns(self, x, theta):
-        """The two columns of B(x) = d/dtheta grad_x h, each shaped like x."""
-        lam, nu = torch.exp(theta[0]), torch.exp(theta[1])
-        psi, chi = self._psi_chi(x, nu)
-        return lam * grad_adjoint(psi), -lam * grad_adjoint(chi)
+        return v + self.tv_hvp(x, theta, v)
 
     # ------------------------------------------------------------------ usage
     def as_noisy(self, noisy):
