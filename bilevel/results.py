@@ -169,17 +169,27 @@ class RunFolder:
         """The rows of a CSV file of the folder, numbers parsed (CorruptRunError if empty)."""
         return _load_rows(self.path / name)
 
-    def read_json(self, name) -> dict:
+    def read_json(self, name, why_missing=""):
+        """A JSON file of the folder; CorruptRunError if it is missing or unreadable."""
         path = self.path / name
         if not path.is_file():
-            raise CorruptRunError(self.path, f"no {name}")
+            raise CorruptRunError(self.path, f"no {name}{why_missing}")
         try:
             return json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError) as exc:
             raise CorruptRunError(path, f"not valid JSON ({exc})") from None
 
-    def read_meta(self) -> dict:
-        return self.read_json(self.meta_name)
+    def read_meta(self, required=()) -> dict:
+        """The meta file; CorruptRunError if it is missing, unreadable, not an object, or
+        lacks one of the ``required`` keys."""
+        meta = self.read_json(self.meta_name, " (not a run folder, or an unfinished one)")
+        path = self.path / self.meta_name
+        if not isinstance(meta, dict):
+            raise CorruptRunError(path, f"holds a JSON {type(meta).__name__}, not an object")
+        missing = [key for key in required if key not in meta]
+        if missing:
+            raise CorruptRunError(path, f"missing {', '.join(missing)}")
+        return meta
 
 
 #: The files of a run folder (meta.json is written last: it marks the folder complete).
@@ -206,21 +216,8 @@ def write_meta(out_dir, meta: dict) -> None:
 
 
 def load_meta(run_dir, required=()) -> dict:
-    """The ``meta.json`` of a run folder; :class:`CorruptRunError` if it is missing,
-    unreadable, or lacks one of the ``required`` keys."""
-    path = Path(run_dir) / "meta.json"
-    if not path.is_file():
-        raise CorruptRunError(run_dir, "no meta.json (not a run folder, or an unfinished one)")
-    try:
-        meta = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptRunError(path, f"not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise CorruptRunError(path, f"holds a JSON {type(meta).__name__}, not an object")
-    missing = [key for key in required if key not in meta]
-    if missing:
-        raise CorruptRunError(path, f"missing {', '.join(missing)}")
-    return meta
+    """The ``meta.json`` of a run folder (:meth:`RunFolder.read_meta`)."""
+    return RunFolder(run_dir).read_meta(required)
 
 
 def load_run(run_dir) -> tuple[list, dict, torch.Tensor]:
@@ -231,15 +228,13 @@ def load_run(run_dir) -> tuple[list, dict, torch.Tensor]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run folder at {run_dir}")
-    rows = _load_rows(run_dir / "data.csv")
-    meta = load_meta(run_dir)
-    theta_path = run_dir / "theta.json"
-    if not theta_path.is_file():
-        raise CorruptRunError(run_dir, "no theta.json")
+    folder = RunFolder(run_dir)
+    rows, meta = folder.read_rows("data.csv"), folder.read_meta()
     try:
-        theta = torch.tensor(json.loads(theta_path.read_text()), dtype=torch.float64)
-    except (ValueError, TypeError, RuntimeError) as exc:
-        raise CorruptRunError(theta_path, f"not a JSON list of numbers ({exc})") from None
+        theta = torch.tensor(folder.read_json("theta.json"), dtype=torch.float64)
+    except (TypeError, RuntimeError) as exc:
+        raise CorruptRunError(run_dir / "theta.json",
+                              f"not a JSON list of numbers ({exc})") from None
     return rows, meta, theta
 
 
