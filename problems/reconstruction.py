@@ -237,7 +237,7 @@ PRESET_TEST_PARAMS = {
     "inpainting": dict(operator="inpainting", n_images=2, size=8),
     "superresolution": dict(operator="superresolution", n_images=2, size=8),
     "mri": dict(operator="mri", n_images=2, size=8),
-    "tomography": dict(operator="tomography", n_images=2, size=8, angles=12),
+    "tomography": dict(operator="tomography", n_images=2, size=8, angles=6),
 }
 
 ENTRY = dict(
