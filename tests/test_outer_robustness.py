@@ -161,3 +161,21 @@ def test_d23_every_history_column_is_documented_for_callbacks():
     for column in HISTORY_COLUMNS:
         assert f"``{column}``" in doc, column
     assert "callback" in bilevel.solve.__doc__ and "row" in bilevel.solve.__doc__
+
+
+def test_d21_time_budget_is_collective_in_data_parallel_runs():
+    # Ranks read different clocks: the decision to stop must be the same on all of them
+    # (a rank stopping alone would leave the others in a collective), so a data-parallel
+    # run asks every rank, and never stops inside an iteration on time.
+    from bilevel.outer.base import _past
+
+    class OtherRankIsLate:
+        active = True
+
+        def max(self, value):
+            return torch.ones_like(value)  # another rank is past the deadline
+
+    problem = make_ridge()
+    problem.parallel = OtherRankIsLate()
+    assert _past(float("1e300"), problem)  # this rank is not late, another one is
+    assert not _past(math.inf, problem)

@@ -177,11 +177,15 @@ def run(method, problem, theta0=None, *, max_iter: int = 100, max_cost: float | 
             if max_cost is not None and spent >= max_cost:
                 status, message = "max_cost", f"spent the cost budget max_cost={max_cost:g}"
                 break
-            if time.perf_counter() >= deadline:
+            if _past(deadline, problem):
                 status, message = "max_time", f"spent the time budget max_time={max_time:g} s"
                 break
             remaining = math.inf if max_cost is None else max_cost - spent
-            with limit(remaining, deadline, **labels):
+            # Data-parallel ranks read different clocks: a rank leaving an iteration
+            # alone would leave the others waiting in a collective, so there the time
+            # budget is checked between iterations only, and collectively.
+            inside = math.inf if problem.parallel.active else deadline
+            with limit(remaining, inside, **labels):
                 updated, row = method.update(problem, state)
             totals += row.pop("spent")  # the one place where costs are summed
             row = dict(iteration=updated.iteration, **row, **totals.as_row(),
@@ -243,6 +247,14 @@ def warm(start):
     """``start`` as a warm start, or None where it holds NaN or inf (it would poison the
     next solve)."""
     return start if start is None or bool(torch.isfinite(start).all()) else None
+
+
+def _past(deadline, problem) -> bool:
+    """Whether the time budget is spent; in a data-parallel run, on any rank."""
+    past = time.perf_counter() >= deadline
+    if math.isinf(deadline) or not problem.parallel.active:
+        return past
+    return bool(problem.parallel.max(torch.tensor(float(past))) > 0)
 
 
 def converged_message(grad_norm, omega, tol, certified):
