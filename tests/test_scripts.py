@@ -35,6 +35,7 @@ SCRIPTS = {
     "foe_vs_hoag": ["foe_vs_hoag.png"],
     "logreg_vs_hoag": ["logreg_vs_hoag.png"],
     "plugin_regularizer": ["plugin_regularizer.png"],
+    "reconstruction": ["reconstruction.png"],
 }
 #: benchmark -> (its extra arguments, the meta file of a quick run).
 BENCHMARKS = {
@@ -125,6 +126,15 @@ def plugin_regularizer_summary(folder):
     assert "| MAID float32 |" in (folder / "summary.md").read_text()
 
 
+def reconstruction_improves(folder):
+    """Learned TV (both MAID variants) and the grid reconstruct better than the measurements."""
+    psnr = {r["method"]: r["psnr"] for r in RunFolder(folder).read_rows("heldout.csv")}
+    assert set(psnr) == {"measured", "grid", "grid oracle", "MAID", "MAID L-BFGS"}
+    assert min(psnr["grid"], psnr["MAID"], psnr["MAID L-BFGS"]) > psnr["measured"] + 2
+    runs_recorded(folder)
+    assert "| MAID L-BFGS |" in (folder / "summary.md").read_text()
+
+
 def runs_recorded(folder):
     """One row per run, its status and warnings as columns."""
     runs = RunFolder(folder).read_rows("runs.csv")
@@ -141,7 +151,8 @@ def no_violation(folder):
 
 CHECKS = {"learned_tv": learned_tv_denoises, "plugin_regularizer": plugin_regularizer_summary,
           "quadratic": runs_recorded, "tv_robustness": runs_recorded,
-          "foe_vs_hoag": runs_recorded, "certificate_tightness": no_violation}
+          "foe_vs_hoag": runs_recorded, "certificate_tightness": no_violation,
+          "reconstruction": reconstruction_improves}
 
 
 # ----------------------------------------------------------------------- scripts
