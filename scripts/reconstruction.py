@@ -1,6 +1,7 @@
-"""Learned TV reconstruction (blur, inpainting): MAID against a grid over the same two parameters.
+"""Learned TV reconstruction: MAID against a grid over the same two parameters.
 
-    python scripts/reconstruction.py --operator blur|inpainting [--quick] [--size 64]
+    python scripts/reconstruction.py --operator blur|inpainting|superresolution|mri
+        [--quick] [--size 64]
 
 Learns theta = (log weight, log smoothing) of smoothed TV reconstruction
 (``reconstruction[operator=...]``, :class:`bilevel_problems.reconstruction.ReconstructionProblem`)
@@ -15,7 +16,8 @@ minimises; cost is counted the same way for both (lower-level + CG iterations).
 Held out: ``--n-test`` other images, the same operator, other noise
 (:meth:`ReconstructionProblem.on_images`); mean PSNR / SSIM over the images of
 
-- ``measured``: y itself for blur, the zero-filled image A^T y for inpainting;
+- ``measured``: y itself for blur, else the back-projection A^T y / ||A||^2 (zero-filled
+  for inpainting and MRI, each value on its block for super-resolution);
 - ``grid``: the grid's point (chosen on the training images);
 - ``grid oracle``: the best fine-grid point scored on the held-out images themselves (the best
   any fine-grid point could do there; its held-out solves are not charged to the grid);
@@ -48,7 +50,7 @@ FILES = {"data.csv": "one row per MAID iteration and per grid point: run, stage,
                         "cost of finding theta",
          "runs.csv": "each MAID run's status, message and warnings",
          "example.npz": "the first held-out image: clean, measured, grid, learned (float32)"}
-OPERATORS = ("blur", "inpainting")
+OPERATORS = ("blur", "inpainting", "superresolution", "mri")
 METHODS = (("MAID", "maid"), ("MAID L-BFGS", "maid_lbfgs"))
 GRID_TOL = 1e-3  # certified ||x - x*|| over the training stack: ~1e-3 dB of PSNR
 TEST_TOL = 1e-4  # the same for the held-out reconstructions
@@ -174,9 +176,13 @@ def grid_search(problem, held, args):
 
 # ------------------------------------------------------------------- held out
 def measured_image(problem):
-    """What a user sees of the measurements: y for blur (an image), A^T y for a mask."""
+    """What a user sees of the measurements: y where it is an image (blur), else the
+    back-projection A^T y / ||A||^2 (a mask: zero-filled; downsampling: each value on its
+    block; MRI: the zero-filled inverse FFT)."""
     y = problem.measurements
-    return y if y.shape == problem.clean.shape else problem.operator.A_adjoint(y)
+    if y.shape == problem.clean.shape and not y.is_complex():
+        return y
+    return problem.operator.A_adjoint(y) / problem.operator.norm_squared()
 
 
 def held_out_row(held, label, theta, cost, time_s, x=None):
@@ -283,8 +289,10 @@ def summarise(folder):
                 f"cost {by[label]['cost'] / by['grid']['cost']:.2f} x the grid's; status "
                 f"`{runs[label]['status']}` after {int(runs[label]['iterations'])} iterations"
                 for label, _ in METHODS if label in by]
-    operator = (f"Gaussian blur (sigma_blur {meta['blur_sigma']})" if meta["operator"] == "blur"
-                else f"inpainting ({meta['fraction_missing']:.0%} of the pixels missing)")
+    operator = {"blur": f"Gaussian blur (sigma_blur {meta['blur_sigma']})",
+                "inpainting": f"inpainting ({meta['fraction_missing']:.0%} of the pixels missing)",
+                "superresolution": "super-resolution (average pooling by 2)",
+                "mri": "MRI (Cartesian undersampling, acceleration 4)"}[meta["operator"]]
     text = [
         f"# Learned TV reconstruction: {meta['operator']}", "",
         f"{operator}, noise sigma {meta['sigma']}, gamma {meta['gamma']}, {meta['variant']} "

@@ -7,6 +7,7 @@ raise, and must leave every data file as it was.
 """
 import importlib.util
 import json
+import math
 import os
 import shutil
 import sys
@@ -156,6 +157,16 @@ CHECKS = {"learned_tv": learned_tv_denoises, "plugin_regularizer": plugin_regula
 
 
 # ----------------------------------------------------------------------- scripts
+@pytest.mark.parametrize("operator", ["superresolution", "mri"])
+def test_reconstruction_of_other_operators(tmp_path, operator):
+    """The measurements shown are a real image (A^T y / ||A||^2) and TV improves on them."""
+    module("scripts", "reconstruction").main(["--quick", "--operator", operator, "--no-plot",
+                                              "--out", str(tmp_path)])
+    psnr = {r["method"]: r["psnr"] for r in RunFolder(tmp_path).read_rows("heldout.csv")}
+    assert all(math.isfinite(v) for v in psnr.values())
+    assert min(psnr["grid"], psnr["MAID"], psnr["MAID L-BFGS"]) > psnr["measured"]
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_script_quick_then_replot(tmp_path, monkeypatch, name):
     module("scripts", name).main(["--quick", "--out", str(tmp_path)])
