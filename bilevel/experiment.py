@@ -147,11 +147,10 @@ def summary_rows(outcomes) -> list[dict]:
 def image_folder(name: str, given=None) -> str | None:
     """The folder of the image set ``name`` (``train``, ``Set68``, ``Set12``), or None.
 
-    In this order: ``given`` (it must exist); ``$BILEVEL_DATA/bsd/NAME``;
-    ``../shared/data/bsd/NAME`` beside the repository (a shared machine's copy, which
-    a user's machine does not have).  None means: use the images bundled with
-    scikit-image.  The path comes back relative to the working directory, so that no
-    run folder records a machine's layout.
+    The search order and the sets' layout are in docs/data.md: ``given`` (it must
+    exist), then ``$BILEVEL_DATA``, then a shared development copy beside the
+    repository; None means the images bundled with scikit-image.  The path comes back
+    relative to the working directory, so that no run folder records a machine's layout.
     """
     if given:
         if not Path(given).is_dir():

@@ -215,25 +215,6 @@ def test_d7_interrupted_run_writes_what_it_has_and_resumes(tmp_path, signame):
     assert theta_of(run) == straight(tmp_path, 30)
 
 
-def test_d7_an_interrupt_escaping_run_keeps_the_completed_iterations(tmp_path, monkeypatch):
-    real_run = bilevel.outer.run
-
-    def run_then_interrupt(*args, **kwargs):  # as if run() did not catch it
-        real_run(*args, **dict(kwargs, max_iter=5))
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(bilevel.outer, "run", run_then_interrupt)
-    path, problem = tmp_path / "ck.pt", Quadratic(**PARAMS)
-    try:
-        result = bilevel.solve(problem, "maid", max_iter=20, checkpoint_path=path)
-    except KeyboardInterrupt:  # not raised on: pytest would take it for the user's Ctrl-C
-        pytest.fail("the interrupt escaped solve() and lost the completed iterations")
-    assert result.status == "interrupted" and len(result.history) == 5
-    monkeypatch.setattr(bilevel.outer, "run", real_run)
-    resumed = bilevel.resume(problem, path, max_iter=9)
-    assert torch.equal(resumed.theta, bilevel.solve(problem, "maid", max_iter=9).theta)
-
-
 # ----------------------------------------------------------- D13 one-line errors
 @pytest.mark.parametrize("argv,needle", [
     (["--set", "eps0=nan"], "eps0"),

@@ -132,45 +132,21 @@ def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=No
 
 def _run_with_checkpoints(method, problem, theta0, path, every, **kwargs):
     """:func:`run`, writing a checkpoint to ``path`` (if any) every ``every`` iterations
-    and at the end -- an interrupted end included, so that the run can be resumed."""
-    write = None
-    if path is not None:
-        from ..checkpoint import problem_fingerprint, save_checkpoint
+    and at the end -- an interrupted end included (run() returns it as a result), so
+    that the run can be resumed."""
+    if path is None:
+        return run(method, problem, theta0, **kwargs)
+    from ..checkpoint import problem_fingerprint, save_checkpoint
 
-        fingerprint = problem_fingerprint(problem)  # once per run: it hashes the data
-        options = {key: kwargs.get(key) for key in ("max_iter", "max_cost", "max_time")}
+    fingerprint = problem_fingerprint(problem)  # once per run: it hashes the data
+    options = {key: kwargs.get(key) for key in ("max_iter", "max_cost", "max_time")}
 
-        def write(state, history):
-            save_checkpoint(path, method, state, history, problem=fingerprint, run=options)
+    def write(state, history):
+        save_checkpoint(path, method, state, history, problem=fingerprint, run=options)
 
-    latest = {}  # the last completed iteration, should an interrupt escape run()
-
-    def hook(state, history):
-        latest.update(state=state, history=history, rows=len(history))
-        if write is not None and every and len(history) % every == 0:
-            write(state, history)
-
-    try:
-        result = run(method, problem, theta0, checkpoint=hook, checkpoint_every=1, **kwargs)
-    except KeyboardInterrupt:
-        # run() ends with status 'interrupted' itself; this keeps what was computed
-        # should an interrupt escape it anyway.
-        if not latest and kwargs.get("state") is None:
-            raise  # nothing computed yet
-        result = _interrupted(latest, kwargs)
-    if write is not None:
-        write(result.state, result.history)
+    result = run(method, problem, theta0, checkpoint=write, checkpoint_every=every, **kwargs)
+    write(result.state, result.history)
     return result
-
-
-def _interrupted(latest, kwargs) -> SolveResult:
-    if latest:
-        state, history = latest["state"], latest["history"][:latest["rows"]]
-    else:
-        state, history = kwargs["state"], list(kwargs.get("history") or [])
-    return SolveResult(theta=state.theta, history=history, status="interrupted",
-                       message=f"interrupted (KeyboardInterrupt) after iteration {len(history)}",
-                       state=state)
 
 
 __all__ = ["solve", "resume", "make_method", "METHODS", "MAID", "FixedAccuracy", "HOAG",
