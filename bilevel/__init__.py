@@ -14,6 +14,7 @@ from .lower import LowerSolution, certificate, fista
 from .outer import METHODS, ConvergenceWarning, SolveResult, resume, solve
 from .problem import BilevelProblem, DerivativeWarning
 from .registry import list_problems, make_problem, register_problem
+from .reparametrized import Reparametrized
 from .results import CorruptRunError
 
 __version__ = "0.1.0"
@@ -23,7 +24,7 @@ __all__ = [
     "ConvergenceWarning", "CorruptCheckpointError", "CorruptRunError", "DerivativeWarning",
     "Hypergradient", "LowerSolution", "METHODS", "SolveResult", "certificate", "conjugate_gradient",
     "estimate_bound_constants", "fista", "hypergradient", "list_problems", "make_problem",
-    "distributed", "local_bounds", "register_problem", "results", "resume", "solve", "testing",
+    "distributed", "local_bounds", "register_problem", "Reparametrized", "results", "resume", "solve", "testing",
     "unrolled_hypergradient",
     "upper_bounds",
 ]

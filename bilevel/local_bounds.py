@@ -28,9 +28,14 @@ import torch
 _GRID = 48
 
 
-def energy_budget(eps, r_norm):
-    """C2 = min(eps ||r||, ||r||^2 / 4): the energy budget of the module docstring."""
-    return min(eps * r_norm, 0.25 * r_norm * r_norm)
+def energy_budget(eps, r_norm, mu=1.0):
+    """C2 = min(eps ||r||, ||r||^2 / (4 mu)): the energy budget of the module docstring.
+
+    ``mu``: the part mu I of A_bar's lower bound (1 for denoising's identity; a
+    reconstruction's gamma + the Gram bound of its operator), as
+    t ||r|| - mu t^2 <= ||r||^2 / (4 mu).
+    """
+    return min(eps * r_norm, 0.25 * r_norm * r_norm / mu)
 
 
 def _identity(t):

@@ -96,6 +96,32 @@ class DenoisingProblem(BilevelProblem):
     def initial_x(self, theta):
         return self.noisy.clone()
 
+    # ------------------------------------------------------------ the data term
+    # A member writes h = data term + R_theta through these four hooks, so that a
+    # reconstruction (:mod:`bilevel_problems.measurements`) can swap 1/2 ||x - y||^2 for
+    # 1/2 ||A x - y||^2 + gamma/2 ||x||^2 and keep the member's regulariser and its
+    # certified constants (which read mu, never the identity, for the data term).
+    #: A bound on the data term's Hessian (None: not certified).
+    data_smoothness = 1.0
+
+    def data_value(self, x):
+        """1/2 ||x - y||^2 summed over the images."""
+        return 0.5 * torch.sum((x - self.noisy) ** 2)
+
+    def data_grad(self, x):
+        """x - y (a new tensor: callers add the regulariser's gradient into it)."""
+        return x - self.noisy
+
+    def data_hvp(self, v):
+        """The data term's Hessian times v: v itself (a new tensor)."""
+        return v.clone()
+
+    def energy_budget(self, theta, x_radius, r_norm):
+        """C2 >= sum_p w_p |d_p|^2 (:mod:`bilevel.local_bounds`), with the data part mu I."""
+        from bilevel import local_bounds
+
+        return local_bounds.energy_budget(x_radius, r_norm, self.strong_convexity(theta))
+
     # ------------------------------------------------------------------ usage
     def on_images(self, images, theta) -> DenoisingProblem:
         """This problem's model on other images (clean = noisy = ``images``, (N, H, W)).

@@ -43,17 +43,20 @@ class CertifiedConstants:
                 filter_bank.operator_norm_bounds(auto))
 
     def smoothness(self, theta):
-        r"""Certified L = 1 + ||sum_k (alpha_k / nu_k) c_k \star c_k||_1.
+        r"""Certified L = L_data + ||sum_k (alpha_k / nu_k) c_k \star c_k||_1 (L_data = 1 here).
 
         The Hessian is I + sum_k alpha_k K_k^T D_k K_k with 0 <= D_k <= 1/nu_k
         (phi'' = nu^2 / r^3 <= 1 / nu), so it is <= I + sum_k (alpha_k / nu_k)
         K_k^T K_k, whose norm is at most 1 + ||sum_k (alpha_k / nu_k) a_k||_1
         (a_k = c_k \star c_k; :func:`bilevel_problems.filter_bank.weighted_kernel_norm`).
         This is at most the simpler 1 + sum_k alpha_k ||c_k||_1^2 / nu_k (Young:
-        ||K_k|| <= ||c_k||_1).
+        ||K_k|| <= ||c_k||_1).  A reconstruction's data term has its own L_data
+        (``data_smoothness``; None when not certified, and then so is L).
         """
+        if self.data_smoothness is None:
+            return None
         mixed, _ = self._kernel_norms(self.params(theta))
-        return 1.0 + mixed
+        return self.data_smoothness + mixed
 
     # ---------------------------------------------------------- bound constants
     def bound_constants(self, theta, x):
@@ -160,7 +163,7 @@ class CertifiedConstants:
 
     def _local_hessian_rate(self, theta, x, q, radius, x_radius, p, kappa, c2):
         """The local form of :meth:`hessian_lipschitz_along` (responses held in memory)."""
-        C2 = local_bounds.energy_budget(x_radius, self.parallel.norm(self.lower_grad(x, theta)))
+        C2 = self.energy_budget(theta, x_radius, self.parallel.norm(self.lower_grad(x, theta)))
         z = self.convolve(x, theta).abs().transpose(0, 1).flatten(1)   # (K, N P)
         u = self.convolve(q, theta).abs().transpose(0, 1).flatten(1)
         nu = p.nu.view(-1, 1)
@@ -232,7 +235,7 @@ class CertifiedConstants:
             d2_max = torch.maximum(d2_max, d2.amax(dim=(0, 2)))
             auto += _autocorrelation(d1.view(d1.shape[0], K, ch.r1 - ch.r0, -1), s)
         grad_reg_norm = float(torch.linalg.vector_norm(grad_reg.double()))
-        grad_norm = float(torch.linalg.vector_norm((x - self.noisy + grad_reg).double()))
+        grad_norm = float(torch.linalg.vector_norm((self.data_grad(x) + grad_reg).double()))
 
         # (1 + 1e-10) absorbs the rounding of the eigenvalues and of the FFT.
         Pm = torch.eye(s * s, dtype=torch.float64, device=x.device) - 1.0 / s ** 2

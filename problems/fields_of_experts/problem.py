@@ -183,7 +183,7 @@ class FieldsOfExperts(CertifiedConstants, DenoisingProblem):
         z = filter_bank.correlate(x, p.filters, self.s)
         nu = p.nu.view(1, -1, 1, 1)
         reg = torch.sqrt(z * z + nu * nu).sum(dim=(0, 2, 3))
-        return 0.5 * torch.sum((x - self.noisy) ** 2) + torch.sum(p.alpha * reg)
+        return self.data_value(x) + torch.sum(p.alpha * reg)
 
     # ------------------------------------------------------------ closed forms
     def lower_grad(self, x, theta):
@@ -191,7 +191,7 @@ class FieldsOfExperts(CertifiedConstants, DenoisingProblem):
         p = self.params(theta)
         nu2 = (p.nu * p.nu).view(-1, 1)
         Ca = p.alpha.view(-1, 1) * p.filters
-        out = x - self.noisy
+        out = self.data_grad(x)
 
         def work(ch):
             z = ch.response(x)
@@ -199,7 +199,7 @@ class FieldsOfExperts(CertifiedConstants, DenoisingProblem):
             d1 = torch.addcmul(nu2, z, z, out=ch.buffer("t")).rsqrt_().mul_(z)
             ch.adjoint_into(out, d1, Ca)
 
-        self._sweep(p, x.shape, work, x, theta, self.noisy)
+        self._sweep(p, x.shape, work, x, theta)
         return out
 
     def lower_hvp(self, x, theta, v):
@@ -207,7 +207,7 @@ class FieldsOfExperts(CertifiedConstants, DenoisingProblem):
         p = self.params(theta)
         nu2 = (p.nu * p.nu).view(-1, 1)
         Ca = p.alpha.view(-1, 1) * p.filters
-        out = v.clone()
+        out = self.data_hvp(v)
 
         def work(ch):
             z = ch.response(x)
