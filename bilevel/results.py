@@ -199,7 +199,9 @@ RUN_FILES = ("data.csv", "theta.json", "meta.json", "checkpoint.pt", "curves.png
 def save_run(out_dir, result, meta: dict, warnings=()) -> Path:
     """Write ``data.csv``, ``theta.json`` and ``meta.json`` of a SolveResult into ``out_dir``.
 
-    ``warnings``: the messages the run raised, recorded in meta.json.
+    ``warnings``: the messages the run raised, recorded in meta.json.  A ``problem``
+    entry of ``meta`` (the spec, ``"tv_denoising[...]"``, as ``python -m bilevel run
+    --out`` writes it) makes the folder a model for :func:`bilevel.load`.
     """
     folder = RunFolder(out_dir, portable=False)
     folder.path.mkdir(parents=True, exist_ok=True)
