@@ -30,6 +30,7 @@ _BUILTIN = {
     "spline_regression": "bilevel_problems.spline_regression:ENTRY",
     "lipschitz_regression": "bilevel_problems.lipschitz_regression:ENTRY",
     "reconstruction": "bilevel_problems.reconstruction:ENTRY",
+    "weakly_convex_ridge": "bilevel_problems.weakly_convex_ridge:ENTRY",
 }
 
 

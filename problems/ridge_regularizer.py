@@ -132,7 +132,7 @@ class RidgeRegularizer(DenoisingProblem):
     def params(self, theta):
         """(alpha, zero-mean filters (K, s^2), slopes (K, N - 1), d slopes / d q (K, N - 1))."""
         if theta.shape != (self.dim_theta,):
-            raise ValueError(f"ridge_regularizer: theta must have {self.dim_theta} entries, got "
+            raise ValueError(f"{self.name}: theta must have {self.dim_theta} entries, got "
                              f"shape {tuple(theta.shape)}")
         K, s2 = self.K, self.s ** 2
         filters = filter_bank.zero_mean(theta[1:1 + K * s2].view(K, s2))
@@ -186,7 +186,9 @@ class RidgeRegularizer(DenoisingProblem):
         """
         alpha, C, slopes, _ = self.params(theta.detach())
         auto = filter_bank.autocorrelations(C, self.s)
-        return 1.0 + float(alpha) * filter_bank.weighted_kernel_norm(auto, slopes.amax(dim=1))
+        # clamp: a no-op here; a subclass whose slopes may be negative reads the same bound
+        weights = slopes.amax(dim=1).clamp(min=0)
+        return 1.0 + float(alpha) * filter_bank.weighted_kernel_norm(auto, weights)
 
     # ------------------------------------------------------------ closed forms
     def lower_grad(self, x, theta):
@@ -238,6 +240,10 @@ class RidgeRegularizer(DenoisingProblem):
           A(x1) - A(x2) = alpha sum_k K_k^T diag(psi_k''(z1) - psi_k''(z2)) K_k and
           ||K_k (x1 - x2)||_inf <= ||c_k||_2 ||x1 - x2||; global in x.
         - L_gtheta = 0.
+
+        Every bound above reads |psi_k''| and max_j |s_kj| (here psi_k'', s_kj >= 0, so
+        the same values): it then holds for slopes of either sign, which the weakly
+        convex subclass (:mod:`bilevel_problems.weakly_convex_ridge`) relies on.
         """
         theta, x = theta.detach(), x.detach()
         alpha, C, slopes, dslopes = self.params(theta)
@@ -256,12 +262,12 @@ class RidgeRegularizer(DenoisingProblem):
         auto = filter_bank.autocorrelations(C, s)
         kappa = filter_bank.operator_norm_bounds(auto).double().cpu()
         c2 = torch.linalg.vector_norm(C, dim=1).double().cpu()
-        smax = slopes.amax(dim=1).double().cpu()
+        smax = slopes.abs().amax(dim=1).double().cpu()  # |.|: see the docstring
         dsmax = dslopes.amax(dim=1).double().cpu()
         jmp = (torch.diff(slopes, dim=1).abs().amax(dim=1) / self.T).double().cpu() \
             if self.M > 1 else torch.zeros(K, dtype=torch.float64)
         d1_norm = torch.linalg.vector_norm(d1, dim=(0, 2, 3)).double().cpu()
-        d2_max = d2.amax(dim=(0, 2, 3)).double().cpu()
+        d2_max = d2.abs().amax(dim=(0, 2, 3)).double().cpu()
         z_norm = torch.linalg.vector_norm(z, dim=(0, 2, 3)).double().cpu()
 
         block_0 = float(torch.sum(grad_reg.double() ** 2))

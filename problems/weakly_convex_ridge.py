@@ -1,0 +1,162 @@
+r"""A learned WEAKLY convex ridge regularizer for denoising (Goujon, Neumayer, Unser 2023).
+
+The lower level has the convex ridge regularizer's form (:mod:`bilevel_problems.ridge_regularizer`,
+same theta, same box-smoothed spline potentials, docs/problems.md)
+
+    h(x, theta) = sum_i [ 1/2 ||x_i - y_i||^2 + alpha sum_k sum_p psi_k((K_k x_i)_p) ],
+
+but the slopes of sigma_k = psi_k' may be negative, down to a floor -beta(theta):
+
+    s_kj = s_max sigmoid(q_kj) - beta (1 - sigmoid(q_kj))  in (-beta, s_max),
+    beta = rho / (alpha Lambda(c)),   0 <= rho < 1 fixed (default 0.9),
+
+with Lambda(c) a smooth certified bound on ||sum_k K_k^T K_k|| (:meth:`kernel_bound`).
+So psi_k is concave wherever its smoothed slopes are negative (the WCRR potentials: convex
+near 0, concave tails), yet alpha psi_k'' >= -rho / Lambda whatever alpha and the filters.
+
+**mu = 1 - rho (certified).**  The Hessian is I + alpha sum_k K_k^T D_k K_k with
+D_k = diag(psi_k''(K_k x)) and psi_k'' in [min_j s_kj, max_j s_kj], a subset of (-beta, s_max)
+(:func:`bilevel.nn.splines.potential_tables`: psi_k'' is a convex combination of the
+slopes).  Hence, in the Loewner order,
+
+    alpha sum_k K_k^T D_k K_k >= -alpha beta sum_k K_k^T K_k >= -alpha beta ||sum_k K_k^T K_k|| I
+                              >= -alpha beta Lambda I = -rho I,
+
+and grad^2 h >= (1 - rho) I for every x and theta.  The floor needs
+||sum_k K_k^T K_k|| <= ||A||_1 <= Lambda, A = sum_k c_k \star c_k (K_k^T K_k <= the
+convolution with c_k \star c_k: :mod:`bilevel_problems.filter_bank`).  ||A||_1 itself has a
+kink wherever an entry of A vanishes (the DCT start has such zeros), so
+
+    Lambda = sum_tau sqrt(A(tau)^2 + eps^2),   eps = eta A(0) / (2s - 1)^2,   eta = 0.05:
+
+smooth in theta, >= ||A||_1, and <= ||A||_1 + eta A(0) <= (1 + eta) ||A||_1 (A(0) = sum_k
+||c_k||^2 is A's largest entry).  With rho = 0 this is the convex class exactly.
+
+Default rho = 0.9: the potentials may use 90% of the curvature that the data term lends,
+as WCRR does (it stops at 1, where h is merely convex); the price is mu = 0.1, i.e. a
+lower-level condition number and an error bound e = ||grad h|| / mu 10x those of mu = 1,
+and L_Ainv = L_A / mu^2 (omega at eps = delta = 1e-4 on the test instance, 2 images of
+12 x 12, at theta0: 0.008 convex, 0.05 with rho = 0.5, 1.3 with rho = 0.9).  The certified
+mu is pessimistic by Lambda's slack only: at the floor lambda_min(grad^2 h) =
+1 - rho ||sum_k K_k^T K_k|| / Lambda (about 0.48 there, for rho = 0.9).
+
+**The other constants** are the convex class's, which read |psi_k''| and max_j |s_kj| and so
+hold for slopes of either sign: L = 1 + alpha ||sum_k max(max_j s_kj, 0) c_k \star c_k||_1
+(D_k <= max(max_j s_kj, 0) I); in the bound constants the filter block uses max |psi''|, the
+L_B columns max_j |s_kj|, the slope block d s_kj / d q_kj = (s_max + beta) sigmoid' > 0
+(psi_k' is still linear in the slopes with the same nonnegative hat functions), L_A and
+the jumps |psi'''| never used a sign.  What is new is beta's dependence on theta_0 and the
+filters: B = B_frozen + u (grad_theta beta)^T, B_frozen the convex formula at frozen beta,
+u = d grad_x h / d beta = -alpha sum_k K_k^T sigma_k^-(K_k x), sigma_k^- the smoothed spline
+with slopes 1 - sigmoid(q_kj) in (0, 1).  This rank-one term adds ||u|| ||grad beta|| to
+||B|| and alpha ||sum_k max_j(1 - sigmoid(q_kj)) c_k \star c_k||_1 ||grad beta|| to L_B
+(:meth:`WeaklyConvexRidge.bound_constants`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from bilevel.nn.splines import evaluate_potential, potential_tables
+
+from . import filter_bank, params
+from .ridge_regularizer import RidgeRegularizer
+
+
+class WeaklyConvexRidge(RidgeRegularizer):
+    """Bilevel learning of a weakly convex ridge regularizer (module docstring).
+
+    Parameters
+    ----------
+    rho : float
+        The weak-convexity budget in [0, 1): alpha psi_k'' >= -rho / Lambda, so the lower
+        level is (1 - rho)-strongly convex (default 0.9).  rho = 0 is the convex class.
+    **options
+        Those of :class:`~bilevel_problems.ridge_regularizer.RidgeRegularizer`.
+        ``slope_init`` is read as fractions f of the slope range at the start:
+        s = -beta + (s_max + beta) f, f in (0, 1); ``slopes(theta)`` lie in (-beta, s_max).
+    """
+
+    name = "weakly_convex_ridge"
+    #: eta of the smoothed kernel bound Lambda (module docstring).
+    kernel_smoothing = 0.05
+
+    def __init__(self, rho=0.9, **options):
+        rho = params.number(self.name, "rho", rho, minimum=0.0)
+        if rho >= 1:
+            raise ValueError(f"{self.name}: rho must be a finite number in [0, 1) (mu = 1 - rho "
+                             f"> 0), got {rho!r}")
+        self.rho = rho
+        super().__init__(**options)
+
+    # ------------------------------------------------------------ parameters
+    def kernel_bound(self, C):
+        r"""Lambda(c) = sum_tau sqrt(A(tau)^2 + eps^2) >= ||sum_k K_k^T K_k|| (differentiable)."""
+        A = filter_bank.autocorrelations(C, self.s).sum(dim=0)
+        eps = self.kernel_smoothing * A[self.s - 1, self.s - 1] / A.numel()
+        return torch.sqrt(A ** 2 + eps ** 2).sum()
+
+    def slope_floor(self, alpha, C):
+        """beta = rho / (alpha Lambda(c)): the slopes stay above -beta."""
+        return self.rho / (alpha * self.kernel_bound(C))
+
+    def params(self, theta):
+        """(alpha, zero-mean filters, slopes in (-beta, s_max), d slopes / d q at frozen beta)."""
+        alpha, C, positive, dpositive = super().params(theta)
+        beta = self.slope_floor(alpha, C)
+        rest = 1 - positive / self.s_max  # 1 - sigmoid(q)
+        return alpha, C, positive - beta * rest, dpositive * (1 + beta / self.s_max)
+
+    def strong_convexity(self, theta):
+        return 1.0 - self.rho  # the module docstring
+
+    # ---------------------------------------------------------- bound constants
+    def bound_constants(self, theta, x):
+        r"""The convex class's constants at frozen beta, plus beta's rank-one term.
+
+        B = B_frozen + u g^T with g = grad_theta beta (autograd through
+        :meth:`slope_floor`: beta = rho / (alpha Lambda) reads theta_0 and the filters) and
+        u = -alpha sum_k K_k^T sigma_k^-(z_k), sigma_k^- = psi_k' for the slopes
+        1 - sigmoid(q_kj) (d s_kj / d beta = -(1 - sigmoid(q_kj)), and psi_k' is linear in
+        the slopes).  So ||B(x)|| <= ||B_frozen(x)|| + ||u(x)|| ||g||, and u is Lipschitz in x
+        with constant l_u = alpha ||sum_k m_k c_k \star c_k||_1, m_k = max_j (1 - sigmoid(q_kj)):
+        du/dx = -alpha sum_k K_k^T diag(sigma_k^-'(z_k)) K_k with 0 <= sigma_k^-' <= m_k.
+        Hence L_B grows by l_u ||g||, and the margin of B_norm (valid within 2e of x,
+        e = ||grad_x h(x)|| / mu) by 2 e l_u ||g||.  L_g, L_Ainv (with mu = 1 - rho) and
+        L_gtheta are the convex class's (its docstring: why they hold for either sign).
+        """
+        frozen = super().bound_constants(theta, x)
+        theta, x = theta.detach(), x.detach()
+        with torch.enable_grad():
+            live = theta.clone().requires_grad_(True)
+            alpha, C, positive, _ = RidgeRegularizer.params(self, live)
+            (g,) = torch.autograd.grad(self.slope_floor(alpha, C), live)
+        g_norm = float(torch.linalg.vector_norm(g))
+        alpha, C, rest = float(alpha.detach()), C.detach(), 1 - positive.detach() / self.s_max
+        tables = potential_tables(rest, self.x_range)
+        (d1,) = evaluate_potential(self._conv(x, C), tables, self.x_range, (1,))
+        u_norm = alpha * float(torch.linalg.vector_norm(self._conv_adjoint(d1, C)))
+        auto = filter_bank.autocorrelations(C, self.s)
+        l_u = alpha * filter_bank.weighted_kernel_norm(auto, rest.amax(dim=1))
+        e = float(torch.linalg.vector_norm(self.lower_grad(x, theta))) / (1.0 - self.rho)
+        return dataclasses.replace(
+            frozen, B_norm=frozen.B_norm + u_norm * g_norm * (1 + 1e-12) + 2 * e * l_u * g_norm,
+            L_B=frozen.L_B + l_u * g_norm)
+
+    # ------------------------------------------------------------------ usage
+    def on_images(self, images, theta):
+        return WeaklyConvexRidge(rho=self.rho, images=images, noisy=images, num_filters=self.K,
+                                 filter_size=self.s, num_knots=self.num_knots,
+                                 x_range=self.x_range, s_max=self.s_max, dtype=self.dtype,
+                                 device=self.device)
+
+
+ENTRY = dict(
+    factory=WeaklyConvexRidge,
+    description="Weakly convex ridge regularizer denoising: the ridge regularizer with spline "
+                "slopes down to -rho / (alpha Lambda), certified mu = 1 - rho, L and bound "
+                "constants",
+    test_params=dict(n_images=2, size=12, num_filters=2, filter_size=3, num_knots=5,
+                     x_range=0.2),
+)

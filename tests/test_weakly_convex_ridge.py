@@ -1,0 +1,210 @@
+"""The weakly convex ridge regularizer (bilevel_problems.weakly_convex_ridge): its certified
+mu = 1 - rho against dense Hessians, at the slope floor where the potentials are most
+concave, its L, closed forms and hypergradient bound against exact references."""
+import math
+import warnings
+
+import pytest
+import torch
+from bilevel_problems import filter_bank
+from bilevel_problems.ridge_regularizer import RidgeRegularizer
+from bilevel_problems.weakly_convex_ridge import WeaklyConvexRidge
+
+import bilevel
+from bilevel import BilevelProblem
+from bilevel.reference import reference_solution
+from bilevel.testing import check_problem
+
+SMALL = dict(n_images=2, size=12, num_filters=2, filter_size=3, num_knots=5, x_range=0.2)
+RHO = 0.9
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return WeaklyConvexRidge(rho=RHO, **SMALL)
+
+
+def _theta(problem, log_scale=None, q=None, seed=None):
+    """theta0, with theta_0 and every q_kj set, or drawn at random (filters too) from seed."""
+    theta = problem.initial_theta()
+    n_filters = problem.K * problem.s ** 2
+    if seed is not None:
+        gen = torch.Generator().manual_seed(seed)
+        theta = torch.randn(theta.shape, generator=gen, dtype=theta.dtype)
+        theta[0] = 5 * float(torch.rand((), generator=gen, dtype=theta.dtype)) - 3
+        theta[1:1 + n_filters] *= 0.4  # filters of about unit norm, as at the start
+        theta[1 + n_filters:] *= 4  # slopes from near the floor to near s_max
+    if log_scale is not None:
+        theta[0] = log_scale
+    if q is not None:
+        theta[1 + n_filters:] = q
+    return theta
+
+
+#: Where the potentials are most concave (q -> -inf: every slope at the floor -beta), with
+#: small, middling and large alpha; then random thetas.
+FLOOR = [dict(log_scale=a, q=-40.0) for a in (-4.0, -1.0, 3.0)]
+POINTS = FLOOR + [dict(seed=s) for s in range(3)]
+
+
+def _dense_hessian(problem, x, theta):
+    """By autograd on lower_objective alone (no closed form), symmetrised."""
+    H = torch.autograd.functional.hessian(
+        lambda v: problem.lower_objective(v.view_as(x), theta), x.flatten(), vectorize=True)
+    return (H + H.T) / 2
+
+
+def _spread_x(problem, seed):
+    """The noisy images plus noise: filter responses across every piece of the splines."""
+    gen = torch.Generator().manual_seed(seed)
+    return problem.noisy + 0.3 * torch.randn(problem.noisy.shape, generator=gen,
+                                             dtype=problem.noisy.dtype)
+
+
+@pytest.mark.parametrize("point", POINTS, ids=str)
+def test_hessian_spectrum_lies_in_mu_L(problem, point):
+    theta = _theta(problem, **point)
+    H = _dense_hessian(problem, _spread_x(problem, 0), theta)
+    eig = torch.linalg.eigvalsh(H)
+    mu, L = problem.strong_convexity(theta), problem.smoothness(theta)
+    assert mu == pytest.approx(1 - RHO)
+    assert mu * (1 - 1e-10) <= float(eig[0]) < 1  # < 1: h is not convex + 1/2 ||x - y||^2
+    assert float(eig[-1]) <= L * (1 + 1e-10)
+
+
+@pytest.mark.parametrize("point", FLOOR, ids=str)
+def test_at_the_floor_the_regularizer_is_concave_as_far_as_certified(problem, point):
+    """At the floor alpha psi_k'' = -rho / Lambda: H = I - (rho / Lambda) sum_k K_k^T K_k.
+
+    So lambda_min = 1 - rho ||sum_k K_k^T K_k|| / Lambda whatever alpha: well below 1 (the
+    potentials really are concave), and above 1 - rho by Lambda's slack only.
+    """
+    theta = _theta(problem, **point)
+    alpha, C, slopes, _ = problem.params(theta)
+    beta = problem.slope_floor(alpha, C)
+    torch.testing.assert_close(slopes, torch.full_like(slopes, -float(beta)), rtol=1e-12,
+                               atol=1e-12)
+    eig = torch.linalg.eigvalsh(_dense_hessian(problem, _spread_x(problem, 1), theta))
+    x = torch.zeros_like(problem.noisy[:1])
+    gram = torch.autograd.functional.jacobian(
+        lambda v: filter_bank.correlate_adjoint(filter_bank.correlate(v.view_as(x), C, 3), C, 3)
+        .flatten(), x.flatten(), vectorize=True)
+    expected = 1 - RHO * float(torch.linalg.eigvalsh(gram)[-1]) / float(problem.kernel_bound(C))
+    assert float(eig[0]) == pytest.approx(expected, rel=1e-9)
+    assert 1 - RHO < float(eig[0]) < 1 - RHO / 2
+
+
+def test_kernel_bound_is_smooth_and_certified(problem):
+    theta = _theta(problem, seed=4)
+    C = problem.params(theta)[1]
+    A = filter_bank.autocorrelations(C, problem.s).sum(dim=0)
+    l1 = float(A.abs().sum())
+    assert l1 <= float(problem.kernel_bound(C)) <= (1 + problem.kernel_smoothing) * l1
+    # the DCT start has zero lags in A, where ||A||_1 has a kink and Lambda none
+    C0 = problem.params(problem.initial_theta())[1]
+    assert bool((filter_bank.autocorrelations(C0, problem.s).sum(0).abs() < 1e-14).any())
+
+
+def test_potentials_are_concave_somewhere_and_bounded_below(problem):
+    theta = _theta(problem, seed=0)
+    alpha, C, slopes, _ = problem.params(theta)
+    t = torch.linspace(-1, 1, 801, dtype=torch.float64)
+    psi, dpsi, d2psi = problem.potentials(theta, t, orders=(0, 1, 2))
+    assert float(d2psi.min()) < 0 < float(d2psi.max()) <= problem.s_max
+    assert float(alpha * d2psi.min()) >= -RHO / float(problem.kernel_bound(C))
+    zero = t.abs().argmin()
+    assert float(psi[:, zero].abs().max()) < 1e-14 and float(dpsi[:, zero].abs().max()) < 1e-14
+
+
+def test_rho_zero_is_the_convex_ridge_regularizer():
+    convex, zero = RidgeRegularizer(**SMALL), WeaklyConvexRidge(rho=0.0, **SMALL)
+    theta = _theta(convex, seed=2)
+    x = _spread_x(convex, 2)
+    assert torch.equal(convex.lower_objective(x, theta), zero.lower_objective(x, theta))
+    assert zero.smoothness(theta) == convex.smoothness(theta)
+    assert zero.bound_constants(theta, x) == convex.bound_constants(theta, x)
+    assert zero.strong_convexity(theta) == 1.0
+
+
+@pytest.mark.parametrize("point", [dict(), dict(seed=0), FLOOR[1]], ids=str)
+def test_closed_forms_match_autograd(problem, point):
+    theta = _theta(problem, **point)
+    x = _spread_x(problem, 3)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    for name, args in (("lower_grad", (x, theta)), ("lower_hvp", (x, theta, v)),
+                       ("mixed_vjp", (x, theta, v))):
+        torch.testing.assert_close(getattr(problem, name)(*args),
+                                   getattr(BilevelProblem, name)(problem, *args),
+                                   rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("point", [dict(), dict(seed=1)], ids=str)
+def test_check_problem_passes(problem, point):
+    report = check_problem(problem, theta=_theta(problem, **point))
+    assert report, str(report)
+
+
+def _B(problem, x, theta):
+    """The exact B = d grad_x h / d theta, dense (n, dim_theta), beta's chain included."""
+    J = torch.autograd.functional.jacobian(lambda th: problem._grad(x, th), theta,
+                                           vectorize=True)
+    return J.reshape(x.numel(), -1)
+
+
+@pytest.mark.parametrize("point", [dict(), dict(seed=1), FLOOR[0]], ids=str)
+def test_bound_constants_dominate_exact_values_on_the_ball(problem, point):
+    """||B||, L_B and L_A = L_Ainv mu^2 against dense B and Hessians within 2e of x."""
+    theta = _theta(problem, **point)
+    x = problem.solve_lower(theta, 1e-2).x
+    bc = problem.bound_constants(theta, x)
+    mu = problem.strong_convexity(theta)
+    e = float(problem.lower_grad(x, theta).norm()) / mu
+    gen = torch.Generator().manual_seed(5)
+    B0 = _B(problem, x, theta)
+    H0 = _dense_hessian(problem, x, theta)
+    assert bc.certified and float(torch.linalg.matrix_norm(B0, 2)) <= bc.B_norm
+    for _ in range(2):
+        d = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        d = 2 * e * d / d.norm()
+        B1 = _B(problem, x + d, theta)
+        assert float(torch.linalg.matrix_norm(B1, 2)) <= bc.B_norm
+        assert float(torch.linalg.matrix_norm(B1 - B0, 2)) <= bc.L_B * 2 * e
+        H1 = _dense_hessian(problem, x + d, theta)
+        assert float(torch.linalg.matrix_norm(H1 - H0, 2)) <= bc.L_Ainv * mu ** 2 * 2 * e
+
+
+@pytest.fixture(scope="module")
+def references(problem):
+    thetas = (_theta(problem), _theta(problem, seed=1))
+    return [(theta, reference_solution(problem, theta)) for theta in thetas]
+
+
+@pytest.mark.parametrize("case", [0, 1])
+@pytest.mark.parametrize("eps", [1e-2, 1e-5])
+def test_hypergradient_bound_covers_the_true_error(problem, references, case, eps):
+    theta, ref = references[case]
+    assert ref.converged
+    warm = ref.x + 3 * eps * ref.x / ref.x.norm()
+    for x0 in (None, warm):
+        hg = bilevel.hypergradient(problem, theta, eps, eps, x0=x0, lower_max_iter=200_000)
+        true = float((hg.grad - ref.grad).norm())
+        assert hg.certified and hg.error_bound >= true
+
+
+def test_registered_and_checked_parameters(problem):
+    assert "weakly_convex_ridge" in bilevel.list_problems()
+    entry = bilevel.registry.get_entry("weakly_convex_ridge")
+    assert entry.description and entry.test_params == SMALL
+    for bad in (1.0, -0.1, math.nan):
+        with pytest.raises(ValueError, match="weakly_convex_ridge: rho must be a finite number"):
+            bilevel.make_problem("weakly_convex_ridge", rho=bad, **SMALL)
+    other = problem.on_images(problem.noisy[:1], problem.initial_theta())
+    assert type(other) is WeaklyConvexRidge and other.rho == RHO
+
+
+def test_maid_decreases_the_upper_loss(problem):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)  # max_iter, meant
+        history = bilevel.solve(problem, "maid", max_iter=8, alpha0=0.1).history
+    assert history[-1]["upper_value"] < history[0]["upper_value"]
+    assert all(row["certified"] for row in history)
