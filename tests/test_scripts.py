@@ -37,6 +37,7 @@ SCRIPTS = {
     "logreg_vs_hoag": ["logreg_vs_hoag.png"],
     "plugin_regularizer": ["plugin_regularizer.png"],
     "reconstruction": ["reconstruction.png"],
+    "reconstruction_priors": ["priors.png"],
 }
 #: benchmark -> (its extra arguments, the meta file of a quick run).
 BENCHMARKS = {
@@ -136,6 +137,17 @@ def reconstruction_improves(folder):
     assert "| MAID L-BFGS |" in (folder / "summary.md").read_text()
 
 
+def priors_improve(folder):
+    """Every learned model (TV, the transferred prior, its grid, the learned FoE) reconstructs
+    better than the measurements; the prior as trained on denoising is reported too."""
+    psnr = {r["method"]: r["psnr"] for r in RunFolder(folder).read_rows("heldout.csv")}
+    assert set(psnr) == {"measured", "TV (learned)", "FoE prior (as trained)", "FoE transfer",
+                         "FoE transfer grid", "FoE (learned)"}
+    learned = ("TV (learned)", "FoE transfer", "FoE transfer grid", "FoE (learned)")
+    assert min(psnr[k] for k in learned) > psnr["measured"] + 1
+    runs_recorded(folder)
+
+
 def runs_recorded(folder):
     """One row per run, its status and warnings as columns."""
     runs = RunFolder(folder).read_rows("runs.csv")
@@ -153,7 +165,7 @@ def no_violation(folder):
 CHECKS = {"learned_tv": learned_tv_denoises, "plugin_regularizer": plugin_regularizer_summary,
           "quadratic": runs_recorded, "tv_robustness": runs_recorded,
           "foe_vs_hoag": runs_recorded, "certificate_tightness": no_violation,
-          "reconstruction": reconstruction_improves}
+          "reconstruction": reconstruction_improves, "reconstruction_priors": priors_improve}
 
 
 # ----------------------------------------------------------------------- scripts
