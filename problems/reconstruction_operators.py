@@ -7,7 +7,8 @@ blur               :class:`CircularBlur` of a Gaussian kernel of ``blur_sigma`` 
 inpainting         :class:`Inpainting`, ``fraction_missing`` (0.5) of the pixels missing
 superresolution    :class:`Downsampling`, average pooling by ``factor`` (2)
 mri                :class:`SubsampledFourier` of a :func:`cartesian_mask`, ``acceleration`` 4
-tomography         :class:`ParallelBeamTomography`, ``angles`` (60) over [0, pi)
+tomography         :class:`ParallelBeamTomography`, ``angles`` (60) over [0, pi),
+                   :class:`Scaled` to ||A|| <= 1
 =================  =================================================================
 
 Random masks are drawn with ``mask_seed``.  Every option is checked here, with a
@@ -20,6 +21,7 @@ from bilevel.operators import (
     Downsampling,
     Inpainting,
     ParallelBeamTomography,
+    Scaled,
     SubsampledFourier,
     cartesian_mask,
     gaussian_kernel,
@@ -61,4 +63,7 @@ def preset_operator(problem, preset, image_shape, *, blur_sigma=1.5, fraction_mi
         seed = params.integer(problem, "mask_seed", mask_seed, 0)
         return SubsampledFourier(cartesian_mask((H, W), acceleration, seed=seed))
     angles = params.integer(problem, "angles", angles, 1)
-    return ParallelBeamTomography((H, W), angles=angles)
+    # Scaled to ||A|| <= 1 (the certified bound), as the other presets are: unscaled, ||A||^2
+    # grows like angles x H and, with mu = gamma, every solve's condition number with it.
+    radon = ParallelBeamTomography((H, W), angles=angles)
+    return Scaled(radon, 1 / radon.norm_squared() ** 0.5)

@@ -1,6 +1,6 @@
 """Learned TV reconstruction: MAID against a grid over the same two parameters.
 
-    python scripts/reconstruction.py --operator blur|inpainting|superresolution|mri
+    python scripts/reconstruction.py --operator blur|inpainting|superresolution|mri|tomography
         [--quick] [--size 64]
 
 Learns theta = (log weight, log smoothing) of smoothed TV reconstruction
@@ -50,7 +50,7 @@ FILES = {"data.csv": "one row per MAID iteration and per grid point: run, stage,
                         "cost of finding theta",
          "runs.csv": "each MAID run's status, message and warnings",
          "example.npz": "the first held-out image: clean, measured, grid, learned (float32)"}
-OPERATORS = ("blur", "inpainting", "superresolution", "mri")
+OPERATORS = ("blur", "inpainting", "superresolution", "mri", "tomography")
 METHODS = (("MAID", "maid"), ("MAID L-BFGS", "maid_lbfgs"))
 GRID_TOL = 1e-3  # certified ||x - x*|| over the training stack: ~1e-3 dB of PSNR
 TEST_TOL = 1e-4  # the same for the held-out reconstructions
@@ -67,6 +67,7 @@ def add_arguments(p):
     p.add_argument("--sigma", type=float, default=0.01, help="measurement noise")
     p.add_argument("--blur-sigma", type=float, default=1.5, help="Gaussian blur width")
     p.add_argument("--fraction-missing", type=float, default=0.5, help="inpainting")
+    p.add_argument("--angles", type=int, default=60, help="tomography: angles over [0, pi)")
     p.add_argument("--max-iter", type=int, default=None, help="MAID iterations (100; quick 4)")
 
 
@@ -224,7 +225,8 @@ def build_problems(args):
     train, test, held_names = image_sets(args)
     problem = ReconstructionProblem(args.operator, images=train, sigma=args.sigma,
                                     seed=args.seed, blur_sigma=args.blur_sigma,
-                                    fraction_missing=args.fraction_missing, mask_seed=args.seed)
+                                    fraction_missing=args.fraction_missing, angles=args.angles,
+                                    mask_seed=args.seed)
     return problem, problem.on_images(test, seed=args.seed + 1), held_names
 
 
@@ -246,7 +248,7 @@ def compute(args, folder):
     folder.write_arrays("example.npz", clean=held.clean[0].float(), **shown)
     return dict(operator=args.operator, n_train=problem.n_images, n_test=held.n_images,
                 size=args.size, sigma=args.sigma, blur_sigma=args.blur_sigma,
-                fraction_missing=args.fraction_missing, gamma=problem.gamma,
+                fraction_missing=args.fraction_missing, angles=args.angles, gamma=problem.gamma,
                 variant=problem.variant, held_out=held_names, held_noise_seed=args.seed + 1,
                 max_iter=args.max_iter, grid_tol=GRID_TOL, test_tol=TEST_TOL,
                 coarse=[a.tolist() for a in args.coarse], fine=list(args.fine),
@@ -292,7 +294,9 @@ def summarise(folder):
     operator = {"blur": f"Gaussian blur (sigma_blur {meta['blur_sigma']})",
                 "inpainting": f"inpainting ({meta['fraction_missing']:.0%} of the pixels missing)",
                 "superresolution": "super-resolution (average pooling by 2)",
-                "mri": "MRI (Cartesian undersampling, acceleration 4)"}[meta["operator"]]
+                "mri": "MRI (Cartesian undersampling, acceleration 4)",
+                "tomography": f"parallel-beam tomography ({meta.get('angles', 60)} angles over "
+                              "[0, pi), Joseph's method)"}[meta["operator"]]
     text = [
         f"# Learned TV reconstruction: {meta['operator']}", "",
         f"{operator}, noise sigma {meta['sigma']}, gamma {meta['gamma']}, {meta['variant']} "

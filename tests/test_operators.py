@@ -38,6 +38,7 @@ def _operators(size):
         "mri_random": (ops.SubsampledFourier(ops.random_mask(shape, 0.7, seed=2)), True),
         "mri_full": (ops.SubsampledFourier(torch.ones(shape)), True),
         "tomography": (ops.ParallelBeamTomography(shape, 12), False),
+        "tomography_scaled": (ops.Scaled(ops.ParallelBeamTomography(shape, 12), 0.1), False),
         "blur_then_decimation": (ops.Composition(ops.Decimation(2, shape),
                                                  ops.CircularBlur(ops.gaussian_kernel(1.0))),
                                  False),
@@ -237,6 +238,18 @@ def test_composition_bounds_are_products():
     assert composed.norm_squared() >= 0.25 * blur.norm_squared()
     assert composed.gram_lower_bound() == pytest.approx(0.25 * blur.gram_lower_bound())
     assert ops.norm_check(composed, (1, 6, 6)).passed
+
+
+def test_scaled_bounds_scale_exactly():
+    blur = ops.CircularBlur(_signed_kernel(), (6, 6))
+    scaled = ops.Scaled(blur, 3.0)
+    assert scaled.norm_squared() == pytest.approx(9 * blur.norm_squared(), rel=1e-14)
+    assert scaled.norm_squared() >= 9 * blur.norm_squared()
+    assert scaled.gram_lower_bound() <= 9 * blur.gram_lower_bound()
+    assert scaled.norm_certified and ops.norm_check(scaled, (1, 6, 6)).passed
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="factor"):
+            ops.Scaled(blur, bad)
 
 
 def test_bad_inputs_are_refused():

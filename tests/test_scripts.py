@@ -169,7 +169,7 @@ CHECKS = {"learned_tv": learned_tv_denoises, "plugin_regularizer": plugin_regula
 
 
 # ----------------------------------------------------------------------- scripts
-@pytest.mark.parametrize("operator", ["superresolution", "mri"])
+@pytest.mark.parametrize("operator", ["superresolution", "mri", "tomography"])
 def test_reconstruction_of_other_operators(tmp_path, operator):
     """The measurements shown are a real image (A^T y / ||A||^2) and TV improves on them."""
     module("scripts", "reconstruction").main(["--quick", "--operator", operator, "--no-plot",

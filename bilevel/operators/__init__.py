@@ -9,7 +9,7 @@ with the proof of every bound, is in docs/operators.md.
 Modules
 -------
 base
-    The protocol, :class:`Identity` and :class:`Composition`.
+    The protocol, :class:`Identity`, :class:`Composition` and :class:`Scaled`.
 bounds
     Rounding margins and the Collatz-Wielandt bound for nonnegative matrices.
 blur
@@ -27,7 +27,7 @@ deepinv_adapter
     :class:`DeepinvOperator`: any ``deepinv.physics.LinearPhysics`` (optional extra;
     deepinv is imported only when an adapter is built).
 """
-from .base import Composition, Identity, LinearOperator
+from .base import Composition, Identity, LinearOperator, Scaled
 from .blur import CircularBlur, gaussian_kernel
 from .checks import AdjointTest, NormCheck, adjoint_test, dense_matrix, norm_check
 from .deepinv_adapter import DeepinvOperator
@@ -37,7 +37,7 @@ from .tomography import ParallelBeamTomography
 
 __all__ = [
     "AdjointTest", "CircularBlur", "Composition", "Decimation", "DeepinvOperator",
-    "Downsampling", "Identity", "Inpainting", "LinearOperator", "NormCheck",
+    "Downsampling", "Identity", "Inpainting", "LinearOperator", "NormCheck", "Scaled",
     "ParallelBeamTomography", "SubsampledFourier", "adjoint_test", "cartesian_mask",
     "dense_matrix", "gaussian_kernel", "norm_check", "random_mask",
 ]

@@ -157,3 +157,31 @@ def check_image(x: torch.Tensor, image_shape, name: str) -> None:
     if image_shape is not None and tuple(x.shape[-2:]) != tuple(image_shape):
         raise ValueError(f"{name} was built for images of size {tuple(image_shape)}, "
                          f"got {tuple(x.shape[-2:])}")
+
+
+class Scaled(LinearOperator):
+    """A = c A_0 for a constant c > 0, e.g. a tomography matrix scaled to ||A|| <= 1.
+
+    ||c A_0||^2 = c^2 ||A_0||^2 and lambda_min(c^2 A_0^T A_0) = c^2 lambda_min(A_0^T A_0):
+    both bounds scale exactly (one more rounding each, in ROUNDING_SLACK).  Certified
+    when A_0's are.
+    """
+
+    def __init__(self, operator: LinearOperator, factor: float):
+        factor = float(factor)
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"Scaled: factor must be a finite number > 0, got {factor!r}")
+        self.operator, self.factor = operator, factor
+        self.norm_certified = operator.norm_certified
+
+    def A(self, x):
+        return self.factor * self.operator.A(x)
+
+    def A_adjoint(self, y):
+        return self.factor * self.operator.A_adjoint(y)
+
+    def norm_squared(self):
+        return self.factor ** 2 * self.operator.norm_squared() * (1 + ROUNDING_SLACK)
+
+    def gram_lower_bound(self):
+        return self.factor ** 2 * self.operator.gram_lower_bound() * (1 - ROUNDING_SLACK)
