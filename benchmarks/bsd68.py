@@ -1,0 +1,257 @@
+"""Gray denoising on BSD68 and Set12: TV at its oracle weight, BM3D, learned run folders.
+
+    python benchmarks/bsd68.py [--set Set68,Set12] [--sigma 15,25] [--n-images N]
+                               [--model NAME=RUN_DIR ...] [--data DIR] [--out results/bsd68]
+
+Protocol (the usual one of the published tables).  Every PNG of the set, gray in
+[0, 1], at its full size; noise sigma/255 * N(0, 1), unclipped, drawn by numpy's
+``default_rng(i)`` for the i-th image in sorted file order (the same draw, scaled, at
+every sigma).  PSNR (data range 1) and SSIM (scikit-image, 7x7 window) of the
+unclipped output against the clean image, averaged over the images.
+
+- ``TV (oracle weight)``: ``skimage.restoration.denoise_tv_chambolle`` (its defaults,
+  eps 2e-4, 200 iterations) with ONE weight per set and sigma, chosen on the grid
+  :data:`TV_WEIGHTS` by the mean PSNR on that same set: an oracle, an upper bound of
+  what TV with one tuned weight can do there, not a held-out result.
+- ``BM3D``: the ``bm3d`` package (``pip install -e ".[benchmarks]"``) with the true
+  sigma; a benchmark-only dependency, skipped with a message when it is not installed.
+- ``--model NAME=RUN_DIR``: a learned run folder, ``bilevel.load(RUN_DIR).denoise``.
+
+Writes, in ``--out``: summary.json (a list, one entry per set and sigma:
+``{"set", "sigma", "sigma_255", "n_images", "psnr": {model: dB}, "ssim": {...},
+"seconds_per_image": {...}, "tv_weight"}``), per_image.csv (one row per set, sigma,
+image and model), tv_grid.csv (the oracle's grid: mean PSNR / SSIM per weight),
+summary.md (the tables, next to the published numbers) and meta.json (command,
+machine).
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bilevel import experiment
+from bilevel.results import RunFolder, command_line
+
+#: TV weights of the oracle: 0.01 to 0.32, a factor 2^(1/8) (9%) apart.
+TV_WEIGHTS = tuple(float(w) for w in 0.01 * 2.0 ** (np.arange(41) / 8))
+#: Published mean PSNRs (dB), {set: {sigma/255: {method: dB}}}.  BSD68: the table of
+#: ../shared/data/README.md (Zhang et al., DnCNN, IEEE TIP 2017, Table II, and the
+#: CRR-NN / WCRR-NN papers); Set12: DnCNN's Table III (average of the 12 images).
+PUBLISHED = {
+    "Set68": {15: {"BM3D": 31.07, "CRR-NN": 30.55, "WCRR-NN": 31.21, "TNRD": 31.42,
+                   "DnCNN-S": 31.73},
+              25: {"BM3D": 28.57, "CRR-NN": 28.10, "WCRR-NN": 28.68, "FoE (bilevel)": 28.66,
+                   "TNRD": 28.92, "DnCNN-S": 29.23}},
+    "Set12": {15: {"BM3D": 32.37, "DnCNN-S": 32.86}, 25: {"BM3D": 29.97, "DnCNN-S": 30.44}},
+}
+TV = "TV (oracle weight)"
+
+
+def noisy_image(clean, sigma, seed):
+    """clean + sigma N(0, 1), unclipped, from ``numpy.random.default_rng(seed)``."""
+    return clean + sigma * np.random.default_rng(seed).standard_normal(clean.shape)
+
+
+def _metrics(x, clean):
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    return (float(peak_signal_noise_ratio(clean, x, data_range=1.0)),
+            float(structural_similarity(clean, x, data_range=1.0)))
+
+
+def bm3d_denoiser(sigma):
+    """BM3D at noise level ``sigma``, or None (and a message) without the bm3d package."""
+    try:
+        import bm3d
+    except ImportError as exc:
+        print(f"BM3D skipped: cannot import bm3d ({exc}); pip install -e '.[benchmarks]'")
+        return None
+    return lambda y: bm3d.bm3d(y, sigma_psd=sigma)
+
+
+def learned_denoiser(run_dir):
+    """``bilevel.load(run_dir).denoise`` on numpy images."""
+    import torch
+
+    import bilevel
+
+    model = bilevel.load(run_dir)
+    return lambda y: model.denoise(torch.from_numpy(y)).numpy()
+
+
+def evaluate(images, names, sigma, denoisers, weights=TV_WEIGHTS, progress=print):
+    """Denoise each image once per model; (summary, per-image rows, TV grid rows).
+
+    ``images``: clean 2-D arrays in [0, 1]; ``denoisers``: {name: f(noisy) -> array}
+    (None skips that model); the TV oracle is always evaluated, on ``weights``.
+    """
+    from skimage.restoration import denoise_tv_chambolle
+
+    denoisers = {k: f for k, f in denoisers.items() if f is not None}
+    n, grid = len(images), np.zeros((len(images), len(weights), 3))  # psnr, ssim, seconds
+    rows = []
+    for i, (clean, name) in enumerate(zip(images, names, strict=True)):
+        y = noisy_image(clean, sigma, seed=i)
+        rows.append(dict(image=name, model="noisy", psnr=_metrics(y, clean)[0], ssim=None,
+                         seconds=0.0))
+        for k, w in enumerate(weights):
+            start = time.perf_counter()
+            x = denoise_tv_chambolle(y, weight=w)
+            grid[i, k] = (*_metrics(x, clean), time.perf_counter() - start)
+        line = [f"noisy {rows[-1]['psnr']:.2f}", f"TV best {grid[i, :, 0].max():.2f}"]
+        for model, denoise in denoisers.items():
+            start = time.perf_counter()
+            x = np.asarray(denoise(y), dtype=np.float64)
+            seconds = time.perf_counter() - start
+            psnr, ssim = _metrics(x, clean)
+            rows.append(dict(image=name, model=model, psnr=psnr, ssim=ssim, seconds=seconds))
+            line.append(f"{model} {psnr:.2f} ({seconds:.1f} s)")
+        progress(f"  {i + 1}/{n} {name}: " + ", ".join(line) + " dB")
+    best = int(grid[:, :, 0].mean(0).argmax())
+    for i, name in enumerate(names):
+        rows.append(dict(image=name, model=TV, psnr=grid[i, best, 0], ssim=grid[i, best, 1],
+                         seconds=grid[i, best, 2]))
+    models = ["noisy", TV, *denoisers]
+    summary = dict(sigma=sigma, sigma_255=round(sigma * 255, 6), n_images=n,
+                   psnr={m: _mean(rows, m, "psnr") for m in models},
+                   ssim={m: _mean(rows, m, "ssim") for m in models if m != "noisy"},
+                   seconds_per_image={m: _mean(rows, m, "seconds") for m in models[1:]},
+                   tv_weight=weights[best],
+                   tv_weight_at_grid_edge=best in (0, len(weights) - 1))
+    grid_rows = [dict(weight=w, psnr=grid[:, k, 0].mean(), ssim=grid[:, k, 1].mean())
+                 for k, w in enumerate(weights)]
+    return summary, rows, grid_rows
+
+
+def _mean(rows, model, key):
+    return float(np.mean([r[key] for r in rows if r["model"] == model]))
+
+
+def load_set(name, data=None, n=None):
+    """(file names, clean images) of the set ``name``: ``DATA/name`` or image_folder's."""
+    from bilevel_problems.datasets import folder_images
+
+    folder = str(Path(data) / name) if data else experiment.image_folder(name)
+    if folder is None or not Path(folder).is_dir():
+        where = f"{data}/{name}" if data else "$BILEVEL_DATA/bsd or ../shared/data/bsd"
+        raise SystemExit(f"bsd68: no image set {name} ({where}); pass --data DIR, the folder "
+                         "holding Set68/ and Set12/ (docs/data.md)")
+    files = sorted(p.name for p in Path(folder).glob("*.png"))[:n]
+    return files, [im.numpy() for im in folder_images(folder, limit=n)], folder
+
+
+def _arguments(argv):
+    p = experiment.parser(__doc__)
+    p.add_argument("--set", default="Set68,Set12", help="image sets, comma-separated")
+    p.add_argument("--sigma", default="15,25", help="noise levels x 255, comma-separated")
+    p.add_argument("--n-images", type=int, default=None, help="the first N of each set")
+    p.add_argument("--data", default=None, help="the folder holding Set68/ and Set12/")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=RUN_DIR",
+                   help="a learned run folder (bilevel.load); repeatable")
+    p.add_argument("--no-bm3d", action="store_true", help="leave BM3D out")
+    args = p.parse_args(argv)
+    if any("=" not in item for item in args.model):
+        p.error("--model takes NAME=RUN_DIR")
+    args.models = dict(item.split("=", 1) for item in args.model)
+    if args.quick:  # two images of Set12, never over the committed results
+        args.n_images, args.set = args.n_images or 2, "Set12"
+        args.out = args.out or str(Path(tempfile.gettempdir()) / "bilevel-quick" / "bsd68")
+    args.out = args.out or "results/bsd68"
+    return args
+
+
+def main(argv=None):
+    import torch
+
+    args = _arguments(argv)
+    torch.set_num_threads(args.threads or 1)
+    folder = RunFolder(args.out)
+    if args.replot:
+        return summarise(folder)
+    folder.open()
+    models = {name: learned_denoiser(path) for name, path in args.models.items()}
+    started, summaries, rows, grid_rows, sources = time.perf_counter(), [], [], [], {}
+    for set_name in args.set.split(","):
+        files, images, sources[set_name] = load_set(set_name, args.data, args.n_images)
+        for sigma_255 in (float(s) for s in args.sigma.split(",")):
+            sigma = sigma_255 / 255
+            print(f"{set_name}, sigma {sigma_255:g}/255: {len(images)} images", flush=True)
+            bm3d = None if args.no_bm3d else {"BM3D": bm3d_denoiser(sigma)}
+            summary, image_rows, grid = evaluate(
+                images, files, sigma, {**(bm3d or {}), **models},
+                progress=lambda line: print(line, flush=True))
+            tag = dict(set=set_name, sigma_255=sigma_255)
+            summaries.append(dict(set=set_name, **summary))
+            rows += [dict(tag, **r) for r in image_rows]
+            grid_rows += [dict(tag, **r) for r in grid]
+    folder.write_json("summary.json", summaries)
+    folder.write_rows("per_image.csv", rows)
+    folder.write_rows("tv_grid.csv", grid_rows)
+    folder.write_meta(dict(script="benchmarks/bsd68.py",
+                           command=command_line(argv, "benchmarks/bsd68.py"),
+                           sets=sources, sigmas_255=args.sigma, n_images=args.n_images,
+                           models=args.models, noise="numpy default_rng(i), image i",
+                           tv_weights=[TV_WEIGHTS[0], TV_WEIGHTS[-1], len(TV_WEIGHTS)],
+                           versions=_versions(),
+                           wall_time_s=round(time.perf_counter() - started, 1)))
+    summarise(folder)
+    print(f"wrote {folder.path}")
+    return folder.path
+
+
+def _versions():
+    from importlib import metadata
+
+    out = {}
+    for package in ("scikit-image", "bm3d", "numpy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def summarise(folder: RunFolder) -> Path:
+    """summary.md from summary.json and meta.json."""
+    summaries, meta = folder.read_json("summary.json"), folder.read_meta()
+    env = meta["environment"]
+    lines = ["# Gray denoising: BSD68 and Set12", "",
+             f"`{meta['command']}` ({meta['wall_time_s']:.0f} s; {env['cpu']}, "
+             f"{env['cpus']} cores, torch threads {env['torch_threads']}; "
+             + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ")", "",
+             "Mean PSNR (dB) / SSIM over the images; noise unclipped, seed i for image i. "
+             "TV's weight is an oracle: chosen on the same images by mean PSNR "
+             f"(grid {meta['tv_weights'][0]:g} to {meta['tv_weights'][1]:.3g}, "
+             f"{meta['tv_weights'][2]} weights, 2^(1/8) apart; tv_grid.csv). Seconds are "
+             "wall-clock per image on a machine that may be shared with other jobs "
+             "(per_image.csv has each).", ""]
+    for entry in summaries:
+        published = PUBLISHED.get(entry["set"], {}).get(round(entry["sigma_255"]), {})
+        lines += [f"## {entry['set']}, sigma {entry['sigma_255']:g}/255 "
+                  f"({entry['n_images']} images)", "",
+                  "| model | PSNR | SSIM | s / image | published PSNR |", "|---|---|---|---|---|"]
+        for model, psnr in entry["psnr"].items():
+            ssim = entry["ssim"].get(model)
+            label = f"{TV}: {entry['tv_weight']:.4f}" if model == TV else model
+            seconds = entry["seconds_per_image"].get(model)
+            lines.append(f"| {label} | {psnr:.2f} | {'-' if ssim is None else f'{ssim:.4f}'} "
+                         f"| {'-' if seconds is None else f'{seconds:.2f}'} "
+                         f"| {published.get(model, '-')} |")
+        others = {k: v for k, v in published.items() if k not in entry["psnr"]}
+        if others:
+            lines += ["", "Published, not run here: "
+                      + ", ".join(f"{k} {v}" for k, v in others.items()) + "."]
+        if entry["tv_weight_at_grid_edge"]:
+            lines += ["", "**The TV oracle weight is at the edge of the grid.**"]
+        lines.append("")
+    lines += ["Published: Zhang et al., DnCNN (IEEE TIP 2017), Tables II-III; CRR-NN / "
+              "WCRR-NN: Goujon et al.; FoE: Chen, Ranftl, Pock 2014 (../shared/data/README.md)."]
+    return folder.write_text("summary.md", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

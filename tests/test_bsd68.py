@@ -1,0 +1,89 @@
+"""benchmarks/bsd68.py on two small images bundled with scikit-image (no data folder)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bilevel_problems import datasets
+
+from bilevel.results import RunFolder
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGMA = 25 / 255
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmarks_bsd68",
+                                                  ROOT / "benchmarks" / "bsd68.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def images():
+    stack = datasets.resize(datasets.skimage_images(["camera", "coins"]), (40, 48))
+    return [image.numpy() for image in stack], ["camera", "coins"]
+
+
+def test_tv_oracle_and_fixed_noise(bench, images):
+    weights = (0.02, 0.05, 0.1, 0.2)
+    summary, rows, grid = bench.evaluate(*images, SIGMA, {}, weights=weights,
+                                         progress=lambda line: None)
+    assert summary["n_images"] == 2 and summary["sigma_255"] == 25
+    assert set(summary["psnr"]) == {"noisy", bench.TV} and set(summary["ssim"]) == {bench.TV}
+    # the oracle: the grid weight of the best mean PSNR, reported at that weight
+    best = max(grid, key=lambda row: row["psnr"])
+    assert summary["tv_weight"] == best["weight"] in weights
+    assert summary["psnr"][bench.TV] == pytest.approx(best["psnr"])
+    assert summary["psnr"][bench.TV] > summary["psnr"]["noisy"] + 3
+    assert len(rows) == 4 and {r["model"] for r in rows} == {"noisy", bench.TV}
+    # noise: seed i for image i, the same draw at every sigma, unclipped
+    clean = images[0][1]
+    noisy = bench.noisy_image(clean, SIGMA, seed=1)
+    np.testing.assert_array_equal(noisy, bench.noisy_image(clean, SIGMA, seed=1))
+    np.testing.assert_allclose((noisy - clean) / SIGMA,
+                               (bench.noisy_image(clean, 0.5, seed=1) - clean) / 0.5)
+    assert noisy.min() < 0 or noisy.max() > 1
+    again, _, _ = bench.evaluate(*images, SIGMA, {}, weights=weights, progress=lambda _: None)
+    assert again["psnr"] == summary["psnr"]
+
+
+def test_models_and_bm3d(bench, images):
+    pytest.importorskip("bm3d")
+    lines = []
+    summary, rows, _ = bench.evaluate(*images, SIGMA, {"BM3D": bench.bm3d_denoiser(SIGMA),
+                                                       "skipped": None},
+                                      weights=(0.05, 0.1), progress=lines.append)
+    assert len(lines) == 2 and "BM3D" in lines[0]
+    assert "skipped" not in summary["psnr"]
+    assert summary["psnr"]["BM3D"] > summary["psnr"][bench.TV]
+    assert summary["seconds_per_image"]["BM3D"] > 0
+
+
+def test_main_writes_the_folder(bench, images, tmp_path, capsys):
+    from skimage.io import imsave
+
+    data = tmp_path / "bsd"
+    (data / "Set12").mkdir(parents=True)
+    for image, name in zip(*images, strict=True):
+        imsave(data / "Set12" / f"{name}.png", (image * 255).round().astype(np.uint8))
+    model = RunFolder(tmp_path / "tv", portable=False).open()  # a learned TV's run folder
+    model.write_text("theta.json", "[-2.6, -5.0]")
+    model.write_meta({"problem": "tv_denoising[source='not/here']"})
+    out = tmp_path / "out"
+    bench.main(["--data", str(data), "--set", "Set12", "--sigma", "25", "--no-bm3d",
+                "--model", f"learned TV={model.path}", "--out", str(out)])
+    assert "2/2 coins.png" in capsys.readouterr().out
+    (entry,) = json.loads((out / "summary.json").read_text())
+    assert (entry["set"], entry["n_images"], entry["sigma_255"]) == ("Set12", 2, 25)
+    assert entry["psnr"]["learned TV"] > entry["psnr"]["noisy"] + 3
+    summary = (out / "summary.md").read_text()
+    assert "BM3D 29.97" in summary  # published (Set12), listed though BM3D was not run
+    meta = (out / "meta.json").read_text()
+    assert "oracle" in summary and f'"{tmp_path}' not in meta and f" {tmp_path}" not in meta
+    assert len((out / "per_image.csv").read_text().splitlines()) == 1 + 2 * 3  # 3 models
+    with pytest.raises(SystemExit, match="no image set Set68"):
+        bench.main(["--data", str(data), "--set", "Set68", "--out", str(out)])
