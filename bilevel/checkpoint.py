@@ -25,13 +25,16 @@ import torch
 from .outer.base import OuterState
 from .outer.hoag import HOAG, HOAGState
 from .outer.maid import MAID, FixedAccuracy, MAIDState
+from .outer.minibatch import MinibatchMAID, MinibatchState
 from .outer.torch_optim import TorchOptimizer, TorchOptimState
 
 #: 2 added the problem fingerprint and the run options; 1 is still read (with a warning).
 FORMAT = 2
 _READABLE = (1, 2)
-_METHODS = {cls.__name__: cls for cls in (MAID, FixedAccuracy, HOAG, TorchOptimizer)}
-_STATES = {cls.__name__: cls for cls in (OuterState, MAIDState, HOAGState, TorchOptimState)}
+_METHODS = {cls.__name__: cls for cls in (MAID, FixedAccuracy, HOAG, TorchOptimizer,
+                                          MinibatchMAID)}
+_STATES = {cls.__name__: cls for cls in (OuterState, MAIDState, HOAGState, TorchOptimState,
+                                         MinibatchState)}
 
 
 class CorruptCheckpointError(ValueError):

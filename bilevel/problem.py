@@ -24,6 +24,12 @@ from .constants import BoundConstants, estimate_bound_constants
 from .contract import DerivativeWarning, refuse  # noqa: F401 - DerivativeWarning: public here too
 from .distributed import ONE_PROCESS, Reduction
 
+#: Why a problem without :meth:`BilevelProblem.subset` cannot be minibatched.
+NOT_SAMPLE_SEPARABLE = (
+    "not sample-separable: a minibatch method needs h and g to be sums / means over "
+    "samples and the problem to say how to build itself on a batch (n_samples and "
+    "subset(indices), docs/adding_a_problem.md)")
+
 
 class BilevelProblem(abc.ABC):
     """Base class of every bilevel problem.
@@ -32,6 +38,8 @@ class BilevelProblem(abc.ABC):
     :meth:`strong_convexity`, :meth:`initial_theta`, :meth:`initial_x`.
     Recommended: :meth:`smoothness` (an upper bound on L) and
     :meth:`bound_constants` (certified constants of the hypergradient bound).
+    Optional: :attr:`n_samples` and :meth:`subset`, for minibatch methods on
+    problems that are sums over samples.
 
     The contract is checked when the instance is built (:meth:`validate`): a
     missing method, a NaN, a non-positive mu or an inconsistent shape is a
@@ -236,6 +244,33 @@ class BilevelProblem(abc.ABC):
     #: (:class:`bilevel.distributed.Reduction`); one process unless
     #: :func:`bilevel.distributed.data_parallel` joined this problem to a group.
     parallel: Reduction = ONE_PROCESS
+
+    # ---------------------------------------------------------- sample-separable
+    # Optional: what a minibatch method (``method="maid_sgd"``) needs.  A problem is
+    # sample-separable when h = sum_i h_i(x_i, theta) and g = mean_i g_i(x_i, theta)
+    # over samples i, each x_i its own block of x.
+    @property
+    def n_samples(self) -> int:
+        """The number of samples held here (on a data-parallel rank: this rank's).
+
+        Sample-separable problems only; the default refuses (:meth:`subset`).
+        """
+        refuse(self, NOT_SAMPLE_SEPARABLE, NotImplementedError)
+
+    def subset(self, indices, total: int | None = None) -> BilevelProblem:
+        """This problem on the samples ``indices`` (of the ``n_samples`` held here).
+
+        The view has the same theta, h = the sum of h_i over the batch, and
+        g = (1/``total``) sum of g_i over the batch (``total`` defaults to
+        ``len(indices)``: g is the batch's mean; a data-parallel run passes the
+        global batch size).  x is stacked by sample along dim 0: the view's
+        ``initial_x(theta)`` is ``initial_x(theta)[indices]``, and its lower-level
+        solution is the batch's blocks of the full one.  Its mu, L and bound
+        constants are those of the batch problem.  Building it must be cheap (no
+        reloading): it is built for every batch.  The default refuses:
+        ``NotImplementedError`` "not sample-separable".
+        """
+        refuse(self, NOT_SAMPLE_SEPARABLE, NotImplementedError)
 
     # ---------------------------------------------------------------- helpers
     @property

@@ -195,3 +195,50 @@ class DenoisingProblem(BilevelProblem):
             raise RuntimeError(f"{self.name}: denoise reached max_iter={max_iter} at "
                                f"certified accuracy {sol.error_bound:.2e} > tol={tol:g}")
         return sol.x.reshape(shape)
+
+    # ------------------------------------------------------------------ minibatches
+    #: The per-image tensors, stacked along dim 0, that :meth:`subset` indexes.  A
+    #: member that holds more per-image data (measurements, a start) adds its names.
+    sample_fields = ("clean", "noisy")
+
+    @property
+    def n_samples(self) -> int:
+        """The images held here (this rank's, in a data-parallel run)."""
+        return self.n_images
+
+    def subset(self, indices, total=None):
+        """This problem on the images ``indices`` (:meth:`bilevel.BilevelProblem.subset`).
+
+        A shallow copy holding those images' rows of :attr:`sample_fields`: no
+        loading, no noise drawn again, the member's settings and theta0 shared.  h
+        is the sum over the batch (mu = 1 stays true), g the mean over ``total``
+        images (default: the batch).  Private attributes are caches (shapes,
+        estimated constants) and are not copied, except the convolution
+        workspaces (``_workspaces``, keyed by block shape), which are reused.
+        """
+        import copy
+
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.clean.device).flatten()
+        if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= self.n_images:
+            raise ValueError(f"{self.name}: subset indices must be non-empty and in "
+                             f"[0, {self.n_images}), got {index.tolist()[:8]}")
+        total = index.numel() if total is None else total
+        if not (isinstance(total, int) and total >= index.numel()):
+            raise ValueError(f"{self.name}: subset total must be an integer >= the batch "
+                             f"size {index.numel()}, got {total!r}")
+        stacked = self.clean.ndim
+        for key, value in vars(self).items():
+            # A per-image tensor subset() does not know of would silently stay whole.
+            if (not key.startswith("_") and key not in self.sample_fields
+                    and isinstance(value, torch.Tensor) and value.ndim == stacked
+                    and value.shape[0] == self.n_images):
+                raise TypeError(f"{self.name}: attribute {key!r} looks per-image (shape "
+                                f"{tuple(value.shape)}) but is not in sample_fields; "
+                                "subset() cannot index it")
+        view = copy.copy(self)
+        for key in [k for k in vars(view) if k.startswith("_") and k != "_workspaces"]:
+            delattr(view, key)
+        for key in self.sample_fields:
+            setattr(view, key, getattr(self, key)[index])
+        view.n_images, view.n_total = index.numel(), total
+        return view

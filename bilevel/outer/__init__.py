@@ -7,6 +7,7 @@ import functools
 from .base import HISTORY_COLUMNS, ConvergenceWarning, OuterState, SolveResult, run
 from .hoag import HOAG
 from .maid import MAID, PAPER, FixedAccuracy
+from .minibatch import MinibatchMAID
 from .torch_optim import TorchOptimizer
 
 #: method name -> factory of the method's settings object.
@@ -22,6 +23,7 @@ METHODS = {
     "adam": functools.partial(TorchOptimizer, optimizer="Adam"),
     "sgd": functools.partial(TorchOptimizer, optimizer="SGD"),
     "torch_optim": TorchOptimizer,
+    "maid_sgd": MinibatchMAID,
 }
 
 
@@ -64,7 +66,8 @@ def solve(problem, method="maid", *, theta0=None, max_iter=100, max_cost=None, m
         'maid' (default), 'maid_paper' (the paper's settings), 'maid_lbfgs' (L-BFGS
         directions), 'fixed', 'hoag' (with
         ``schedule=``), 'hoag_geometric',
-        'hoag_quadratic', 'hoag_cubic', 'adam', 'sgd', 'torch_optim'.
+        'hoag_quadratic', 'hoag_cubic', 'adam', 'sgd', 'torch_optim', 'maid_sgd'
+        (minibatches of a sample-separable problem, :class:`MinibatchMAID`).
     theta0 : torch.Tensor, optional
         Starting hyperparameters (``problem.initial_theta()`` by default).
     max_iter : int
@@ -133,9 +136,12 @@ def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=No
 def _run_with_checkpoints(method, problem, theta0, path, every, **kwargs):
     """:func:`run`, writing a checkpoint to ``path`` (if any) every ``every`` iterations
     and at the end -- an interrupted end included (run() returns it as a result), so
-    that the run can be resumed."""
+    that the run can be resumed.  A method with a ``finish(problem, result)`` (the
+    minibatch method's full-batch check) has it applied to the result first."""
+    finish = getattr(method, "finish", None)
     if path is None:
-        return run(method, problem, theta0, **kwargs)
+        result = run(method, problem, theta0, **kwargs)
+        return result if finish is None else finish(problem, result)
     from ..checkpoint import problem_fingerprint, save_checkpoint
 
     fingerprint = problem_fingerprint(problem)  # once per run: it hashes the data
@@ -145,10 +151,12 @@ def _run_with_checkpoints(method, problem, theta0, path, every, **kwargs):
         save_checkpoint(path, method, state, history, problem=fingerprint, run=options)
 
     result = run(method, problem, theta0, checkpoint=write, checkpoint_every=every, **kwargs)
+    if finish is not None:
+        result = finish(problem, result)
     write(result.state, result.history)
     return result
 
 
 __all__ = ["solve", "resume", "make_method", "METHODS", "MAID", "FixedAccuracy", "HOAG",
-           "TorchOptimizer", "OuterState", "SolveResult", "ConvergenceWarning",
+           "TorchOptimizer", "MinibatchMAID", "OuterState", "SolveResult", "ConvergenceWarning",
            "HISTORY_COLUMNS", "run"]

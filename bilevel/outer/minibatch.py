@@ -1,0 +1,350 @@
+"""Minibatch MAID: steps on batches of samples (``method="maid_sgd"``).
+
+For sample-separable problems (h = sum_i h_i(x_i, theta), g = mean_i g_i(x_i, theta):
+:meth:`bilevel.BilevelProblem.subset`), after the inexact stochastic bilevel methods of
+Salehi, Mukherjee, Roberts and Ehrhardt (arXiv 2412.12049, 2511.06774).  Iteration k:
+
+1. the next batch B of a permutation of the samples drawn per epoch (seeded by
+   ``seed`` and the epoch: the same seed gives the same run, a resumed run the batches
+   the uninterrupted one drew);
+2. the batch problem's hypergradient z_B with its omega >= ||z_B - grad F_B||,
+   F_B = mean_{i in B} g_i(x_i*(theta)), warm-started from each sample's last
+   lower-level solution and adjoint (kept per sample across epochs);
+3. a step: MAID's certified line search on F_B (default; it proves F_B decreased by
+   lam alpha ||z_B||^2, docs/certificates.md, section 5), or alpha0 (1 + t)^-step_power
+   (t = epochs elapsed; alpha0=None: the first step from a search on the first batch).
+
+The accuracy ('accuracy'): 'search' (default) asks what the search needs, as MAID's
+``direction_test="after_failure"``, and certifies the direction (omega <= rel_error
+||z_B||) only on the batch after a failed search; 'adaptive' certifies it on every
+batch; 'schedule' takes eps0 (1 + t)^-accuracy_power whatever omega is.
+
+What is certified (docs/certificates.md, section 8): a row's omega, and a search's
+decrease, concern the batch loss F_B, not F.  At the end (``final_check``),
+:func:`bilevel.solve` adds one full-batch certified hypergradient at the returned theta:
+certified bounds on F(theta) and ||grad F(theta)||, in the result's message and in
+``state.final_check`` (its cost there too, outside the history and the budgets).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..cost import Cost
+from ..hypergradient import certifiable_accuracy, hypergradient, upper_bounds
+from ..problem import NOT_SAMPLE_SEPARABLE, BilevelProblem
+from .base import (
+    AT_LEAST_ONE,
+    NONNEGATIVE,
+    OPEN_UNIT,
+    POSITIVE,
+    OuterState,
+    check_settings,
+    count,
+    degenerate,
+    finite,
+    norm,
+    one_of,
+    warm,
+)
+from .line_search import certified_line_search
+
+
+@dataclasses.dataclass(frozen=True)
+class MinibatchState(OuterState):
+    """``x`` and ``q`` hold every sample's warm start (stacked along dim 0)."""
+
+    epoch: int = 0  # epochs started
+    position: int = 0  # samples of this epoch's permutation already drawn (here)
+    alpha: float = math.nan  # the schedule's alpha0, or the last search's step (NaN: none)
+    certify: bool = False  # accuracy='search': certify the direction (after a failure)
+    work: float = 0.0  # cumulative lower + CG iterations weighted by batch / all samples
+    final_check: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MinibatchMAID:
+    """Minibatch MAID (module docstring).
+
+    Parameters
+    ----------
+    batch_size : int
+        Samples per batch, over all ranks of a data-parallel run (each rank draws
+        batch_size / world of its own).  An epoch's last batch holds the rest.
+    step : {'line_search', 'schedule'}
+        A certified line search on every batch (first trial ``growth`` times the last
+        step, backtracking by 1/2, sufficient decrease ``lam``), or alpha0 (1 + t)^-step_power.
+    alpha0 : float or None
+        The first step (None: HOAG's sqrt(dim theta) / ||z||, then the search's).
+    accuracy : {'search', 'adaptive', 'schedule'}
+        Module docstring.  'adaptive' refines eps and delta each by its own terms of
+        omega (MAID's 'predicted' refinement) and relaxes them where omega was well
+        inside; every accuracy is also refined until g is certified well enough for
+        the first trial of a search to show its decrease (MAID's 'matched' accuracy).
+    rel_error : float
+        The certified relative error of a certified direction and of the final check
+        (below 1: -z_B is a descent direction of F_B).
+    eps0, delta0 : float
+        The first (and loosest) accuracies, lower level and CG.
+    seed : int
+        Seed of the batch order.
+    final_check : bool
+        End :func:`bilevel.solve` with a full-batch certified hypergradient at theta.
+
+    Rows hold the common columns (``upper_value``: the batch's g; ``error_bound``: its
+    omega; ``step``, ``backtracks``, ``accepted``: the search's) and ``epoch`` (epochs
+    elapsed after the row), ``batch_size``, ``relative_error`` (omega / ||z_B||),
+    ``refinements`` and ``work`` (cumulative lower + CG iterations, each weighted by
+    batch / all samples: full-batch iterations' worth, what the time follows).
+    """
+
+    batch_size: int = 8
+    step: str = "line_search"
+    alpha0: float | None = None
+    step_power: float = 0.5
+    lam: float = 0.1
+    growth: float = 2.0
+    max_backtracks: int = 20
+    accuracy: str = "search"
+    rel_error: float = 0.5
+    eps0: float = 1e-1
+    delta0: float = 1e-1
+    accuracy_power: float = 1.0
+    nu: float = 0.5
+    max_refinements: int = 30
+    eps_min: float = 1e-13
+    seed: int = 0
+    final_check: bool = True
+    lower_max_iter: int = 10_000
+    cg_max_iter: int = 10_000
+
+    def __post_init__(self):
+        check_settings(
+            self, batch_size=count(1), step=one_of("line_search", "schedule"),
+            alpha0=(lambda v: v is None or POSITIVE[0](v), "None or a finite number > 0"),
+            step_power=NONNEGATIVE, lam=OPEN_UNIT, growth=AT_LEAST_ONE, max_backtracks=count(1),
+            accuracy=one_of("search", "adaptive", "schedule"), rel_error=OPEN_UNIT,
+            eps0=POSITIVE, delta0=POSITIVE, accuracy_power=NONNEGATIVE, nu=OPEN_UNIT,
+            max_refinements=count(0), eps_min=POSITIVE, seed=count(0),
+            final_check=one_of(True, False), lower_max_iter=count(1), cg_max_iter=count(1))
+
+    # ------------------------------------------------------------------ batches
+    def _layout(self, problem):
+        """(samples here, samples in all, batch size here, world, rank); refuses what
+        cannot be minibatched."""
+        if type(problem).subset is BilevelProblem.subset:
+            raise NotImplementedError(f"{problem.name}: {NOT_SAMPLE_SEPARABLE}")
+        n = int(problem.n_samples)
+        if not problem.parallel.active:
+            return n, n, min(self.batch_size, n), 1, 0
+        import torch.distributed as dist
+
+        from ..distributed import _DEFAULT
+
+        group = None if problem.parallel.group is _DEFAULT else problem.parallel.group
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        count_here = torch.tensor(float(n), dtype=torch.float64)
+        if self.batch_size % world or float(problem.parallel.max(count_here)) != \
+                -float(problem.parallel.max(-count_here)):
+            raise ValueError(f"{problem.name}: a data-parallel minibatch run needs the same "
+                             f"number of samples on every rank and batch_size "
+                             f"({self.batch_size}) divisible by the {world} ranks")
+        return n, n * world, min(self.batch_size // world, n), world, rank
+
+    def _batch(self, state, layout):
+        """(indices here, the next (epoch, position)): the state's slice of its epoch."""
+        n, _, b, _, rank = layout
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + state.epoch) * 1009 + rank)
+        order = torch.randperm(n, generator=gen)
+        index = order[state.position:state.position + b]
+        position = state.position + index.numel()
+        return index, (state.epoch + 1, 0) if position >= n else (state.epoch, position)
+
+    def init_state(self, problem, theta0):
+        n = self._layout(problem)[0]
+        x = problem.initial_x(theta0)
+        if x.shape[0] != n:
+            raise ValueError(f"{problem.name}: x must be stacked by sample along dim 0 "
+                             f"({n} samples), got shape {tuple(x.shape)}")
+        return MinibatchState(theta=theta0, eps=self.eps0, delta=self.delta0, x=x,
+                              q=torch.zeros_like(x),
+                              alpha=math.nan if self.alpha0 is None else self.alpha0)
+
+    # ------------------------------------------------------------------ accuracy
+    def _rescaled(self, hg, eps, delta, target):
+        """(eps, delta), each scaled by what its own terms of omega need: refined where
+        they exceed half of ``target``, relaxed (at most 2x) where they are far below."""
+        adjoint = ("adjoint_solve", "hessian_adjoint")
+        parts = ((eps, hg.lower.error_bound,
+                  sum(v for k, v in hg.terms.items() if k not in adjoint)),
+                 (delta, hg.linear.residual_norm, sum(hg.terms.get(k, 0.0) for k in adjoint)))
+        out = []
+        for (requested, certified, part), loosest in zip(parts, (self.eps0, self.delta0),
+                                                         strict=True):
+            share = 0.5 * target
+            if part > share:  # refine from what the solve certified, as MAID does
+                out.append(min(requested, certified) * min(self.nu, max(1e-3, share / part)))
+            else:  # never looser than the start: a flat batch (z = 0) says nothing
+                relax = min(2.0, max(1.0, 0.25 * target / max(part, 1e-300)))
+                out.append(max(requested, min(requested * relax, loosest)))
+        return tuple(out)
+
+    def _first_step(self, state, z):
+        """The line search's first trial: alpha0 (None: HOAG's sqrt(dim theta) / ||z||)
+        at the start, else ``growth`` times the last accepted step; None where no
+        search runs."""
+        if self.step == "schedule" and not math.isnan(state.alpha):
+            return None
+        if math.isnan(state.alpha):
+            return math.sqrt(z.numel()) / norm(z)
+        return state.alpha if state.iteration == 0 else self.growth * state.alpha
+
+    def _refined(self, problem, theta, eps, delta, x0, q0, L, certify, first):
+        """The hypergradient, refined until the direction is certified (omega <= rel_error
+        ||z||, if ``certify``) and, before a search (``first(z)``: its first step), g well
+        enough for the first trial's decrease to show (MAID's 'matched' accuracy):
+        (hg, eps, delta, refinements, spent)."""
+        spent, refinements = Cost(), 0
+        for refinements in range(self.max_refinements + 1):  # noqa: B007 - returned
+            hg = hypergradient(problem, theta, eps, delta, x0=x0, q0=q0, smoothness=L,
+                               lower_max_iter=self.lower_max_iter, cg_max_iter=self.cg_max_iter)
+            spent, L = spent + hg.cost, hg.lower.smoothness or L
+            x0, q0 = warm(hg.lower.x), warm(hg.linear.q)
+            z_norm, omega = norm(hg.grad), hg.error_bound
+            if not finite(z_norm, omega):
+                break
+            target = self.rel_error * z_norm
+            floor = max(self.eps_min, certifiable_accuracy(problem, theta, hg.lower.x))
+            need = math.inf if first is None or z_norm == 0 else \
+                _matched(hg, first(hg.grad) * z_norm ** 2)
+            direction = not certify or omega <= target
+            if (direction and hg.lower.error_bound <= need) or eps <= floor \
+                    or not (hg.lower.converged and hg.linear.converged):
+                break  # done, or the solvers cannot certify more (rounding, budgets)
+            if not direction:
+                eps, delta = self._rescaled(hg, eps, delta, target)
+            if hg.lower.error_bound > need:
+                eps = min(eps, self.nu * need)
+            eps = max(eps, floor)
+        return hg, eps, delta, refinements, spent
+
+    # ------------------------------------------------------------------ one step
+    def update(self, problem, state):
+        layout = self._layout(problem)
+        n, n_all, _, _, _ = layout
+        index, (epoch, position) = self._batch(state, layout)
+        total = int(problem.parallel.sum(torch.tensor(float(index.numel()))))
+        batch = problem.subset(index, total)
+        t = state.epoch + state.position / n  # epochs elapsed
+        eps, delta = state.eps, state.delta
+        if self.accuracy == "schedule":
+            eps = max(self.eps0 * (1 + t) ** -self.accuracy_power, self.eps_min)
+            delta = eps * self.delta0 / self.eps0
+        certify = self.accuracy == "adaptive" or (self.accuracy == "search" and state.certify)
+        searching = self.step == "line_search" or math.isnan(state.alpha)
+        hg, eps, delta, refinements, spent = self._refined(
+            batch, state.theta, eps, delta, state.x[index], state.q[index], state.smoothness,
+            certify, (lambda z: self._first_step(state, z)) if searching else None)
+        z, z_norm, omega = hg.grad, norm(hg.grad), hg.error_bound
+        if self.accuracy == "adaptive" and finite(z_norm, omega):
+            following = self._rescaled(hg, eps, delta, self.rel_error * z_norm)
+        elif self.accuracy == "search" and not certify:  # relax slowly, as MAID's nu_bar
+            following = (min(1.25 * eps, self.eps0), delta)
+        else:
+            following = (eps, delta)
+        x, q = state.x.clone(), state.q.clone()
+        for store, solved in ((x, warm(hg.lower.x)), (q, warm(hg.linear.q))):
+            if solved is not None:
+                store[index] = solved
+        row = dict(upper_value=hg.upper_value, grad_norm=z_norm, error_bound=omega,
+                   certified=hg.certified, eps=eps, delta=delta, backtracks=0, accepted=False,
+                   step=0.0, batch_size=total, refinements=refinements,
+                   relative_error=omega / z_norm if z_norm > 0 else math.inf)
+        new = dataclasses.replace(state, x=x, q=q, eps=following[0], delta=following[1],
+                                  iteration=state.iteration + 1, epoch=epoch, position=position,
+                                  smoothness=hg.lower.smoothness or state.smoothness,
+                                  final_check=None)
+        if not finite(z_norm, omega):
+            new = dataclasses.replace(new, status="diverged", message=(
+                f"the hypergradient of batch {index.tolist()} is not finite"))
+        elif z_norm > 0 and searching:
+            new, row, spent = self._search(batch, new, row, spent, hg, index)
+        elif z_norm > 0:
+            alpha = state.alpha * (1 + t) ** -self.step_power
+            theta = state.theta - alpha * z
+            if degenerate(problem, theta) is None:
+                new = dataclasses.replace(new, theta=theta)
+                row.update(step=alpha, accepted=True)
+            else:  # a step into a degenerate point: reject it, halve the schedule
+                new = dataclasses.replace(new, alpha=0.5 * state.alpha)
+        new = dataclasses.replace(new, work=state.work + spent.total * total / n_all)
+        return new, {**row, "epoch": epoch + position / n, "work": new.work, "spent": spent}
+
+    def _search(self, batch, state, row, spent, hg, index):
+        """MAID's certified line search on the batch: every step, or the first one only
+        (step='schedule', alpha0=None: the step found is the schedule's alpha0)."""
+        z, z_norm, L_g = hg.grad, norm(hg.grad), hg.constants.L_g
+        lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm, hg.lower.error_bound,
+                                    L_g, batch.upper_convex_in_x)
+        search = certified_line_search(
+            batch, state.theta, z, z_norm ** 2, first=self._first_step(state, z), rho=0.5,
+            backtracks=self.max_backtracks, lam=self.lam, lower_now=lower_now,
+            accuracy=lambda step: max(hg.lower.error_bound, _matched(hg, step * z_norm ** 2)),
+            L_g=L_g, x0=hg.lower.x, lower_max_iter=self.lower_max_iter,
+            smoothness=state.smoothness)
+        spent = spent + search.cost
+        row = {**row, "step": search.step, "backtracks": search.backtracks,
+               "accepted": search.accepted}
+        if not search.accepted:
+            # Certify the next direction (omega <= rel_error ||z||) and tighten the
+            # accuracy: MAID's answer to a failed search, on the next batch.
+            return dataclasses.replace(state, eps=self.nu * state.eps,
+                                       delta=self.nu * state.delta, certify=True), row, spent
+        x = state.x.clone()
+        x[index] = search.x  # the batch's solution at the new theta: the better warm start
+        return dataclasses.replace(state, theta=search.theta, x=x, alpha=search.step,
+                                   certify=False), row, spent
+
+    # ------------------------------------------------------------------ the end
+    def finish(self, problem, result):
+        """The final check (``final_check``): a full-batch certified hypergradient at
+        ``result.theta``; called by :func:`bilevel.solve` and :func:`bilevel.resume`
+        after the run (``run`` alone does not)."""
+        state = result.state
+        if not self.final_check or result.status == "interrupted" or state.final_check:
+            return result
+        _, n_all, b, world, _ = self._layout(problem)
+        # The batches' accuracy per sample: over all samples the norm is sqrt(N / B) larger.
+        scale = math.sqrt(n_all / (b * world))
+        try:
+            hg, _, _, _, spent = self._refined(problem, state.theta, scale * state.eps,
+                                               scale * state.delta, state.x, state.q,
+                                               state.smoothness, True, None)
+        except KeyboardInterrupt:  # the run itself is complete: keep it
+            return dataclasses.replace(result, message=f"{result.message}; the final check "
+                                       "was interrupted (KeyboardInterrupt)")
+        z_norm, omega = norm(hg.grad), hg.error_bound
+        low, high = upper_bounds(hg.upper_value, hg.upper_grad_norm, hg.lower.error_bound,
+                                 hg.constants.L_g, problem.upper_convex_in_x)
+        check = dict(upper_value=hg.upper_value, lower_bound=low, upper_bound=high,
+                     grad_norm=z_norm, error_bound=omega, certified=hg.certified,
+                     eps=hg.lower.error_bound, delta=hg.linear.residual_norm, samples=n_all,
+                     **spent.as_row())
+        kind = "certified" if hg.certified else "estimated (bound constants are estimates)"
+        message = (f"{result.message}; final check on all {n_all} samples ({kind}): F(theta) in "
+                   f"[{low:.6g}, {high:.6g}], ||grad F(theta)|| in [{max(z_norm - omega, 0):.3e}, "
+                   f"{z_norm + omega:.3e}] (||z|| = {z_norm:.3e}, omega = {omega:.3e}); it cost "
+                   f"{spent.total} lower + CG iterations, not in the history")
+        # The warm starts stay the run's own, so that a resumed run ends where an
+        # uninterrupted one would.
+        state = dataclasses.replace(state, final_check=check)
+        return dataclasses.replace(result, state=state, message=message)
+
+
+def _matched(hg, decrease):
+    """The lower-level accuracy e at which the bounds' slack ||grad_x g|| e + L_g e^2 / 2
+    is a quarter of ``decrease`` (MAID's 'matched' trial accuracy)."""
+    budget, g, L = 0.25 * decrease, hg.upper_grad_norm, hg.constants.L_g
+    return 2 * budget / (g + math.sqrt(g * g + 2 * L * budget)) if budget > 0 else 0.0

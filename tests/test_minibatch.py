@@ -1,0 +1,263 @@
+"""Minibatch MAID (``method="maid_sgd"``) and the sample-separable hook it needs (``subset``)."""
+import math
+import warnings
+
+import pytest
+import torch
+from bilevel_problems.fields_of_experts import FieldsOfExperts
+from bilevel_problems.ridge_regularizer import RidgeRegularizer
+from bilevel_problems.tv_denoising import TVDenoising
+
+import bilevel
+from bilevel.outer import minibatch
+from bilevel.reference import reference_solution
+
+MEMBERS = {
+    "tv": lambda: TVDenoising(n_images=4, size=8, seed=1),
+    "foe": lambda: FieldsOfExperts(n_images=4, size=8, num_filters=2, filter_size=3),
+    "ridge": lambda: RidgeRegularizer(n_images=4, size=8, num_filters=2, filter_size=3,
+                                      num_knots=5, x_range=0.2),
+}
+
+
+def tv(n=6, size=8):
+    return TVDenoising(n_images=n, size=size, seed=1)
+
+
+def quiet_solve(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+        return bilevel.solve(*args, **kwargs)
+
+
+def loss(problem, theta):
+    """F(theta) from a tight solve (error below 1e-10)."""
+    sol = problem.solve_lower(theta, 1e-11, max_iter=100_000)
+    return float(problem.upper_objective(sol.x, theta))
+
+
+# ------------------------------------------------------------------ the hook
+def test_a_problem_that_is_not_sample_separable_is_refused():
+    q = bilevel.make_problem("quadratic", n=20, m=3)
+    for attempt in (lambda: q.n_samples, lambda: q.subset([0]),
+                    lambda: bilevel.solve(q, "maid_sgd", max_iter=1)):
+        with pytest.raises(NotImplementedError, match="not sample-separable"):
+            attempt()
+
+
+@pytest.mark.parametrize("member", sorted(MEMBERS))
+def test_subset_is_the_batch_problem(member):
+    p = MEMBERS[member]()
+    theta, idx = p.initial_theta(), [3, 0]
+    gen = torch.Generator().manual_seed(0)
+    x = p.initial_x(theta) + 0.05 * torch.randn(p.noisy.shape, generator=gen,
+                                                 dtype=torch.float64)
+    v, w = (torch.randn(x.shape, generator=gen, dtype=torch.float64) for _ in range(2))
+    s = p.subset(idx)
+    assert (s.n_samples, p.n_samples) == (2, 4) and torch.equal(s.clean, p.clean[idx])
+    assert torch.equal(s.initial_x(theta), p.initial_x(theta)[idx])
+    # h is a sum over the images: the batch's derivatives are the full ones' rows.
+    torch.testing.assert_close(s.lower_grad(x[idx], theta), p.lower_grad(x, theta)[idx])
+    torch.testing.assert_close(s.lower_hvp(x[idx], theta, v[idx]),
+                               p.lower_hvp(x, theta, v)[idx])
+    w_full = torch.zeros_like(w)
+    w_full[idx] = w[idx]
+    torch.testing.assert_close(s.mixed_vjp(x[idx], theta, w[idx]), p.mixed_vjp(x, theta, w_full))
+    # g is the mean over the batch (or over ``total``).
+    per_image = 0.5 * ((x - p.clean) ** 2).sum(dim=(1, 2))
+    assert float(s.upper_objective(x[idx], theta)) == pytest.approx(float(per_image[idx].mean()))
+    assert float(p.subset(idx, total=5).upper_objective(x[idx], theta)) == pytest.approx(
+        float(per_image[idx].sum() / 5))
+    assert s.strong_convexity(theta) == 1.0 and s.bound_constants(theta, x[idx]).certified
+
+
+def test_subset_refuses_bad_indices_and_unknown_per_image_data():
+    p = tv(4)
+    for bad in ([], [4], [-1]):
+        with pytest.raises(ValueError, match="indices"):
+            p.subset(bad)
+
+    class WithStart(TVDenoising):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.start = self.noisy * 0.5  # per-image data subset() is not told of
+
+    with pytest.raises(TypeError, match="'start'"):
+        WithStart(n_images=3, size=8).subset([0])
+    WithStart.sample_fields = ("clean", "noisy", "start")
+    assert WithStart(n_images=3, size=8).subset([2]).start.shape == (1, 8, 8)
+
+
+def test_the_batch_of_everything_is_the_full_problem():
+    p = tv(4)
+    theta = p.initial_theta() + torch.tensor([2.0, 1.0], dtype=torch.float64)
+    full = bilevel.hypergradient(p, theta, 1e-6, 1e-6)
+    whole = bilevel.hypergradient(p.subset(torch.randperm(4)), theta, 1e-6, 1e-6)
+    torch.testing.assert_close(whole.grad, full.grad, rtol=1e-7, atol=1e-9)
+    assert whole.upper_value == pytest.approx(full.upper_value, rel=1e-12)
+
+
+def test_batch_hypergradients_average_to_the_full_one():
+    # g is a mean: over a partition into equal batches, the mean of the batch
+    # hypergradients is the full one; with total = N (data-parallel scaling) their sum.
+    p, theta = tv(6), torch.tensor([-2.0, -3.0], dtype=torch.float64)
+    full = bilevel.hypergradient(p, theta, 1e-10, 1e-10).grad
+    parts = ([0, 4, 5], [1, 2, 3])
+    mean = sum(bilevel.hypergradient(p.subset(b), theta, 1e-10, 1e-10).grad for b in parts) / 2
+    total = sum(bilevel.hypergradient(p.subset(b, 6), theta, 1e-10, 1e-10).grad for b in parts)
+    for other in (mean, total):
+        torch.testing.assert_close(other, full, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("theta", [(-5.0, -5.0), (-2.0, -3.0)])
+def test_the_batch_bound_holds_against_the_dense_reference(theta):
+    batch = tv(4, size=6).subset([1, 3])
+    theta = torch.tensor(theta, dtype=torch.float64)
+    reference = reference_solution(batch, theta).grad
+    for eps in (1e-1, 1e-3):
+        hg = bilevel.hypergradient(batch, theta, eps, eps)
+        assert hg.certified
+        assert float((hg.grad - reference).norm()) <= hg.error_bound
+
+
+# ------------------------------------------------------------------ the method
+def test_every_sample_once_per_epoch_and_the_costs_add_up(monkeypatch):
+    p = tv(7)
+    drawn, costs = [], []
+    subset = p.subset
+    p.subset = lambda index, total=None: drawn.append(index.tolist()) or subset(index, total)
+    for name in ("hypergradient", "certified_line_search"):
+        solver = getattr(minibatch, name)
+
+        def counted(*args, _solver=solver, **kwargs):
+            out = _solver(*args, **kwargs)
+            costs.append(out.cost)
+            return out
+
+        monkeypatch.setattr(minibatch, name, counted)
+    result = quiet_solve(p, "maid_sgd", batch_size=3, max_iter=9, final_check=False)
+    # 3 + 3 + 1 samples per epoch, each sample once, a new order every epoch.
+    assert [len(b) for b in drawn] == [3, 3, 1] * 3
+    epochs = [sum(drawn[3 * e:3 * e + 3], []) for e in range(3)]
+    assert all(sorted(order) == list(range(7)) for order in epochs)
+    assert len({tuple(order) for order in epochs}) == 3
+    rows = result.history
+    assert [r["epoch"] for r in rows] == pytest.approx(
+        [e + k for e in range(3) for k in (3 / 7, 6 / 7, 1.0)])
+    last = rows[-1]
+    assert last["lower_iterations"] == sum(c.lower_iterations for c in costs)
+    assert last["cg_iterations"] == sum(c.cg_iterations for c in costs)
+    assert last["cost"] == sum(c.total for c in costs)
+    spent = [b["cost"] - a["cost"] for a, b in zip([dict(cost=0)] + rows[:-1], rows, strict=True)]
+    assert last["work"] == pytest.approx(sum(c * len(b) / 7 for c, b in zip(spent, drawn,
+                                                                            strict=True)))
+
+
+def test_a_batch_of_everything_starts_like_the_full_hypergradient():
+    p = tv(4)
+    result = quiet_solve(p, "maid_sgd", batch_size=4, max_iter=1, final_check=False)
+    row = result.history[0]
+    # The row is the full problem's certified hypergradient: within its own bounds of
+    # the exact F and grad F at theta0.
+    exact = bilevel.hypergradient(p, p.initial_theta(), 1e-11, 1e-11)
+    assert row["batch_size"] == 4 and row["epoch"] == 1.0
+    slack = exact.upper_grad_norm * row["eps"] + row["eps"] ** 2
+    assert abs(row["upper_value"] - exact.upper_value) <= slack
+    assert abs(row["grad_norm"] - float(exact.grad.norm())) <= row["error_bound"]
+
+
+def test_same_seed_same_run_other_seed_other_batches():
+    runs = [quiet_solve(tv(6), "maid_sgd", batch_size=2, max_iter=6, seed=seed, final_check=False)
+            for seed in (0, 0, 1)]
+    keep = ("upper_value", "grad_norm", "error_bound", "step", "cost", "work")
+    same, again, other = ([{k: r[k] for k in keep} for r in run.history] for run in runs)
+    assert same == again and torch.equal(runs[0].theta, runs[1].theta)
+    assert same != other
+
+
+def test_resume_from_a_checkpoint_reproduces_the_run(tmp_path):
+    path = tmp_path / "ck.pt"
+    full = quiet_solve(tv(5), "maid_sgd", batch_size=2, max_iter=8)
+    quiet_solve(tv(5), "maid_sgd", batch_size=2, max_iter=5, checkpoint_path=path,
+                checkpoint_every=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+        resumed = bilevel.resume(tv(5), path, max_iter=8)
+    assert torch.equal(resumed.theta, full.theta)
+    assert [r["cost"] for r in resumed.history] == [r["cost"] for r in full.history]
+    assert resumed.state.final_check == full.state.final_check
+
+
+def test_a_run_decreases_the_full_loss_and_the_final_check_brackets_it():
+    p = tv(8, size=12)
+    result = quiet_solve(p, "maid_sgd", batch_size=2, max_iter=12)
+    F0, F1 = loss(p, p.initial_theta()), loss(p, result.theta)
+    assert F1 < 0.6 * F0
+    check = result.state.final_check
+    assert check["certified"] and check["samples"] == 8
+    assert check["lower_bound"] <= F1 <= check["upper_bound"]
+    true = float(bilevel.hypergradient(p, result.theta, 1e-10, 1e-10).grad.norm())
+    assert abs(true - check["grad_norm"]) <= check["error_bound"]
+    assert "final check on all 8 samples (certified)" in result.message
+
+
+def test_schedules_set_the_step_and_the_accuracy():
+    p = tv(6)
+    result = quiet_solve(p, "maid_sgd", batch_size=2, max_iter=7, step="schedule",
+                         accuracy="schedule", alpha0=0.5, eps0=1e-2, final_check=False)
+    t = 0.0
+    for row in result.history:
+        assert row["step"] == pytest.approx(0.5 / math.sqrt(1 + t))
+        assert row["eps"] == pytest.approx(1e-2 / (1 + t))
+        t = row["epoch"]
+
+
+def test_adaptive_accuracy_certifies_each_batch_direction():
+    result = quiet_solve(tv(6), "maid_sgd", batch_size=2, max_iter=6, accuracy="adaptive",
+                         rel_error=0.3, final_check=False)
+    assert all(r["error_bound"] <= 0.3 * r["grad_norm"] for r in result.history)
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError, match="batch_size"):
+        bilevel.outer.make_method("maid_sgd", batch_size=0)
+    with pytest.raises(ValueError, match="accuracy"):
+        bilevel.outer.make_method("maid_sgd", accuracy="sometimes")
+
+
+DRIVER = """
+import json, sys, warnings
+import bilevel, bilevel.distributed as bd
+rank, world = bd.init("gloo")
+problem = bd.data_parallel("tv_denoising", n_images=6, size=8, seed=1)
+drawn, subset = [], problem.subset
+problem.subset = lambda index, total=None: drawn.append(index.tolist()) or subset(index, total)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    result = bilevel.solve(problem, "maid_sgd", batch_size=2, max_iter=6)
+rows = [{k: r[k] for k in ("cost", "batch_size", "work", "upper_value")} for r in result.history]
+json.dump(dict(theta=result.theta.tolist(), drawn=drawn, rows=rows,
+               check=result.state.final_check), open(sys.argv[1] + f".{rank}", "w"))
+bd.finish()
+"""
+
+
+@pytest.mark.slow
+def test_data_parallel_ranks_share_each_batch(tmp_path):
+    import json
+
+    from test_distributed import _torchrun
+
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    done = _torchrun([str(script), str(tmp_path / "out")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1)]
+    assert ranks[0]["theta"] == ranks[1]["theta"] and ranks[0]["rows"] == ranks[1]["rows"]
+    # Each rank draws one of its 3 images per batch, each once per epoch.
+    for rank in ranks:
+        assert all(sorted(sum(rank["drawn"][3 * e:3 * e + 3], [])) == [0, 1, 2] for e in (0, 1))
+    assert all(r["batch_size"] == 2 for r in ranks[0]["rows"])
+    p, theta = tv(6), torch.tensor(ranks[0]["theta"], dtype=torch.float64)
+    check = ranks[0]["check"]
+    assert check["samples"] == 6 and check["lower_bound"] <= loss(p, theta) <= check["upper_bound"]
