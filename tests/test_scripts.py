@@ -38,6 +38,7 @@ SCRIPTS = {
     "plugin_regularizer": ["plugin_regularizer.png"],
     "reconstruction": ["reconstruction.png"],
     "reconstruction_priors": ["priors.png"],
+    "train_denoiser": ["training.png"],
 }
 #: benchmark -> (its extra arguments, the meta file of a quick run).
 BENCHMARKS = {
@@ -148,6 +149,19 @@ def priors_improve(folder):
     runs_recorded(folder)
 
 
+def trained_model_loads(folder):
+    """The run folder is a model: bilevel.load rebuilds it without its training data and it
+    denoises (a smoke test; tests/test_load.py checks the numbers)."""
+    import torch
+
+    import bilevel
+
+    model = bilevel.load(folder)
+    assert model.name == "fields_of_experts" and model.theta.numel() == 1 + 2 * 8 + 8 * 25
+    y = torch.rand(12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert model.denoise(y).shape == (12, 12)
+
+
 def runs_recorded(folder):
     """One row per run, its status and warnings as columns."""
     runs = RunFolder(folder).read_rows("runs.csv")
@@ -165,7 +179,8 @@ def no_violation(folder):
 CHECKS = {"learned_tv": learned_tv_denoises, "plugin_regularizer": plugin_regularizer_summary,
           "quadratic": runs_recorded, "tv_robustness": runs_recorded,
           "foe_vs_hoag": runs_recorded, "certificate_tightness": no_violation,
-          "reconstruction": reconstruction_improves, "reconstruction_priors": priors_improve}
+          "reconstruction": reconstruction_improves, "reconstruction_priors": priors_improve,
+          "train_denoiser": trained_model_loads}
 
 
 # ----------------------------------------------------------------------- scripts

@@ -1,0 +1,172 @@
+"""Train a learned denoiser on BSD400 patches: TV, a field of experts, a (weakly) convex ridge.
+
+    python scripts/train_denoiser.py --model tv|foe|ridge|wcrr --sigma 25
+        [--patches 400] [--patch-size 40] [--method maid_sgd] [--batch-size 20]
+        [--max-iter 2000] [--max-time 7200] [--out results/denoisers/MODEL_sigmaS] [--quick]
+
+One random crop of ``--patch-size`` from each of the first ``--patches`` BSD400 training
+images (docs/data.md; without the data, crops of the images bundled with scikit-image),
+Gaussian noise of ``--sigma``/255 (images in [0, 1], no clipping, seed ``--seed``).  The
+model is learned by ``--method`` (``maid_sgd``: minibatches of ``--batch-size`` patches,
+each batch's hypergradient certified for that batch, a full-batch certified check of the
+returned theta; ``maid`` / ``maid_lbfgs``: full batch, every step certified) under the
+budgets given.  A checkpoint is written every ``--checkpoint-every`` iterations to
+OUT/checkpoint.pt; the same command with ``--resume`` goes on from it (budgets count from
+the start of the run).  The run folder holds what ``bilevel.load(OUT)`` needs
+(meta.json's ``problem`` spec and theta.json), so that
+
+    model = bilevel.load("results/denoisers/foe_sigma25"); x = model.denoise(y)
+
+and ``python benchmarks/bsd68.py --model foe=results/denoisers/foe_sigma25`` evaluates it.
+Writes OUT/{data.csv (one row per outer iteration), theta.json, meta.json, checkpoint.pt,
+summary.md, training.png}.
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import _figure
+import torch
+from bilevel_problems import datasets
+
+import bilevel
+from bilevel import experiment, registry
+
+#: model -> (registered problem, its structural parameters by default).
+MODELS = {
+    "tv": ("tv_denoising", dict()),
+    "foe": ("fields_of_experts", dict(num_filters=8, filter_size=5)),
+    "ridge": ("ridge_regularizer", dict(num_filters=8, filter_size=5, num_knots=21,
+                                        x_range=0.3)),
+    "wcrr": ("weakly_convex_ridge", dict(num_filters=8, filter_size=5, num_knots=21,
+                                         x_range=0.3, rho=0.5)),
+}
+FILES = {"data.csv": "one row per outer iteration: cost, batch or full upper value, omega, step",
+         "theta.json": "the learned theta (bilevel.load reads it with meta.json's problem)",
+         "checkpoint.pt": "state, warm starts and history: --resume goes on from it"}
+
+
+def add_arguments(p):
+    p.add_argument("--model", default="foe", choices=tuple(MODELS))
+    p.add_argument("--sigma", type=float, default=25.0, help="noise level in /255 units")
+    p.add_argument("--patches", type=int, default=None, help="training patches (400; quick 8)")
+    p.add_argument("--patch-size", type=int, default=None, help="patch side (40; quick 16)")
+    p.add_argument("--filters", type=int, default=None, help="FoE / ridge filters (8)")
+    p.add_argument("--filter-size", type=int, default=None, help="FoE / ridge filter side (5)")
+    p.add_argument("--method", default="maid_sgd", help="maid_sgd, maid, maid_lbfgs")
+    p.add_argument("--batch-size", type=int, default=None, help="maid_sgd batch (20; quick 4)")
+    p.add_argument("--max-iter", type=int, default=None, help="outer iterations (2000; quick 3)")
+    p.add_argument("--max-time", type=float, default=None, help="wall-time budget (s)")
+    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint.pt")
+    p.add_argument("--data", default=None, help="the BSD400 training folder (docs/data.md)")
+
+
+def spec(args):
+    """The problem spec of the model: what bilevel.load rebuilds (no data in it)."""
+    name, structure = MODELS[args.model]
+    structure = dict(structure)
+    if args.filters and "num_filters" in structure:
+        structure["num_filters"] = args.filters
+    if args.filter_size and "filter_size" in structure:
+        structure["filter_size"] = args.filter_size
+    inner = ", ".join(f"{k}={v}" for k, v in structure.items())
+    return f"{name}[{inner}]" if inner else name
+
+
+def training_pairs(args):
+    """(clean, noisy) patches (N, P, P) and where the images came from."""
+    folder = experiment.image_folder("train", args.data)
+    if folder:
+        clean = datasets.load_images(folder, n=args.patches, size=args.patch_size,
+                                     mode="crop", seed=args.seed)
+    else:  # bundled images: as many crops as asked, cycling through the images
+        images = datasets.skimage_images()
+        picks = [images[i % len(images)] for i in range(args.patches)]
+        clean = datasets.crop(picks, args.patch_size, seed=args.seed)
+    clean = clean.double()
+    return clean, datasets.add_noise(clean, args.sigma / 255, args.seed), folder or "skimage"
+
+
+def compute(args, folder):
+    quick = args.quick
+    args.patches = args.patches or (8 if quick else 400)
+    args.patch_size = args.patch_size or (16 if quick else 40)
+    args.batch_size = args.batch_size or (4 if quick else 20)
+    args.max_iter = args.max_iter or (3 if quick else 2000)
+    clean, noisy, source = training_pairs(args)
+    problem_spec = spec(args)
+    problem = registry.make_problem(problem_spec, images=clean, noisy=noisy,
+                                    sigma=args.sigma / 255)
+    settings = dict(batch_size=args.batch_size) if args.method == "maid_sgd" else {}
+    checkpoint = folder / "checkpoint.pt"
+    budgets = dict(max_iter=args.max_iter, max_time=args.max_time, progress=not quick,
+                   checkpoint_every=args.checkpoint_every)
+    print(f"{problem_spec}: {tuple(clean.shape)} patches from {source}, sigma {args.sigma}/255,"
+          f" {args.method} {settings}", flush=True)
+    if args.resume:
+        if not checkpoint.is_file():
+            raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
+        result = bilevel.resume(problem, checkpoint, **budgets)
+    else:
+        result = bilevel.solve(problem, args.method, checkpoint_path=checkpoint, **budgets,
+                               **settings)
+    print(f"{result.status}: {result.message}", flush=True)
+    folder.write_rows("data.csv", result.history)
+    folder.write_json("theta.json", result.theta.detach().cpu().tolist())
+    last = result.history[-1] if result.history else {}
+    return dict(problem=problem_spec, model=args.model, sigma=args.sigma, source=source,
+                patches=int(clean.shape[0]), patch_size=args.patch_size, method=args.method,
+                settings=settings, status=result.status, message=result.message,
+                iterations=len(result.history), cost=last.get("cost"),
+                train_psnr_start=datasets.quality(noisy, clean)["psnr"])
+
+
+def summarise(folder):
+    meta, rows = folder.read_meta(), folder.read_rows("data.csv")
+    last = rows[-1] if rows else {}
+    text = [f"# Training {meta['model']} at sigma {meta['sigma']:g}/255", "",
+            f"Problem `{meta['problem']}` on {meta['patches']} patches "
+            f"{meta['patch_size']}x{meta['patch_size']} from {meta['source']}; method "
+            f"`{meta['method']}` {meta['settings']}.", "",
+            f"Status `{meta['status']}` after {meta['iterations']} iterations, cost "
+            f"{meta['cost']} lower + CG iterations, {meta['wall_time_s']:.0f} s: "
+            f"{meta['message']}", "",
+            f"Last upper value {last.get('upper_value', math.nan):.6g} (noisy patches: "
+            f"{meta['train_psnr_start']:.2f} dB).", "",
+            f"Command: `{meta['command']}`.", "",
+            "Evaluate: `python benchmarks/bsd68.py --model NAME=THIS_FOLDER`.", ""]
+    folder.write_text("summary.md", "\n".join(text))
+    print("\n".join(text))
+
+
+def plot(folder):
+    rows, meta = folder.read_rows("data.csv"), folder.read_meta()
+    plt = _figure.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.semilogx([r["cost"] for r in rows], [r["upper_value"] for r in rows], ".-", ms=3)
+    ax.set_xlabel("lower-level + CG iterations")
+    ax.set_ylabel("upper value (batch or full)")
+    ax.set_title(f"{meta['problem']}, sigma {meta['sigma']:g}/255", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    _figure.save(fig, folder / "training.png", dpi=110)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--out" not in argv and "--quick" not in argv and "--replot" not in argv:
+        import argparse
+
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--model", default="foe")
+        pre.add_argument("--sigma", type=float, default=25.0)
+        known, _ = pre.parse_known_args(argv)
+        argv += ["--out", f"results/denoisers/{known.model}_sigma{known.sigma:g}"]
+    return experiment.main(__doc__, "train_denoiser", compute, summarise=summarise, plot=plot,
+                           argv=argv, add_arguments=add_arguments, files=FILES)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
