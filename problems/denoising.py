@@ -23,7 +23,29 @@ from bilevel.contract import check_theta
 from . import datasets, params
 
 
-class DenoisingProblem(BilevelProblem):
+class ImageFit:
+    """What denoising and reconstruction share: g = mean_i 1/2 ||x_i - x_i^true||^2 against
+    ``self.clean`` (over ``self.n_total`` images), and the energy budget of a data term whose
+    Hessian is at least mu I (:mod:`bilevel.local_bounds`)."""
+
+    def upper_objective(self, x, theta):
+        return 0.5 * torch.sum((x - self.clean) ** 2) / self.n_total
+
+    def upper_grads(self, x, theta):
+        r = x - self.clean
+        return (0.5 * torch.sum(r * r) / self.n_total, r / self.n_total,
+                torch.zeros_like(theta))
+
+    def energy_budget(self, theta, x_radius, r_norm):
+        """C2 = min(eps ||r||, ||r||^2 / (4 mu)) >= sum_p w_p |d_p|^2: on the segment
+        [x*, x~] the Hessian is at least mu I + (R_theta's curvature), so
+        mu ||e||^2 + sum_p w_p |d_p|^2 <= <e, r> <= ||e|| ||r||."""
+        from bilevel import local_bounds
+
+        return local_bounds.energy_budget(x_radius, r_norm, self.strong_convexity(theta))
+
+
+class DenoisingProblem(ImageFit, BilevelProblem):
     """Base of the denoising problems (module docstring).
 
     Its constructor takes the training images, as every member's does:
@@ -79,14 +101,6 @@ class DenoisingProblem(BilevelProblem):
         self.sigma, self.n_images = sigma, images.shape[0]
 
     # ------------------------------------------------------------ the contract
-    def upper_objective(self, x, theta):
-        return 0.5 * torch.sum((x - self.clean) ** 2) / self.n_total
-
-    def upper_grads(self, x, theta):
-        r = x - self.clean
-        return (0.5 * torch.sum(r * r) / self.n_total, r / self.n_total,
-                torch.zeros_like(theta))
-
     def strong_convexity(self, theta):
         return 1.0  # the module docstring
 
@@ -115,12 +129,6 @@ class DenoisingProblem(BilevelProblem):
     def data_hvp(self, v):
         """The data term's Hessian times v: v itself (a new tensor)."""
         return v.clone()
-
-    def energy_budget(self, theta, x_radius, r_norm):
-        """C2 >= sum_p w_p |d_p|^2 (:mod:`bilevel.local_bounds`), with the data part mu I."""
-        from bilevel import local_bounds
-
-        return local_bounds.energy_budget(x_radius, r_norm, self.strong_convexity(theta))
 
     # ------------------------------------------------------------------ usage
     def on_images(self, images, theta) -> DenoisingProblem:

@@ -33,6 +33,7 @@ from bilevel.contract import check_theta
 from bilevel.operators import LinearOperator
 
 from . import datasets, params
+from .denoising import ImageFit
 from .reconstruction_operators import PRESETS, preset_operator
 
 
@@ -60,7 +61,7 @@ def measured_images(name, operator, *, images, source, n_images, size, min_size=
     return clean, operator, None
 
 
-class LinearMeasurements:
+class LinearMeasurements(ImageFit):
     """The data term 1/2 ||A x - y||^2 + gamma/2 ||x||^2 and the usage of a reconstruction.
 
     :meth:`_measure` sets it up (after the clean images are held as ``self.clean``).
@@ -113,31 +114,12 @@ class LinearMeasurements:
     def data_hvp(self, v):
         return self.operator.A_adjoint_A(v) + self.gamma * v
 
-    def energy_budget(self, theta, x_radius, r_norm):
-        """C2 = min(eps ||r||, ||r||^2 / (4 mu)) >= sum_p w_p |d_p|^2 (module docstring).
-
-        The Hessian is at least mu I + (R_theta's curvature) on the segment [x*, x~], so
-        mu ||e||^2 + sum_p w_p |d_p|^2 <= <e, r> <= ||e|| ||r||, and
-        t ||r|| - mu t^2 <= min(eps ||r||, ||r||^2 / (4 mu)) for t = ||e|| <= eps.
-        """
-        from bilevel import local_bounds
-
-        return local_bounds.energy_budget(x_radius, r_norm, self.strong_convexity(theta))
-
     # ------------------------------------------------------------ the contract
     def strong_convexity(self, theta):
         return self.gamma + self.gram_lower_bound  # the module docstring
 
     def initial_x(self, theta):
         return self.x_start.clone()
-
-    def upper_objective(self, x, theta):
-        return 0.5 * torch.sum((x - self.clean) ** 2) / self.n_total
-
-    def upper_grads(self, x, theta):
-        r = x - self.clean
-        return (0.5 * torch.sum(r * r) / self.n_total, r / self.n_total,
-                torch.zeros_like(theta))
 
     # ------------------------------------------------------------------ usage
     def reconstruct(self, theta=None, tol=1e-6, max_iter=100_000):
