@@ -2,7 +2,7 @@
 
     python scripts/train_denoiser.py --model tv|foe|ridge|wcrr --sigma 25
         [--patches 400] [--patch-size 40] [--method maid_sgd] [--batch-size 20]
-        [--max-iter 2000] [--max-time 7200] [--out results/denoisers/MODEL_sigmaS] [--quick]
+        [--alpha0 A] [--max-iter 2000] [--max-time 7200] [--out results/denoisers/MODEL_sigmaS] [--quick]
 
 One random crop of ``--patch-size`` from each of the first ``--patches`` BSD400 training
 images (docs/data.md; without the data, crops of the images bundled with scikit-image),
@@ -56,6 +56,9 @@ def add_arguments(p):
     p.add_argument("--filter-size", type=int, default=None, help="FoE / ridge filter side (5)")
     p.add_argument("--method", default="maid_sgd", help="maid_sgd, maid, maid_lbfgs")
     p.add_argument("--batch-size", type=int, default=None, help="maid_sgd batch (20; quick 4)")
+    p.add_argument("--alpha0", type=float, default=None,
+                   help="first trial step (default: HOAG's sqrt(dim theta)/||z0||, which can be "
+                        "far too long for filters: every first search then fails)")
     p.add_argument("--max-iter", type=int, default=None, help="outer iterations (2000; quick 3)")
     p.add_argument("--max-time", type=float, default=None, help="wall-time budget (s)")
     p.add_argument("--checkpoint-every", type=int, default=10)
@@ -100,6 +103,8 @@ def compute(args, folder):
     problem = registry.make_problem(problem_spec, images=clean, noisy=noisy,
                                     sigma=args.sigma / 255)
     settings = dict(batch_size=args.batch_size) if args.method == "maid_sgd" else {}
+    if args.alpha0 is not None:
+        settings["alpha0"] = args.alpha0
     checkpoint = folder / "checkpoint.pt"
     budgets = dict(max_iter=args.max_iter, max_time=args.max_time, progress=not quick,
                    checkpoint_every=args.checkpoint_every)

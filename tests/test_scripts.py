@@ -194,6 +194,17 @@ def test_reconstruction_of_other_operators(tmp_path, operator):
     assert min(psnr["grid"], psnr["MAID"], psnr["MAID L-BFGS"]) > psnr["measured"]
 
 
+def test_train_denoiser_first_step(tmp_path):
+    """--alpha0 reaches the method: the first search starts there and only halves it."""
+    module("scripts", "train_denoiser").main(["--quick", "--model", "tv", "--alpha0", "0.3",
+                                              "--no-plot", "--out", str(tmp_path)])
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["settings"]["alpha0"] == 0.3
+    first = RunFolder(tmp_path).read_rows("data.csv")[0]
+    halvings = math.log2(0.3 / first["step"]) if first["step"] > 0 else 0.0
+    assert halvings >= 0 and halvings == pytest.approx(round(halvings), abs=1e-9)
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_script_quick_then_replot(tmp_path, monkeypatch, name):
     module("scripts", name).main(["--quick", "--out", str(tmp_path)])

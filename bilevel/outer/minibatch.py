@@ -270,7 +270,9 @@ class MinibatchMAID:
             new = dataclasses.replace(new, status="diverged", message=(
                 f"the hypergradient of batch {index.tolist()} is not finite"))
         elif z_norm > 0 and searching:
-            new, row, spent = self._search(batch, new, row, spent, hg, index)
+            # The first trial from the state before this row (``new`` counts it already).
+            first = self._first_step(state, z)
+            new, row, spent = self._search(batch, new, row, spent, hg, index, first)
         elif z_norm > 0:
             alpha = state.alpha * (1 + t) ** -self.step_power
             theta = state.theta - alpha * z
@@ -282,14 +284,14 @@ class MinibatchMAID:
         new = dataclasses.replace(new, work=state.work + spent.total * total / n_all)
         return new, {**row, "epoch": epoch + position / n, "work": new.work, "spent": spent}
 
-    def _search(self, batch, state, row, spent, hg, index):
+    def _search(self, batch, state, row, spent, hg, index, first):
         """MAID's certified line search on the batch: every step, or the first one only
         (step='schedule', alpha0=None: the step found is the schedule's alpha0)."""
         z, z_norm, L_g = hg.grad, norm(hg.grad), hg.constants.L_g
         lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm, hg.lower.error_bound,
                                     L_g, batch.upper_convex_in_x)
         search = certified_line_search(
-            batch, state.theta, z, z_norm ** 2, first=self._first_step(state, z), rho=0.5,
+            batch, state.theta, z, z_norm ** 2, first=first, rho=0.5,
             backtracks=self.max_backtracks, lam=self.lam, lower_now=lower_now,
             accuracy=lambda step: max(hg.lower.error_bound, _matched(hg, step * z_norm ** 2)),
             L_g=L_g, x0=hg.lower.x, lower_max_iter=self.lower_max_iter,
