@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import sys
+import textwrap
 
 import _figure
 import torch
@@ -136,8 +137,9 @@ def summarise(folder):
             f"{meta['patch_size']}x{meta['patch_size']} from {meta['source']}; method "
             f"`{meta['method']}` {meta['settings']}.", "",
             f"Status `{meta['status']}` after {meta['iterations']} iterations, cost "
-            f"{meta['cost']} lower + CG iterations, {meta['wall_time_s']:.0f} s: "
-            f"{meta['message']}", "",
+            f"{meta['cost']} lower + CG iterations, {last.get('time', math.nan):.0f} s of "
+            f"training (this process: {meta['wall_time_s']:.0f} s; a resumed run counts "
+            f"from its start): {meta['message']}", "",
             f"Last upper value {last.get('upper_value', math.nan):.6g} (noisy patches: "
             f"{meta['train_psnr_start']:.2f} dB).", "",
             f"Command: `{meta['command']}`.", "",
@@ -153,7 +155,8 @@ def plot(folder):
     ax.semilogx([r["cost"] for r in rows], [r["upper_value"] for r in rows], ".-", ms=3)
     ax.set_xlabel("lower-level + CG iterations")
     ax.set_ylabel("upper value (batch or full)")
-    ax.set_title(f"{meta['problem']}, sigma {meta['sigma']:g}/255", fontsize=9)
+    title = textwrap.fill(f"{meta['problem']}, sigma {meta['sigma']:g}/255", 70)
+    ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3, which="both")
     _figure.save(fig, folder / "training.png", dpi=110)
 
