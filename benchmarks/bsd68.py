@@ -87,11 +87,14 @@ def learned_denoiser(run_dir, tol=None):
     return lambda y: model.denoise(torch.from_numpy(y), tol=tol).numpy()
 
 
-def evaluate(images, names, sigma, denoisers, weights=TV_WEIGHTS, progress=print):
+def evaluate(images, names, sigma, denoisers, weights=TV_WEIGHTS, progress=print,
+             partial=None):
     """Denoise each image once per model; (summary, per-image rows, TV grid rows).
 
     ``images``: clean 2-D arrays in [0, 1]; ``denoisers``: {name: f(noisy) -> array}
     (None skips that model); the TV oracle is always evaluated, on ``weights``.
+    ``partial(rows)``, if given, receives the learned models' rows after each image (a
+    long run that is stopped keeps what it measured).
     """
     from skimage.restoration import denoise_tv_chambolle
 
@@ -115,6 +118,8 @@ def evaluate(images, names, sigma, denoisers, weights=TV_WEIGHTS, progress=print
             rows.append(dict(image=name, model=model, psnr=psnr, ssim=ssim, seconds=seconds))
             line.append(f"{model} {psnr:.2f} ({seconds:.1f} s)")
         progress(f"  {i + 1}/{n} {name}: " + ", ".join(line) + " dB")
+        if partial is not None:
+            partial(rows)
     best = int(grid[:, :, 0].mean(0).argmax())
     for i, name in enumerate(names):
         rows.append(dict(image=name, model=TV, psnr=grid[i, best, 0], ssim=grid[i, best, 1],
@@ -189,13 +194,15 @@ def main(argv=None):
             bm3d = None if args.no_bm3d else {"BM3D": bm3d_denoiser(sigma)}
             summary, image_rows, grid = evaluate(
                 images, files, sigma, {**(bm3d or {}), **models},
-                progress=lambda line: print(line, flush=True))
+                progress=lambda line: print(line, flush=True),
+                partial=lambda done: folder.write_rows("per_image_partial.csv", done))
             tag = dict(set=set_name, sigma_255=sigma_255)
             summaries.append(dict(set=set_name, **summary))
             rows += [dict(tag, **r) for r in image_rows]
             grid_rows += [dict(tag, **r) for r in grid]
     folder.write_json("summary.json", summaries)
     folder.write_rows("per_image.csv", rows)
+    (folder.path / "per_image_partial.csv").unlink(missing_ok=True)
     folder.write_rows("tv_grid.csv", grid_rows)
     folder.write_meta(dict(script="benchmarks/bsd68.py",
                            command=command_line(argv, "benchmarks/bsd68.py"),

@@ -52,13 +52,15 @@ class LearnedModel:
     problem: Any = dataclasses.field(repr=False)
     path: str = ""
 
-    def denoise(self, y, tol=None, max_iter=100_000):
+    def denoise(self, y, tol=None, max_iter=100_000, pad=None):
         """Denoise ``y``, (H, W) or (N, H, W), with the learned theta.
 
         Returns x shaped like ``y``: a tensor for a tensor, a numpy array otherwise,
         with certified ||x - x*(theta)|| <= tol (None: the problem's default, raised
         to what the dtype can certify).  ``y`` must be floating point, on the scale
-        of the training images ([0, 1] for the built-in ones).
+        of the training images ([0, 1] for the built-in ones).  ``pad``: the mirrored
+        border of the problem's ``denoise`` (None: its default, s - 1 pixels for filter
+        banks, none for TV).
         """
         is_tensor = isinstance(y, torch.Tensor)
         images = y if is_tensor else torch.as_tensor(y)
@@ -68,7 +70,7 @@ class LearnedModel:
         if not images.is_floating_point():
             raise TypeError(f"{self.name}: denoise needs floating-point images on the scale "
                             f"of the training images ([0, 1]), got {images.dtype}")
-        x = self.problem.denoise(images, self.theta, tol=tol, max_iter=max_iter)
+        x = self.problem.denoise(images, self.theta, tol=tol, max_iter=max_iter, pad=pad)
         return x if is_tensor else x.detach().cpu().numpy()
 
 

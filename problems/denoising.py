@@ -143,17 +143,36 @@ class DenoisingProblem(ImageFit, BilevelProblem):
         """Images to denoise as a tensor: in this problem's dtype and on its device."""
         return torch.as_tensor(noisy, dtype=self.dtype, device=self.device)
 
-    def denoise(self, noisy, theta=None, tol=None, max_iter=100_000):
+    #: Mirrored border :meth:`denoise` adds by default.  A filter bank correlates only
+    #: where its s x s window fits inside the image, so the outer s - 1 rows and columns
+    #: are seen by few windows and keep much of their noise (on a 481 x 321 image that
+    #: band is 2% of the pixels and costs about 0.4 dB); members with filters set s - 1.
+    boundary_pad = 0
+
+    def denoise(self, noisy, theta=None, tol=None, max_iter=100_000, pad=None):
         """Denoise new images (N, H, W), (H, W) or (..., H, W) with ``theta`` (default theta0).
 
         Returns x shaped like ``noisy`` with certified ||x - x*|| <= tol (None:
         :attr:`denoise_tol`, raised to what the dtype can certify); raises
-        ``RuntimeError`` if the solve stops short (:meth:`solve_certified`).
+        ``RuntimeError`` if the solve stops short (:meth:`solve_certified`).  With
+        ``pad`` > 0 (None: :attr:`boundary_pad`) x* is that of the images mirrored by
+        ``pad`` pixels on every side ('reflect', without repeating the edge), cropped
+        back: the certificate holds for the crop too.
         """
         noisy = self.as_noisy(noisy)
         theta = self.initial_theta() if theta is None else theta
-        problem = self.on_images(noisy.reshape(-1, *noisy.shape[-2:]), theta)
-        return problem.solve_certified(theta, tol, max_iter, noisy.shape)
+        pad = self.boundary_pad if pad is None else params.integer(self.name, "pad", pad, 0)
+        images = noisy.reshape(-1, *noisy.shape[-2:])
+        if pad:
+            if pad >= min(images.shape[-2:]):
+                raise ValueError(f"{self.name}: pad={pad} must be smaller than the images' "
+                                 f"sides {tuple(images.shape[-2:])}")
+            images = torch.nn.functional.pad(images[:, None], (pad,) * 4, mode="reflect")[:, 0]
+        problem = self.on_images(images, theta)
+        x = problem.solve_certified(theta, tol, max_iter, images.shape)
+        if pad:
+            x = x[..., pad:-pad, pad:-pad]
+        return x.reshape(noisy.shape)
 
     def quality(self, theta, clean=None, noisy=None, tol=None):
         """Mean PSNR / SSIM of the denoised ``noisy`` against ``clean``.

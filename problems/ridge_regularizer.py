@@ -82,6 +82,16 @@ class RidgeRegularizer(DenoisingProblem):
         is a smoothed Huber-like potential, close to a TV-like start.
     init_width : float
         Half-width of that central window (default 0.06).
+    start : {'dct', 'tv'}
+        The starting filters: 'dct' (default) the DCT basis, every potential as
+        ``slope_init``; 'tv' anisotropic TV: filters 0 and 1 the horizontal and
+        vertical differences at the centre, their slopes 0.98 s_max inside the window
+        and 0.001 s_max outside (Huber-like potentials, threshold ``init_width``),
+        alpha such that alpha psi'(R) = ``tv_weight`` (TV's weight for responses
+        beyond the window), and the other filters DCT ones switched off (slopes
+        0.001 s_max) for learning to turn on.
+    tv_weight : float
+        TV's weight for ``start='tv'`` (default 0.07: TV's best at sigma 25/255).
     n_images, size, sigma, seed, source, images, noisy, dtype, device
         The training images (:class:`~bilevel_problems.denoising.DenoisingProblem`):
         4 of 32 x 32 by default, float64 on the CPU; ``seed`` also draws random
@@ -93,11 +103,12 @@ class RidgeRegularizer(DenoisingProblem):
 
     def __init__(self, n_images=4, size=32, sigma=0.1, seed=0, num_filters=4, filter_size=5,
                  num_knots=11, x_range=0.3, s_max=1.0, log_scale=-1.0,
-                 slope_init=(0.9, 0.05), init_width=0.06, source=None, images=None,
-                 noisy=None, dtype=torch.float64, device="cpu"):
+                 slope_init=(0.9, 0.05), init_width=0.06, start="dct", tv_weight=0.07,
+                 source=None, images=None, noisy=None, dtype=torch.float64, device="cpu"):
         to = dict(dtype=dtype, device=device)
         name = self.name
         self.K, self.s = filter_bank.check_bank(name, num_filters, filter_size)
+        self.boundary_pad = self.s - 1  # DenoisingProblem.boundary_pad
         num_knots = params.integer(name, "num_knots", num_knots, 3)
         if num_knots % 2 == 0:
             raise ValueError(f"{name}: num_knots must be an odd integer >= 3 (so that 0 is a "
@@ -111,6 +122,10 @@ class RidgeRegularizer(DenoisingProblem):
         if not all(0 < f < 1 for f in slope_init):
             raise ValueError(f"{name}: slope_init must be 2 fractions in (0, 1), got "
                              f"{tuple(slope_init)}")
+        start = params.choice(name, "start", start, ("dct", "tv"))
+        tv_weight = params.number(name, "tv_weight", tv_weight, positive=True)
+        if start == "tv" and self.K < 2:
+            raise ValueError(f"{name}: start='tv' needs num_filters >= 2, got {self.K}")
         super().__init__(n_images=n_images, size=size, sigma=sigma, seed=seed, source=source,
                          images=images, noisy=noisy, min_size=self.s, **to)
         self.num_knots, self.x_range, self.s_max = int(num_knots), float(x_range), float(s_max)
@@ -120,8 +135,26 @@ class RidgeRegularizer(DenoisingProblem):
         mid = (grid[:-1] + grid[1:]) / 2
         q = torch.where(mid.abs() <= init_width, _logit(slope_init[0]), _logit(slope_init[1]))
         filters = filter_bank.dct_filters(self.s, self.K, seed=seed)
+        q = q.repeat(self.K, 1)
+        if start == "tv":
+            filters, q, log_scale = self._tv_start(filters, mid.abs() <= init_width, tv_weight)
         self.theta0 = torch.cat([torch.tensor([float(log_scale)], dtype=torch.float64),
-                                 filters.flatten(), q.repeat(self.K)]).to(**to)
+                                 filters.flatten(), q.flatten()]).to(**to)
+
+    def _tv_start(self, filters, window, weight):
+        """(filters, q, theta_0) of the 'tv' start (class docstring)."""
+        c = (self.s - 1) // 2
+        filters = filters.clone()
+        for k, (di, dj) in enumerate(((0, 1), (1, 0))):
+            filters[k] = 0.0
+            filters[k, c, c], filters[k, c + di, c + dj] = -1.0, 1.0
+        off = torch.full((self.M,), _logit(1e-3), dtype=torch.float64)
+        on = torch.where(window, _logit(0.98), _logit(1e-3))
+        q = torch.stack([on, on] + [off] * (self.K - 2))
+        tables = potential_tables(self.s_max * torch.sigmoid(on)[None], self.x_range)
+        end = torch.tensor([[[self.x_range]]], dtype=torch.float64)
+        (slope_end,) = evaluate_potential(end, tables, self.x_range, (1,))
+        return filters, q, math.log(weight / float(slope_end))
 
     # ------------------------------------------------------------ parameters
     @property

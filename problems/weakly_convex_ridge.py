@@ -76,6 +76,8 @@ class WeaklyConvexRidge(RidgeRegularizer):
         Those of :class:`~bilevel_problems.ridge_regularizer.RidgeRegularizer`.
         ``slope_init`` is read as fractions f of the slope range at the start:
         s = -beta + (s_max + beta) f, f in (0, 1); ``slopes(theta)`` lie in (-beta, s_max).
+        ``start='tv'`` is refused: its switched-off potentials (f = 0.001) would sit
+        at the concave floor -beta here, not at 0.
     """
 
     name = "weakly_convex_ridge"
@@ -88,6 +90,9 @@ class WeaklyConvexRidge(RidgeRegularizer):
             raise ValueError(f"{self.name}: rho must be a finite number in [0, 1) (mu = 1 - rho "
                              f"> 0), got {rho!r}")
         self.rho = rho
+        if options.get("start", "dct") != "dct":
+            raise ValueError(f"{self.name}: only start='dct' (the convex ridge_regularizer has "
+                             f"start='tv'), got start={options['start']!r}")
         super().__init__(**options)
 
     # ------------------------------------------------------------ parameters

@@ -127,3 +127,25 @@ def test_patch_map_norm_is_exact():
     P = torch.eye(s * s, dtype=torch.float64) - 1.0 / s ** 2
     exact = float(torch.linalg.matrix_norm(X @ P, ord=2))
     assert exact <= filter_bank.top_singular_value(gram) <= exact * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("spec", ["fields_of_experts[num_filters=2, filter_size=3]",
+                                  "ridge_regularizer[num_filters=2, filter_size=3]"])
+def test_denoise_pads_by_mirroring(spec):
+    """denoise's default border is s - 1 mirrored pixels: x is the crop of x* of the
+    mirrored images (certified there: its gradient on the padded problem is below tol)."""
+    import bilevel
+
+    p = bilevel.make_problem(spec)
+    assert p.boundary_pad == 2
+    theta = p.initial_theta()
+    y = p.noisy[:1, :10, :12]
+    x = p.denoise(y, theta, tol=1e-8)
+    mirrored = torch.nn.functional.pad(y[:, None], (2, 2, 2, 2), mode="reflect")[:, 0]
+    assert torch.equal(mirrored[:, 2:-2, 2:-2], y) and torch.equal(mirrored[:, 0, 2:-2], y[:, 2])
+    padded = p.on_images(mirrored, theta)
+    full = p.denoise(mirrored, theta, tol=1e-8, pad=0)
+    assert float(padded.lower_grad(full, theta).norm()) <= 1e-8 * padded.strong_convexity(theta)
+    torch.testing.assert_close(x, full[:, 2:-2, 2:-2], rtol=0, atol=4e-8)
+    with pytest.raises(ValueError, match="pad"):
+        p.denoise(y, theta, pad=10)

@@ -113,6 +113,37 @@ def test_ridge_bound_constants_dominate_sampled_values(ridge):
     assert float(dA) <= bc.L_Ainv * 1.0 ** 2 and float(dB) <= bc.L_B
 
 
+def test_ridge_tv_start_is_anisotropic_tv():
+    """start='tv': filters 0, 1 are the two differences with potentials whose alpha psi'
+    is TV's weight beyond the window, the others are off; on a piecewise-constant image with
+    jumps far beyond the window the regulariser is the weight times anisotropic TV, up to
+    the Huber offsets (one window of psi per jump)."""
+    x = torch.zeros(1, 24, 24, dtype=torch.float64)
+    x[:, 8:16, 5:20] = 0.5
+    x[:, 3:6, 2:22] += 1.0
+    ridge = RidgeRegularizer(images=x, noisy=x, num_filters=4, num_knots=21, start="tv",
+                             tv_weight=0.07)
+    theta = ridge.initial_theta()
+    alpha, C, slopes, _ = ridge.params(theta)
+    f = ridge.filters(theta)
+    assert f[0, 2, 2] == -1 and f[0, 2, 3] == 1 and f[1, 2, 2] == -1 and f[1, 3, 2] == 1
+    assert float(f[:2].abs().sum()) == 4
+    t = torch.linspace(0.1, 0.3, 9, dtype=torch.float64)
+    (d1,) = ridge.potentials(theta, t, orders=(1,))
+    assert torch.all(alpha * d1[:2] <= 0.07 * (1 + 1e-12))
+    assert torch.all(alpha * d1[:2] >= 0.07 * 0.99)
+    assert float(alpha * slopes[2:].max()) <= 1e-3 * float(alpha) * ridge.s_max * 1.001
+    v = x[0]
+    dh = (v[:, 1:] - v[:, :-1])[2:22, 2:22]
+    dv = (v[1:, :] - v[:-1, :])[2:22, 2:22]
+    jumps = dh.abs().sum() + dv.abs().sum()
+    tv = 0.07 * float(jumps)
+    value = float(ridge.lower_objective(x, theta))  # the data term is 0 at x = y
+    assert 0.9 * tv <= value <= tv
+    with pytest.raises(ValueError, match="start"):
+        bilevel.make_problem("weakly_convex_ridge[start=tv]")
+
+
 def test_ridge_maid_decreases_the_loss(ridge):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bilevel.ConvergenceWarning)

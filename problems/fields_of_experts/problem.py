@@ -113,6 +113,7 @@ class FieldsOfExperts(CertifiedConstants, DenoisingProblem):
         params.choice(self.name, "backend", backend, BACKENDS)
         to = dict(dtype=dtype, device=device)
         self.K, self.s = filter_bank.check_bank(self.name, num_filters, filter_size)
+        self.boundary_pad = self.s - 1  # DenoisingProblem.boundary_pad
         log_scale = params.number(self.name, "log_scale", log_scale)
         log_smoothing = params.number(self.name, "log_smoothing", log_smoothing)
         super().__init__(n_images=n_images, size=size, sigma=sigma, seed=seed, source=source,
