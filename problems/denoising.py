@@ -145,8 +145,9 @@ class DenoisingProblem(ImageFit, BilevelProblem):
 
     #: Mirrored border :meth:`denoise` adds by default.  A filter bank correlates only
     #: where its s x s window fits inside the image, so the outer s - 1 rows and columns
-    #: are seen by few windows and keep much of their noise (on a 481 x 321 image that
-    #: band is 2% of the pixels and costs about 0.4 dB); members with filters set s - 1.
+    #: are seen by fewer windows (the learned 16-filter ridge at sigma 25 on 200 patches
+    #: 40 x 40: outer 2 pixels MSE 2.68e-3 against 2.06e-3 inside; mirrored 2.47e-3, the
+    #: mean loss 1.7446 -> 1.7268); members with filters set s - 1.
     boundary_pad = 0
 
     def denoise(self, noisy, theta=None, tol=None, max_iter=100_000, pad=None):
