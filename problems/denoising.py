@@ -28,12 +28,22 @@ class ImageFit:
     ``self.clean`` (over ``self.n_total`` images), and the energy budget of a data term whose
     Hessian is at least mu I (:mod:`bilevel.local_bounds`)."""
 
+    #: Pixels of mirrored border around each training image that the lower level sees
+    #: and g does not (:class:`DenoisingProblem`'s ``border``); 0 elsewhere.
+    border = 0
+
+    def _fit_residual(self, x):
+        """x restricted to the clean images' pixels, minus them."""
+        b = self.border
+        return (x[..., b:-b, b:-b] if b else x) - self.clean
+
     def upper_objective(self, x, theta):
-        return 0.5 * torch.sum((x - self.clean) ** 2) / self.n_total
+        return 0.5 * torch.sum(self._fit_residual(x) ** 2) / self.n_total
 
     def upper_grads(self, x, theta):
-        r = x - self.clean
-        return (0.5 * torch.sum(r * r) / self.n_total, r / self.n_total,
+        r = self._fit_residual(x)
+        grad = torch.nn.functional.pad(r, (self.border,) * 4) if self.border else r
+        return (0.5 * torch.sum(r * r) / self.n_total, grad / self.n_total,
                 torch.zeros_like(theta))
 
     def energy_budget(self, theta, x_radius, r_norm):
@@ -73,6 +83,13 @@ class DenoisingProblem(ImageFit, BilevelProblem):
         the mean over all ``n_total`` images.
     min_size : int
         The smallest side an image may have (a member's filter size).
+    border : int
+        Train with a mirrored border (default 0): the lower level denoises the noisy
+        images mirrored by ``border`` pixels on every side ('reflect'), so that x has
+        that larger shape, and g compares only its central crop with the clean images
+        (the crop has norm 1: g's constants are unchanged).  As :meth:`denoise` does on
+        new images, so that a filter bank is trained as it is used (docs/problems.md,
+        "Image borders of filter banks").
     dtype, device
         Of every tensor.
 
@@ -87,7 +104,7 @@ class DenoisingProblem(ImageFit, BilevelProblem):
     denoise_tol = 1e-6
 
     def __init__(self, *, n_images, size, sigma, seed, source, images, noisy, shard=None,
-                 min_size=1, dtype=torch.float64, device="cpu"):
+                 min_size=1, border=0, dtype=torch.float64, device="cpu"):
         images, noisy = datasets.denoising_pair(self.name, images, noisy, source=source,
                                                 n=n_images, size=size, sigma=sigma, seed=seed,
                                                 min_size=min_size, dtype=dtype, device=device)
@@ -97,6 +114,13 @@ class DenoisingProblem(ImageFit, BilevelProblem):
 
             keep = shard_indices(self.n_total, *shard)
             images, noisy = images[keep], noisy[keep]
+        self.border = params.integer(self.name, "border", border, 0)
+        if self.border:
+            if self.border >= min(images.shape[-2:]):
+                raise ValueError(f"{self.name}: border={self.border} must be smaller than the "
+                                 f"images' sides {tuple(images.shape[-2:])}")
+            noisy = torch.nn.functional.pad(noisy[:, None], (self.border,) * 4,
+                                            mode="reflect")[:, 0]
         self.clean, self.noisy = images, noisy
         self.sigma, self.n_images = sigma, images.shape[0]
 
@@ -182,7 +206,9 @@ class DenoisingProblem(ImageFit, BilevelProblem):
         and ``noisy`` to test.
         """
         clean = self.clean if clean is None else clean
-        noisy = self.noisy if noisy is None else noisy
+        if noisy is None:  # the training images as they were observed, without the border
+            b = self.border
+            noisy = self.noisy[..., b:-b, b:-b] if b else self.noisy
         tol = self.quality_tol if tol is None else tol
         return datasets.quality(self.denoise(noisy, theta, tol=tol), clean)
 

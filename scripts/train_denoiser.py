@@ -2,7 +2,7 @@
 
     python scripts/train_denoiser.py --model tv|foe|ridge|wcrr --sigma 25
         [--patches 400] [--patch-size 40] [--method maid_sgd] [--batch-size 20]
-        [--alpha0 A] [--max-iter 2000] [--max-time 7200] [--out results/denoisers/MODEL_sigmaS] [--quick]
+        [--border B] [--start dct|tv] [--alpha0 A] [--max-iter 2000] [--max-time 7200] [--out results/denoisers/MODEL_sigmaS] [--quick]
 
 One random crop of ``--patch-size`` from each of the first ``--patches`` BSD400 training
 images (docs/data.md; without the data, crops of the images bundled with scikit-image),
@@ -57,6 +57,11 @@ def add_arguments(p):
     p.add_argument("--filter-size", type=int, default=None, help="FoE / ridge filter side (5)")
     p.add_argument("--method", default="maid_sgd", help="maid_sgd, maid, maid_lbfgs")
     p.add_argument("--batch-size", type=int, default=None, help="maid_sgd batch (20; quick 4)")
+    p.add_argument("--border", type=int, default=0,
+                   help="ridge / wcrr: train on patches mirrored by this many pixels, the loss "
+                        "on the crop (filter size - 1 is what denoise uses; default 0)")
+    p.add_argument("--start", default=None, choices=("dct", "tv"),
+                   help="ridge: the starting filters and potentials (default dct)")
     p.add_argument("--alpha0", type=float, default=None,
                    help="first trial step (default: HOAG's sqrt(dim theta)/||z0||, which can be "
                         "far too long for filters: every first search then fails)")
@@ -75,6 +80,12 @@ def spec(args):
         structure["num_filters"] = args.filters
     if args.filter_size and "filter_size" in structure:
         structure["filter_size"] = args.filter_size
+    for key, value, models in (("border", args.border, ("ridge", "wcrr")),
+                               ("start", args.start, ("ridge",))):
+        if value:
+            if args.model not in models:
+                raise SystemExit(f"--{key} is for --model {' / '.join(models)}")
+            structure[key] = value
     inner = ", ".join(f"{k}={v}" for k, v in structure.items())
     return f"{name}[{inner}]" if inner else name
 

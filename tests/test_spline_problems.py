@@ -144,6 +144,26 @@ def test_ridge_tv_start_is_anisotropic_tv():
         bilevel.make_problem("weakly_convex_ridge[start=tv]")
 
 
+@pytest.mark.parametrize("name", ["ridge_regularizer", "weakly_convex_ridge"])
+def test_ridge_trains_with_a_mirrored_border(name):
+    """border=2: x lives on the mirrored noisy images, g on the crop; every derivative and
+    certificate of check_problem holds, and a batch view keeps the shapes."""
+    spec = (f"{name}[n_images=2, size=12, num_filters=2, filter_size=3, num_knots=5, "
+            "x_range=0.2, border=2]")
+    p = bilevel.make_problem(spec)
+    assert p.noisy.shape == (2, 16, 16) and p.clean.shape == (2, 12, 12)
+    plain = bilevel.make_problem(spec.replace(", border=2", ""))
+    torch.testing.assert_close(p.noisy[:, 2:-2, 2:-2], plain.noisy, rtol=0, atol=0)
+    theta = p.initial_theta()
+    x = p.initial_x(theta) + 0.1
+    assert float(p.upper_objective(x, theta)) == pytest.approx(
+        0.5 * float(((x[:, 2:-2, 2:-2] - p.clean) ** 2).sum()) / 2, rel=1e-14)
+    report = check_problem(p)
+    assert report, report
+    assert p.subset([1]).noisy.shape == (1, 16, 16)
+    assert p.quality(theta)["psnr"] > 0
+
+
 def test_ridge_maid_decreases_the_loss(ridge):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
