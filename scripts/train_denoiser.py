@@ -58,7 +58,7 @@ def add_arguments(p):
     p.add_argument("--method", default="maid_sgd", help="maid_sgd, maid, maid_lbfgs")
     p.add_argument("--batch-size", type=int, default=None, help="maid_sgd batch (20; quick 4)")
     p.add_argument("--border", type=int, default=0,
-                   help="ridge / wcrr: train on patches mirrored by this many pixels, the loss "
+                   help="foe / ridge / wcrr: train on patches mirrored by this many pixels, the loss "
                         "on the crop (filter size - 1 is what denoise uses; default 0)")
     p.add_argument("--start", default=None, choices=("dct", "tv"),
                    help="ridge: the starting filters and potentials (default dct)")
@@ -80,7 +80,7 @@ def spec(args):
         structure["num_filters"] = args.filters
     if args.filter_size and "filter_size" in structure:
         structure["filter_size"] = args.filter_size
-    for key, value, models in (("border", args.border, ("ridge", "wcrr")),
+    for key, value, models in (("border", args.border, ("foe", "ridge", "wcrr")),
                                ("start", args.start, ("ridge",))):
         if value:
             if args.model not in models:

@@ -144,12 +144,13 @@ def test_ridge_tv_start_is_anisotropic_tv():
         bilevel.make_problem("weakly_convex_ridge[start=tv]")
 
 
-@pytest.mark.parametrize("name", ["ridge_regularizer", "weakly_convex_ridge"])
+@pytest.mark.parametrize("name", ["ridge_regularizer", "weakly_convex_ridge",
+                                  "fields_of_experts"])
 def test_ridge_trains_with_a_mirrored_border(name):
     """border=2: x lives on the mirrored noisy images, g on the crop; every derivative and
     certificate of check_problem holds, and a batch view keeps the shapes."""
-    spec = (f"{name}[n_images=2, size=12, num_filters=2, filter_size=3, num_knots=5, "
-            "x_range=0.2, border=2]")
+    ridge = "" if name == "fields_of_experts" else "num_knots=5, x_range=0.2, "
+    spec = f"{name}[n_images=2, size=12, num_filters=2, filter_size=3, {ridge}border=2]"
     p = bilevel.make_problem(spec)
     assert p.noisy.shape == (2, 16, 16) and p.clean.shape == (2, 12, 12)
     plain = bilevel.make_problem(spec.replace(", border=2", ""))

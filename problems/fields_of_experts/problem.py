@@ -98,6 +98,9 @@ class FieldsOfExperts(CertifiedConstants, DenoisingProblem):
         the whole batch), 'auto' = 'gemm' on the CPU and 'conv' elsewhere.
     chunk_columns : int
         Output pixels per chunk of the 'gemm' backend.
+    border : int
+        Train on the noisy images mirrored by ``border`` pixels, g on the crop
+        (:class:`~bilevel_problems.denoising.DenoisingProblem`).  Default 0.
     n_images, size, sigma, seed, source, images, noisy, dtype, device
         The training images (:class:`~bilevel_problems.denoising.DenoisingProblem`):
         4 of 64 x 64 by default, float64 on the CPU; ``seed`` also draws any
@@ -108,7 +111,7 @@ class FieldsOfExperts(CertifiedConstants, DenoisingProblem):
 
     def __init__(self, n_images=4, size=64, sigma=0.1, seed=0, num_filters=8, filter_size=5,
                  log_scale=-5.0, log_smoothing=-3.0, source=None, images=None, noisy=None,
-                 backend="auto", chunk_columns=CHUNK_COLUMNS, dtype=torch.float64,
+                 backend="auto", chunk_columns=CHUNK_COLUMNS, border=0, dtype=torch.float64,
                  device="cpu"):
         params.choice(self.name, "backend", backend, BACKENDS)
         to = dict(dtype=dtype, device=device)
@@ -117,7 +120,7 @@ class FieldsOfExperts(CertifiedConstants, DenoisingProblem):
         log_scale = params.number(self.name, "log_scale", log_scale)
         log_smoothing = params.number(self.name, "log_smoothing", log_smoothing)
         super().__init__(n_images=n_images, size=size, sigma=sigma, seed=seed, source=source,
-                         images=images, noisy=noisy, min_size=self.s, **to)
+                         images=images, noisy=noisy, min_size=self.s, border=border, **to)
         self.backend = (("gemm" if torch.device(device).type == "cpu" else "conv")
                         if backend == "auto" else backend)
         self.chunk_columns = max(1, int(chunk_columns))
