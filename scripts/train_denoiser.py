@@ -2,7 +2,8 @@
 
     python scripts/train_denoiser.py --model tv|foe|ridge|wcrr --sigma 25
         [--patches 400] [--patch-size 40] [--method maid_sgd] [--batch-size 20]
-        [--border B] [--start dct|tv] [--alpha0 A] [--max-iter 2000] [--max-time 7200] [--out results/denoisers/MODEL_sigmaS] [--quick]
+        [--border B] [--start dct|tv] [--alpha0 A] [--max-iter 2000] [--max-time 7200]
+        [--out results/denoisers/MODEL_sigmaS] [--quick]
 
 One random crop of ``--patch-size`` from each of the first ``--patches`` BSD400 training
 images (docs/data.md; without the data, crops of the images bundled with scikit-image),
@@ -58,8 +59,8 @@ def add_arguments(p):
     p.add_argument("--method", default="maid_sgd", help="maid_sgd, maid, maid_lbfgs")
     p.add_argument("--batch-size", type=int, default=None, help="maid_sgd batch (20; quick 4)")
     p.add_argument("--border", type=int, default=0,
-                   help="foe / ridge / wcrr: train on patches mirrored by this many pixels, the loss "
-                        "on the crop (filter size - 1 is what denoise uses; default 0)")
+                   help="foe / ridge / wcrr: train on patches mirrored by this many pixels, "
+                        "the loss on the crop (filter size - 1 is what denoise uses; default 0)")
     p.add_argument("--start", default=None, choices=("dct", "tv"),
                    help="ridge: the starting filters and potentials (default dct)")
     p.add_argument("--alpha0", type=float, default=None,

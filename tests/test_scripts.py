@@ -45,6 +45,7 @@ BENCHMARKS = {
     "certificate_tightness": ([], "certificate_tightness.json"),
     "hvp_closed_form": (["--threads", "1"], "hvp_closed_form_threads1.json"),
     "ridge_vs_foe": ([], "ridge_vs_foe.json"),
+    "ridge_borders": ([], "ridge_borders.json"),
     "scale": ([], "scale.json"),
     "spline_activation": ([], "spline_activation.json"),
 }
