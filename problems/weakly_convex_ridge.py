@@ -76,8 +76,10 @@ class WeaklyConvexRidge(RidgeRegularizer):
         Those of :class:`~bilevel_problems.ridge_regularizer.RidgeRegularizer`.
         ``slope_init`` is read as fractions f of the slope range at the start:
         s = -beta + (s_max + beta) f, f in (0, 1); ``slopes(theta)`` lie in (-beta, s_max).
-        ``start='tv'`` is refused: its switched-off potentials (f = 0.001) would sit
-        at the concave floor -beta here, not at 0.
+        ``start='tv'`` starts from the convex ridge's TV start exactly: its slopes s are
+        mapped to the fractions f = (s + beta_0) / (s_max + beta_0), beta_0 the floor at the
+        start, so h(., theta_0) is the convex ridge's and the switched-off potentials sit
+        at slope 0.001 s_max, not at the concave floor.
     """
 
     name = "weakly_convex_ridge"
@@ -90,10 +92,16 @@ class WeaklyConvexRidge(RidgeRegularizer):
             raise ValueError(f"{self.name}: rho must be a finite number in [0, 1) (mu = 1 - rho "
                              f"> 0), got {rho!r}")
         self.rho = rho
-        if options.get("start", "dct") != "dct":
-            raise ValueError(f"{self.name}: only start='dct' (the convex ridge_regularizer has "
-                             f"start='tv'), got start={options['start']!r}")
         super().__init__(**options)
+        if options.get("start") == "tv":
+            self.theta0 = self._convex_start(self.theta0)
+
+    def _convex_start(self, theta):
+        """theta whose slopes are those the convex class reads from ``theta`` (class docstring)."""
+        alpha, C, convex, _ = RidgeRegularizer.params(self, theta)
+        beta = self.slope_floor(alpha, C)
+        f = (convex + beta) / (self.s_max + beta)
+        return torch.cat([theta[:1 + C.numel()], torch.logit(f).flatten()])
 
     # ------------------------------------------------------------ parameters
     def kernel_bound(self, C):

@@ -62,7 +62,7 @@ def add_arguments(p):
                    help="foe / ridge / wcrr: train on patches mirrored by this many pixels, "
                         "the loss on the crop (filter size - 1 is what denoise uses; default 0)")
     p.add_argument("--start", default=None, choices=("dct", "tv"),
-                   help="ridge: the starting filters and potentials (default dct)")
+                   help="ridge / wcrr: the starting filters and potentials (default dct)")
     p.add_argument("--alpha0", type=float, default=None,
                    help="first trial step (default: HOAG's sqrt(dim theta)/||z0||, which can be "
                         "far too long for filters: every first search then fails)")
@@ -82,7 +82,7 @@ def spec(args):
     if args.filter_size and "filter_size" in structure:
         structure["filter_size"] = args.filter_size
     for key, value, models in (("border", args.border, ("foe", "ridge", "wcrr")),
-                               ("start", args.start, ("ridge",))):
+                               ("start", args.start, ("ridge", "wcrr"))):
         if value:
             if args.model not in models:
                 raise SystemExit(f"--{key} is for --model {' / '.join(models)}")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from bilevel_problems.ridge_regularizer import RidgeRegularizer
 from bilevel_problems.spline_regression import SplineRegression, make_data, tv2_fit
+from bilevel_problems.weakly_convex_ridge import WeaklyConvexRidge
 
 import bilevel
 from bilevel import BilevelProblem
@@ -140,8 +141,12 @@ def test_ridge_tv_start_is_anisotropic_tv():
     tv = 0.07 * float(jumps)
     value = float(ridge.lower_objective(x, theta))  # the data term is 0 at x = y
     assert 0.9 * tv <= value <= tv
-    with pytest.raises(ValueError, match="start"):
-        bilevel.make_problem("weakly_convex_ridge[start=tv]")
+    # the weakly convex ridge's TV start is the same lower level, slopes mapped through its floor
+    weak = WeaklyConvexRidge(images=x, noisy=x, num_filters=4, num_knots=21, start="tv", rho=0.5)
+    weak_theta = weak.initial_theta()
+    torch.testing.assert_close(weak.slopes(weak_theta), slopes, rtol=1e-12, atol=0)
+    assert float(weak.lower_objective(x, weak_theta)) == pytest.approx(value, rel=1e-12)
+    assert float(weak.slopes(weak_theta).min()) > 0  # not at the concave floor
 
 
 @pytest.mark.parametrize("name", ["ridge_regularizer", "weakly_convex_ridge",
