@@ -60,9 +60,10 @@ def test_d8_zero_mu_at_a_trial_point_rejects_the_trial(alpha0):
 
 
 def test_d8_overflowing_constants_reject_the_trial():
-    # TV's constants overflow (OverflowError) a few steps out; the run goes on.
+    # TV's constants overflow (OverflowError) a few steps out; the run goes on.  (At
+    # alpha0 = 1e4 the trials are finite but far stiffer: backtracked as stiff_trials.)
     problem = bilevel.make_problem("tv_denoising[size=8,n_images=1]")
-    result = quiet_solve(problem, "maid", alpha0=1e4, max_iter=2)
+    result = quiet_solve(problem, "maid", alpha0=1e6, max_iter=2)
     assert result.history[0]["nonfinite_trials"] >= 1
     assert result.status in ("max_iter", "converged")
 
@@ -179,3 +180,28 @@ def test_d21_time_budget_is_collective_in_data_parallel_runs():
     problem.parallel = OtherRankIsLate()
     assert _past(float("1e300"), problem)  # this rank is not late, another one is
     assert not _past(math.inf, problem)
+
+
+# --- an over-long step into a far stiffer lower level is backtracked unsolved ---------------
+def test_stiff_trials_are_backtracked_without_a_solve():
+    """TV: L / mu = 1 + lam D2 / nu, so a direction raising log lam by 10 multiplies the
+    conditioning by about e^10 at step 1 and e^5 = 148 at step 1/2 (both over 100: not
+    solved), e^2.5 = 12 at step 1/4 (solved); with no limit step 1 is solved."""
+    from bilevel.outer.line_search import certified_line_search, conditioning
+
+    problem = TVDenoising(n_images=1, size=8)
+    theta = problem.initial_theta()
+    d = torch.zeros_like(theta)
+    d[0] = -10.0  # theta - step d raises log lam
+    kappa = conditioning(problem, theta)
+    assert conditioning(problem, theta - 0.5 * d) > 100 * kappa
+    assert conditioning(problem, theta - 0.25 * d) < 100 * kappa
+    common = dict(first=1.0, rho=0.5, backtracks=3, lam=1e-4, lower_now=-math.inf,
+                  accuracy=lambda step: 1e-6, L_g=1.0)  # lower_now = -inf: never accepted
+    search = certified_line_search(problem, theta, d, 1.0, **common)
+    assert search.stiff_trials == 2 and search.backtracks == 3 and not search.accepted
+    solved = problem.solve_lower(theta - 0.25 * d, 1e-6).iterations
+    assert search.search_iterations == solved
+    unlimited = certified_line_search(problem, theta, d, 1.0, **common,
+                                      max_conditioning_growth=math.inf)
+    assert unlimited.stiff_trials == 0 and unlimited.search_iterations > solved

@@ -141,8 +141,8 @@ def run(method, problem, theta0=None, *, max_iter: int = 100, max_cost: float | 
       ``cost`` = lower + CG iterations (cumulative);
     - ``time``: seconds since the start of the run.
 
-    MAID adds ``direction_certified``, ``search_iterations``, ``nonfinite_trials``, ``memory``
-    and ``next_upper_bound`` (see :class:`~bilevel.outer.MAID`).
+    MAID adds ``direction_certified``, ``search_iterations``, ``nonfinite_trials``,
+    ``stiff_trials``, ``memory`` and ``next_upper_bound`` (see :class:`~bilevel.outer.MAID`).
     """
     if max_iter < 0:
         raise ValueError(f"max_iter must be >= 0, got {max_iter}")

@@ -4,16 +4,26 @@ A trial theta+ = theta - alpha d is accepted only when a certified upper bound o
 F(theta+) lies below a certified lower bound on F(theta) by lam alpha <z, d>: a
 proof that F decreased, whatever the direction d.  The outcome is a record, like
 optax's line-search info: what was tried, what it cost, and what it proved.
+
+A trial whose certified condition number L / mu exceeds ``max_conditioning_growth`` (100)
+times that at theta is backtracked without solving it: an over-long step (a first
+quasi-Newton step, HOAG's first alpha on a filter bank) can land where the lower level is
+millions of times stiffer, and a single such solve then spends ``lower_max_iter``
+iterations to fail (measured: L from about 10 to 3e6 on the weakly convex ridge, half an
+hour of FISTA).  Rejecting a trial never touches a certificate; a step within the growth
+costs at most sqrt(100) = 10 times the current solve's iterations (FISTA's rate).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
 
 from ..cost import Cost
 from ..hypergradient import solve_lower, upper_bounds, upper_value
+from ..contract import check_mu
 from .base import degenerate, finite
 
 
@@ -36,6 +46,9 @@ class LineSearch:
     nonfinite_trials : int
         Trials rejected because the lower problem was degenerate there (mu not
         > 0, overflow) or a solve or bound was not finite.
+    stiff_trials : int
+        Trials backtracked unsolved: L / mu there above ``max_conditioning_growth`` times
+        its value at theta (module docstring).
     search_iterations : int
         Lower-level iterations spent at trial points.
     cost : Cost
@@ -51,6 +64,7 @@ class LineSearch:
     x: torch.Tensor | None = None
     next_upper_bound: float = float("nan")
     nonfinite_trials: int = 0
+    stiff_trials: int = 0
     search_iterations: int = 0
     cost: Cost = Cost()
     smoothness: float | None = None
@@ -59,8 +73,27 @@ class LineSearch:
         """The history columns of the search."""
         return dict(step=self.step, backtracks=self.backtracks, accepted=self.accepted,
                     next_upper_bound=self.next_upper_bound,
-                    nonfinite_trials=self.nonfinite_trials,
+                    nonfinite_trials=self.nonfinite_trials, stiff_trials=self.stiff_trials,
                     search_iterations=self.search_iterations)
+
+
+#: How much stiffer (L / mu) than at theta a trial may be and still be solved.
+MAX_CONDITIONING_GROWTH = 100.0
+
+
+def conditioning(problem, theta) -> float | None:
+    """The certified L / mu at ``theta``: None without a certified L or where mu is not
+    positive (``degenerate``'s case), inf where the constants overflow."""
+    try:
+        L = problem.smoothness(theta)
+        if L is None:
+            return None
+        kappa = float(L) / check_mu(problem, theta)
+    except ValueError:
+        return None
+    except ArithmeticError:
+        return math.inf
+    return kappa if math.isfinite(kappa) else math.inf
 
 
 def _solve_trial(problem, theta, eps, x0, max_iter, smoothness):
@@ -75,7 +108,8 @@ def _solve_trial(problem, theta, eps, x0, max_iter, smoothness):
 
 def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, lam, lower_now,
                           accuracy: Callable[[float], float], L_g, x0=None,
-                          lower_max_iter=10_000, smoothness=None) -> LineSearch:
+                          lower_max_iter=10_000, smoothness=None,
+                          max_conditioning_growth=MAX_CONDITIONING_GROWTH) -> LineSearch:
     """Backtrack along -d from ``first`` by ``rho`` until F provably decreased.
 
     Parameters
@@ -90,13 +124,24 @@ def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, l
         alpha -> the lower-level accuracy of the trial at step alpha.
     L_g : float
         Lipschitz constant of grad_x g (for the bound on g(x*) at trials).
+    max_conditioning_growth : float
+        Trials with L / mu above this times its value at theta are backtracked unsolved
+        (module docstring); ``math.inf`` solves every trial.
     """
     convex = problem.upper_convex_in_x
-    spent, nonfinite, searched, tried = Cost(), 0, 0, 0
+    spent, nonfinite, stiff, searched, tried = Cost(), 0, 0, 0, 0
+    kappa = conditioning(problem, theta)
     for i in range(backtracks):
         tried = i + 1
         step = first * rho ** i
         trial = theta - step * d
+        trial_kappa = conditioning(problem, trial)
+        if trial_kappa == math.inf:  # the constants overflow there
+            nonfinite += 1
+            continue
+        if None not in (kappa, trial_kappa) and trial_kappa > max_conditioning_growth * kappa:
+            stiff += 1
+            continue
         sol = _solve_trial(problem, trial, accuracy(step), x0, lower_max_iter, smoothness)
         if sol is not None:
             spent += sol.cost
@@ -116,7 +161,7 @@ def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, l
         if upper_next - lower_now + lam * step * slope <= 0:
             return LineSearch(accepted=True, step=step, backtracks=i, theta=trial, x=sol.x,
                               next_upper_bound=upper_next, nonfinite_trials=nonfinite,
-                              search_iterations=searched, cost=spent,
+                              stiff_trials=stiff, search_iterations=searched, cost=spent,
                               smoothness=sol.smoothness)
-    return LineSearch(backtracks=tried, nonfinite_trials=nonfinite, search_iterations=searched,
-                      cost=spent)
+    return LineSearch(backtracks=tried, nonfinite_trials=nonfinite, stiff_trials=stiff,
+                      search_iterations=searched, cost=spent)
