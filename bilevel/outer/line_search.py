@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 import torch
 
+from ..contract import check_mu
 from ..cost import Cost
 from ..hypergradient import solve_lower, upper_bounds, upper_value
-from ..contract import check_mu
 from .base import degenerate, finite
 
 

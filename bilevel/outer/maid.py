@@ -148,8 +148,8 @@ class MAID:
     (omega <= (1 - eta) ||z|| at the accuracy used), ``search_iterations``
     (lower-level iterations spent at trial points; the rest of the row's cost went
     to hypergradients: where the cost goes), ``nonfinite_trials``, ``stiff_trials`` (trials
-    backtracked unsolved, far stiffer than theta: bilevel.outer.line_search), ``memory`` (L-BFGS pairs
-    used for the direction; 0: -z) and, on accepted
+    backtracked unsolved, far stiffer than theta: bilevel.outer.line_search), ``memory``
+    (L-BFGS pairs used for the direction; 0: -z) and, on accepted
     rows, ``next_upper_bound``: the certified upper bound on F at the new theta,
     known when the row ends.
     """
