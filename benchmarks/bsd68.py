@@ -3,6 +3,7 @@
     python benchmarks/bsd68.py [--set Set68,Set12] [--sigma 15,25] [--n-images N]
                                [--model NAME=RUN_DIR ...] [--tol T] [--data DIR]
                                [--out results/bsd68]
+    python benchmarks/bsd68.py --merge FOLDER [--merge FOLDER ...] [--out results/bsd68]
 
 Protocol (the usual one of the published tables).  Every PNG of the set, gray in
 [0, 1], at its full size; noise sigma/255 * N(0, 1), unclipped, drawn by numpy's
@@ -28,6 +29,12 @@ Writes, in ``--out``: summary.json (a list, one entry per set and sigma:
 image and model), tv_grid.csv (the oracle's grid: mean PSNR / SSIM per weight),
 summary.md (the tables, next to the published numbers) and meta.json (command,
 machine).
+
+``--merge FOLDER`` evaluates nothing: it copies the learned models of FOLDER's summary.json
+(an evaluation with ``--model``, e.g. results/bsd68_learned/ridge) into the entries of
+``--out``'s summary.json with the same set, sigma and number of images (the same images and
+noise), naming the source in the entry's ``learned_from``, and redraws summary.md: one file
+with every model.
 """
 from __future__ import annotations
 
@@ -165,6 +172,9 @@ def _arguments(argv):
     p.add_argument("--tol", type=float, default=None,
                    help="certified ||x - x*|| of the learned models (default: the problem's)")
     p.add_argument("--no-bm3d", action="store_true", help="leave BM3D out")
+    p.add_argument("--merge", action="append", default=[], metavar="FOLDER",
+                   help="copy the learned models of FOLDER/summary.json into --out's "
+                        "(evaluates nothing); repeatable")
     args = p.parse_args(argv)
     if any("=" not in item for item in args.model):
         p.error("--model takes NAME=RUN_DIR")
@@ -184,6 +194,8 @@ def main(argv=None):
     folder = RunFolder(args.out)
     if args.replot:
         return summarise(folder)
+    if args.merge:
+        return merge(folder, args.merge)
     folder.open()
     models = {name: learned_denoiser(path, args.tol) for name, path in args.models.items()}
     started, summaries, rows, grid_rows, sources = time.perf_counter(), [], [], [], {}
@@ -214,6 +226,32 @@ def main(argv=None):
                            wall_time_s=round(time.perf_counter() - started, 1)))
     summarise(folder)
     print(f"wrote {folder.path}")
+    return folder.path
+
+
+BASELINES = ("noisy", TV, "BM3D")
+
+
+def merge(folder: RunFolder, sources) -> Path:
+    """Copy the learned models of each source folder into ``folder``'s summary.json."""
+    summaries = folder.read_json("summary.json")
+    entries = {(e["set"], e["sigma_255"], e["n_images"]): e for e in summaries}
+    for source in sources:
+        for learned in RunFolder(source).read_json("summary.json"):
+            key = (learned["set"], learned["sigma_255"], learned["n_images"])
+            if key not in entries:
+                raise SystemExit(f"bsd68 --merge: {source} has {key[0]} at sigma {key[1]:g}/255 "
+                                 f"on {key[2]} images; {folder.path} has no such entry")
+            entry = entries[key]
+            for model in learned["psnr"]:
+                if model in BASELINES:
+                    continue
+                for field in ("psnr", "ssim", "seconds_per_image"):
+                    entry[field][model] = learned[field][model]
+                entry.setdefault("learned_from", {})[model] = Path(source).as_posix()
+    folder.write_json("summary.json", summaries)
+    summarise(folder)
+    print(f"merged {', '.join(sources)} into {folder.path}")
     return folder.path
 
 
@@ -261,6 +299,9 @@ def summarise(folder: RunFolder) -> Path:
                       + ", ".join(f"{k} {v}" for k, v in others.items()) + "."]
         if entry["tv_weight_at_grid_edge"]:
             lines += ["", "**The TV oracle weight is at the edge of the grid.**"]
+        if entry.get("learned_from"):
+            lines += ["", "Learned models evaluated in (their summary.md: commands, tolerance): "
+                      + ", ".join(f"{k}: {v}" for k, v in entry["learned_from"].items()) + "."]
         lines.append("")
     lines += ["Published: Zhang et al., DnCNN (IEEE TIP 2017), Tables II-III; CRR-NN / "
               "WCRR-NN: Goujon et al.; FoE: Chen, Ranftl, Pock 2014 (../shared/data/README.md)."]

@@ -87,3 +87,29 @@ def test_main_writes_the_folder(bench, images, tmp_path, capsys):
     assert len((out / "per_image.csv").read_text().splitlines()) == 1 + 2 * 3  # 3 models
     with pytest.raises(SystemExit, match="no image set Set68"):
         bench.main(["--data", str(data), "--set", "Set68", "--out", str(out)])
+
+
+def test_merge_copies_learned_models_into_the_baseline_folder(bench, tmp_path):
+    base = RunFolder(tmp_path / "base", portable=False).open()
+    entry = dict(set="Set68", sigma_255=25.0, n_images=68, tv_weight=0.07,
+                 tv_weight_at_grid_edge=False, psnr={"noisy": 20.0, bench.TV: 27.5},
+                 ssim={bench.TV: 0.75}, seconds_per_image={bench.TV: 0.1})
+    base.write_json("summary.json", [entry])
+    base.write_meta({"command": "python benchmarks/bsd68.py", "wall_time_s": 1.0,
+                     "tv_weights": [0.01, 0.32, 41], "versions": {}})
+    learned = RunFolder(tmp_path / "learned", portable=False).open()
+    learned.write_json("summary.json", [dict(
+        entry, psnr={"noisy": 20.0, bench.TV: 27.4, "ridge": 27.9},
+        ssim={bench.TV: 0.74, "ridge": 0.78}, seconds_per_image={bench.TV: 0.1, "ridge": 50.0})])
+    bench.main(["--merge", str(learned.path), "--out", str(base.path)])
+    (merged,) = json.loads((base.path / "summary.json").read_text())
+    # the learned model joins; the baseline's own TV (its images, its oracle) is kept
+    assert merged["psnr"] == {"noisy": 20.0, bench.TV: 27.5, "ridge": 27.9}
+    assert merged["ssim"]["ridge"] == 0.78 and merged["seconds_per_image"]["ridge"] == 50.0
+    assert list(merged["learned_from"]) == ["ridge"]
+    assert merged["learned_from"]["ridge"].endswith("/learned")
+    assert "| ridge | 27.90 | 0.7800 |" in (base.path / "summary.md").read_text()
+    other = RunFolder(tmp_path / "other", portable=False).open()
+    other.write_json("summary.json", [dict(entry, n_images=2)])
+    with pytest.raises(SystemExit, match="no such entry"):
+        bench.main(["--merge", str(other.path), "--out", str(base.path)])
