@@ -1,11 +1,11 @@
 """benchmarks/bsd68.py on two small images bundled with scikit-image (no data folder)."""
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from bilevel_problems import datasets
+from test_scripts import module
 
 from bilevel.results import RunFolder
 
@@ -15,11 +15,7 @@ SIGMA = 25 / 255
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmarks_bsd68",
-                                                  ROOT / "benchmarks" / "bsd68.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module("benchmarks", "bsd68")
 
 
 @pytest.fixture(scope="module")

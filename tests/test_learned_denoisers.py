@@ -9,12 +9,12 @@ one CPU thread: those cases are marked slow.  Without the BSD68 images (docs/dat
 test is skipped: nothing else can reproduce these numbers.
 """
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from test_scripts import module
 
 import bilevel
 from bilevel import experiment
@@ -36,11 +36,7 @@ def _cases():
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmarks_bsd68",
-                                                  ROOT / "benchmarks" / "bsd68.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module("benchmarks", "bsd68")
 
 
 def _committed(folder, model):
