@@ -1,6 +1,5 @@
 """benchmarks/bsd68.py on two small images bundled with scikit-image (no data folder)."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,6 @@ from test_scripts import module
 
 from bilevel.results import RunFolder
 
-ROOT = Path(__file__).resolve().parents[1]
 SIGMA = 25 / 255
 
 
