@@ -2,7 +2,8 @@
 
     python scripts/train_denoiser.py --model tv|foe|ridge|wcrr --sigma 25
         [--patches 400] [--patch-size 40] [--method maid_sgd] [--batch-size 20]
-        [--border B] [--start dct|tv] [--alpha0 A] [--max-iter 2000] [--max-time 7200]
+        [--border B] [--start dct|tv] [--tv-weight W] [--alpha0 A] [--max-iter 2000]
+        [--max-time 7200]
         [--out results/denoisers/MODEL_sigmaS] [--quick]
 
 One random crop of ``--patch-size`` from each of the first ``--patches`` BSD400 training
@@ -35,6 +36,8 @@ from bilevel_problems import datasets
 import bilevel
 from bilevel import experiment, registry
 
+#: ridge_regularizer's default tv_weight: TV's best weight at sigma 25/255.
+TV_WEIGHT_25 = 0.07
 #: model -> (registered problem, its structural parameters by default).
 MODELS = {
     "tv": ("tv_denoising", dict()),
@@ -63,6 +66,9 @@ def add_arguments(p):
                         "the loss on the crop (filter size - 1 is what denoise uses; default 0)")
     p.add_argument("--start", default=None, choices=("dct", "tv"),
                    help="ridge / wcrr: the starting filters and potentials (default dct)")
+    p.add_argument("--tv-weight", type=float, default=None,
+                   help="--start tv: TV's weight at the start (default 0.07 sigma / 25, TV's "
+                        "best weight scaling with the noise level)")
     p.add_argument("--alpha0", type=float, default=None,
                    help="first trial step (default: HOAG's sqrt(dim theta)/||z0||, which can be "
                         "far too long for filters: every first search then fails)")
@@ -87,6 +93,12 @@ def spec(args):
             if args.model not in models:
                 raise SystemExit(f"--{key} is for --model {' / '.join(models)}")
             structure[key] = value
+    if args.tv_weight is not None and args.start != "tv":
+        raise SystemExit("--tv-weight is for --start tv")
+    if args.start == "tv":
+        weight = args.tv_weight or round(TV_WEIGHT_25 * args.sigma / 25, 6)
+        if weight != TV_WEIGHT_25:  # the problem's default: specs of sigma 25 stay as they were
+            structure["tv_weight"] = weight
     inner = ", ".join(f"{k}={v}" for k, v in structure.items())
     return f"{name}[{inner}]" if inner else name
 

@@ -16,8 +16,10 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import torch
 from bilevel_problems import datasets
 
+import bilevel
 from bilevel import experiment
 from bilevel.results import RunFolder
 
@@ -204,6 +206,28 @@ def test_train_denoiser_first_step(tmp_path):
     first = RunFolder(tmp_path).read_rows("data.csv")[0]
     halvings = math.log2(0.3 / first["step"]) if first["step"] > 0 else 0.0
     assert halvings >= 0 and halvings == pytest.approx(round(halvings), abs=1e-9)
+
+
+def test_train_denoiser_tv_start_scales_with_sigma():
+    """--start tv at sigma 15 starts at TV's weight 0.07 * 15 / 25: alpha psi'(R) = 0.042
+    for the two differences (the Huber-like potentials' slope beyond the window)."""
+    import argparse
+
+    train = module("scripts", "train_denoiser")
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    spec = train.spec(parser.parse_args(["--model", "ridge", "--start", "tv", "--sigma", "15",
+                                         "--filters", "2", "--filter-size", "3"]))
+    assert spec.endswith("start=tv, tv_weight=0.042]")
+    assert "tv_weight" not in train.spec(parser.parse_args(["--model", "wcrr", "--start", "tv"]))
+    ridge = bilevel.make_problem(spec)
+    theta = ridge.initial_theta()
+    (slope,) = ridge.potentials(theta, torch.tensor([ridge.x_range], dtype=torch.float64),
+                                orders=(1,))
+    alpha = float(ridge.params(theta)[0])
+    assert alpha * slope[:2, 0] == pytest.approx([0.042, 0.042], rel=1e-6)
+    with pytest.raises(SystemExit, match="--start tv"):
+        train.spec(parser.parse_args(["--model", "ridge", "--tv-weight", "0.05"]))
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
