@@ -9,8 +9,8 @@ A trial whose certified condition number L / mu exceeds ``max_conditioning_growt
 times that at theta is backtracked without solving it: an over-long step (a first
 quasi-Newton step, HOAG's first alpha on a filter bank) can land where the lower level is
 millions of times stiffer, and a single such solve then spends ``lower_max_iter``
-iterations to fail (measured: L from about 10 to 3e6 on the weakly convex ridge, half an
-hour of FISTA).  Rejecting a trial never touches a certificate; a step within the growth
+iterations to fail (measured: L / mu from about 20 to 6e6 on the weakly convex ridge, half
+an hour of FISTA).  Rejecting a trial never touches a certificate; a step within the growth
 costs at most sqrt(100) = 10 times the current solve's iterations (FISTA's rate).
 """
 from __future__ import annotations
