@@ -1,6 +1,7 @@
-"""The committed BSD68 numbers of learned models come back from their saved parameters:
-``bilevel.load(run_dir).denoise(y)`` on the first two Set68 images, with the committed noise
-and tolerance, gives the PSNR and SSIM of results/bsd68_learned/*/per_image.csv.
+"""The committed BSD68 / Set12 numbers of learned models come back from their saved
+parameters: ``bilevel.load(run_dir).denoise(y)`` on the first two images of the evaluated set,
+with the committed noise and tolerance, gives the PSNR and SSIM of
+results/bsd68_learned/*/per_image.csv.
 
 Both runs are certified ||x - x*(theta)|| <= tol (meta.json's tol, 1e-2), and on a 481x321
 image that moves the PSNR by at most about 0.005 dB (benchmarks/bsd68.py), so two runs agree
@@ -39,10 +40,10 @@ def bench():
     return module("benchmarks", "bsd68")
 
 
-def _committed(folder, model):
+def _committed(folder, model, set_name):
     with open(folder / "per_image.csv", newline="") as f:
         return {row["image"]: row for row in csv.DictReader(f)
-                if row["model"] == model and row["set"] == "Set68"}
+                if row["model"] == model and row["set"] == set_name}
 
 
 def test_the_default_run_checks_a_committed_evaluation():
@@ -52,11 +53,11 @@ def test_the_default_run_checks_a_committed_evaluation():
 
 @pytest.mark.parametrize(("folder", "model", "run_dir", "tol"), _cases())
 def test_load_denoise_reproduces_the_committed_psnr(bench, folder, model, run_dir, tol):
-    if experiment.image_folder("Set68") is None:
-        pytest.skip("no BSD68 images here (docs/data.md): the committed numbers need them")
-    names, images, _ = bench.load_set("Set68", n=N_IMAGES)
     (entry,) = json.loads((folder / "summary.json").read_text())  # one set, one sigma
-    committed = _committed(folder, model)
+    if experiment.image_folder(entry["set"]) is None:
+        pytest.skip(f"no {entry['set']} images here (docs/data.md): the numbers need them")
+    names, images, _ = bench.load_set(entry["set"], n=N_IMAGES)
+    committed = _committed(folder, model, entry["set"])
     sigma = entry["sigma"]
     denoiser = bilevel.load(run_dir)
     torch.set_num_threads(1)
