@@ -153,9 +153,13 @@ def method_differences(saved_method: str, saved_settings: dict, method) -> list[
     if type(method).__name__ != saved_method:
         return [f"method {saved_method} vs {type(method).__name__}"]
     current = dataclasses.asdict(method)
-    return [f"{key}={saved_settings.get(key)!r} vs {current.get(key)!r}"
-            for key in sorted(set(saved_settings) | set(current))
-            if not _same(saved_settings.get(key), current.get(key))]
+    # A setting added after the checkpoint was written reads as its default there.
+    saved = {**{f.name: f.default for f in dataclasses.fields(method)
+                if f.name not in saved_settings and f.default is not dataclasses.MISSING},
+             **saved_settings}
+    return [f"{key}={saved.get(key)!r} vs {current.get(key)!r}"
+            for key in sorted(set(saved) | set(current))
+            if not _same(saved.get(key), current.get(key))]
 
 
 def _same(a, b) -> bool:

@@ -205,3 +205,35 @@ def test_stiff_trials_are_backtracked_without_a_solve():
     unlimited = certified_line_search(problem, theta, d, 1.0, **common,
                                       max_conditioning_growth=math.inf)
     assert unlimited.stiff_trials == 0 and unlimited.search_iterations > solved
+
+def test_a_search_of_stiff_trials_only_goes_on_backtracking():
+    """TV at lam e^-6 below its start: -z raises log lam, and first steps of 1e6 and 5e5
+    multiply L / mu by far over 100.  Such a search solves nothing, so MAID neither
+    tightens eps nor grows the budget: the next search starts at 1e6 / 4, and so on, until
+    a step is solved (here 1e6 / 16, accepted)."""
+    from bilevel.outer.line_search import conditioning
+
+    problem = TVDenoising(n_images=1, size=8)
+    theta0 = problem.initial_theta().clone()
+    theta0[0] -= 6
+    method = bilevel.outer.MAID(alpha0=1e6, max_backtracks=2)
+    state = method.init_state(problem, theta0)
+    steps = []
+    for _ in range(6):
+        before = state
+        state, row = method.update(problem, state)
+        if row["accepted"]:
+            break
+        assert row["stiff_trials"] == row["backtracks"] == 2 and row["search_iterations"] == 0
+        assert (state.eps, state.delta, state.max_backtracks) == \
+            (before.eps, before.delta, before.max_backtracks)
+        steps.append(state.restart_step)
+    assert steps == [1e6 / 4, 1e6 / 16]
+    assert row["accepted"] and row["step"] == 1e6 / 16 and state.restart_step is None
+    assert conditioning(problem, state.theta) <= 100 * conditioning(problem, theta0)
+    # Without the limit the first search solves its over-long trials.
+    loose = bilevel.outer.MAID(alpha0=1e6, max_backtracks=2, max_conditioning_growth=math.inf)
+    _, row = loose.update(problem, loose.init_state(problem, theta0))
+    assert row["stiff_trials"] == 0 and row["search_iterations"] > 0
+    with pytest.raises(ValueError, match="max_conditioning_growth"):
+        bilevel.outer.MAID(max_conditioning_growth=0.5)

@@ -75,6 +75,21 @@ def test_d3_resume_refuses_other_problem(tmp_path):
     assert len(bilevel.resume(Quadratic(**PARAMS), path, max_iter=8).history) == 8
 
 
+def test_d3_a_setting_newer_than_the_checkpoint_reads_as_its_default(tmp_path):
+    """A checkpoint written before MAID had max_conditioning_growth (and its state
+    restart_step) resumes; asking for another value of the new setting is refused."""
+    path = tmp_path / "ck.pt"
+    bilevel.solve(Quadratic(**PARAMS), "maid", max_iter=4, checkpoint_path=path)
+    payload = torch.load(path, weights_only=True)
+    del payload["settings"]["max_conditioning_growth"], payload["state"]["restart_step"]
+    torch.save(payload, path)
+    load_checkpoint(path, Quadratic(**PARAMS), method=bilevel.outer.MAID())
+    with pytest.raises(CheckpointMismatchError, match="max_conditioning_growth=100.0 vs 10"):
+        load_checkpoint(path, Quadratic(**PARAMS),
+                        method=bilevel.outer.MAID(max_conditioning_growth=10))
+    assert len(bilevel.resume(Quadratic(**PARAMS), path, max_iter=6).history) == 6
+
+
 def test_d3_cli_resume_refuses_other_problem_and_settings(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli(SPEC, "--max-iter", 3, "--out", run) == 0

@@ -51,6 +51,9 @@ class LineSearch:
         its value at theta (module docstring).
     search_iterations : int
         Lower-level iterations spent at trial points.
+    solved_trials : int
+        Trials whose lower level was solved (0 with trials tried: every one was too long,
+        :attr:`too_long`).
     cost : Cost
         Everything the search spent.
     smoothness : float or None
@@ -66,8 +69,16 @@ class LineSearch:
     nonfinite_trials: int = 0
     stiff_trials: int = 0
     search_iterations: int = 0
+    solved_trials: int = 0
     cost: Cost = Cost()
     smoothness: float | None = None
+
+    @property
+    def too_long(self) -> bool:
+        """Whether the search failed without solving a single trial: every step was stiff,
+        overflowing or degenerate, so the failure says the steps were too long and nothing
+        about the accuracy."""
+        return not self.accepted and self.backtracks > 0 and self.solved_trials == 0
 
     def row(self) -> dict:
         """The history columns of the search."""
@@ -129,7 +140,7 @@ def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, l
         (module docstring); ``math.inf`` solves every trial.
     """
     convex = problem.upper_convex_in_x
-    spent, nonfinite, stiff, searched, tried = Cost(), 0, 0, 0, 0
+    spent, nonfinite, stiff, searched, tried, solved = Cost(), 0, 0, 0, 0, 0
     kappa = conditioning(problem, theta)
     for i in range(backtracks):
         tried = i + 1
@@ -144,6 +155,7 @@ def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, l
             continue
         sol = _solve_trial(problem, trial, accuracy(step), x0, lower_max_iter, smoothness)
         if sol is not None:
+            solved += 1
             spent += sol.cost
             searched += sol.iterations
         if sol is None or not finite(sol.error_bound):
@@ -161,7 +173,7 @@ def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, l
         if upper_next - lower_now + lam * step * slope <= 0:
             return LineSearch(accepted=True, step=step, backtracks=i, theta=trial, x=sol.x,
                               next_upper_bound=upper_next, nonfinite_trials=nonfinite,
-                              stiff_trials=stiff, search_iterations=searched, cost=spent,
-                              smoothness=sol.smoothness)
+                              stiff_trials=stiff, search_iterations=searched,
+                              solved_trials=solved, cost=spent, smoothness=sol.smoothness)
     return LineSearch(backtracks=tried, nonfinite_trials=nonfinite, stiff_trials=stiff,
-                      search_iterations=searched, cost=spent)
+                      search_iterations=searched, solved_trials=solved, cost=spent)

@@ -47,6 +47,7 @@ class MAIDState(OuterState):
     certify_direction: bool = True  # run the descent test before the line search
     memory: tuple = ()  # L-BFGS pairs (s, y), direction="lbfgs"
     previous: tuple | None = None  # (theta, z) of the last accepted step's start
+    restart_step: float | None = None  # the next search's first step after a too-long search
 
 
 def _stalled(before, after):
@@ -143,6 +144,13 @@ class MAID:
         Stop when ||z|| + omega <= tol (then ||grad F(theta)|| <= tol).
     lower_max_iter, cg_max_iter : int
         Budgets of each lower-level solve and each CG solve.
+    max_conditioning_growth : float
+        A trial whose certified L / mu is more than this times its value at theta is
+        backtracked without a solve (100; ``math.inf`` solves every trial;
+        bilevel.outer.line_search).  A search that solved no trial at all (every step
+        stiff, overflowing or degenerate) was too long, not too inexact: the next search
+        goes on backtracking from where it stopped, at the same accuracy and budget, with
+        the L-BFGS memory kept.
 
     Besides the common history columns, a row holds ``direction_certified``
     (omega <= (1 - eta) ||z|| at the accuracy used), ``search_iterations``
@@ -175,6 +183,7 @@ class MAID:
     tol: float = 1e-6
     lower_max_iter: int = 10_000
     cg_max_iter: int = 10_000
+    max_conditioning_growth: float = 100.0
     adaptive = True  # the fixed-accuracy baseline switches this off
 
     def __post_init__(self):
@@ -188,7 +197,9 @@ class MAID:
             refinement=one_of("halve", "predicted"), trial_accuracy=one_of("same", "matched"),
             direction_test=one_of("always", "after_failure"), direction=one_of("gradient", "lbfgs"),
             memory_size=count(1), eps_min=POSITIVE, tol=NONNEGATIVE,
-            lower_max_iter=count(1), cg_max_iter=count(1))
+            lower_max_iter=count(1), cg_max_iter=count(1),
+            max_conditioning_growth=(lambda v: v == math.inf or AT_LEAST_ONE[0](v),
+                                     "a number >= 1 or math.inf"))
 
     @property
     def sufficient_decrease(self):
@@ -226,8 +237,11 @@ class MAID:
         return (1 - self.eta) * float(torch.dot(z, Hz)) / max(norm(Hz), 1e-300)
 
     def _first_step(self, state, memory, z):
-        """The line search's first trial step: 1 along an L-BFGS direction (its natural
-        scale), else the step carried over (HOAG's sqrt(dim theta) / ||z|| at the start)."""
+        """The line search's first trial step: where a too-long search stopped, else 1 along
+        an L-BFGS direction (its natural scale), else the step carried over (HOAG's
+        sqrt(dim theta) / ||z|| at the start)."""
+        if state.restart_step is not None:
+            return state.restart_step
         if memory:
             return 1.0
         return math.sqrt(z.numel()) / norm(z) if math.isnan(state.alpha) else state.alpha
@@ -334,11 +348,12 @@ class MAID:
         lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm, hg.lower.error_bound,
                                     L_g, problem.upper_convex_in_x)
         slope = float(torch.dot(z, Hz))  # <z, H z> > 0
+        first = self._first_step(state, memory, z)
         search = certified_line_search(
-            problem, state.theta, Hz, slope, first=self._first_step(state, memory, z),
+            problem, state.theta, Hz, slope, first=first,
             rho=self.rho, backtracks=state.max_backtracks, lam=self.sufficient_decrease,
             lower_now=lower_now, L_g=L_g, x0=state.x, lower_max_iter=self.lower_max_iter,
-            smoothness=state.smoothness,
+            smoothness=state.smoothness, max_conditioning_growth=self.max_conditioning_growth,
             accuracy=lambda step: self._trial_accuracy(eps, step * slope, hg))
         row = {**row, **search.row(), "spent": spent + search.cost}
         if search.accepted:
@@ -347,7 +362,11 @@ class MAID:
                 alpha=state.alpha if memory else self.rho_bar * search.step,
                 eps=self.nu_bar * eps, delta=self.nu_bar * delta,
                 certify_direction=self.direction_test == "always", memory=memory,
-                previous=(state.theta, z) if self.direction == "lbfgs" else None), row
+                previous=(state.theta, z) if self.direction == "lbfgs" else None,
+                restart_step=None), row
+        if search.too_long:
+            return dataclasses.replace(
+                state, restart_step=first * self.rho ** search.backtracks), row
         return self._after_failure(problem, state, hg, memory), row
 
     def _failure_message(self, problem, state, hg, failure, eps):
@@ -373,7 +392,7 @@ class MAID:
         if memory:
             # The curvature model misled the search (inexact pairs, a region of other
             # curvature): drop it and search along -z at the same accuracy first.
-            return dataclasses.replace(state, memory=(), previous=None)
+            return dataclasses.replace(state, memory=(), previous=None, restart_step=None)
         failed = dataclasses.replace(state, eps=self.nu * eps, delta=self.nu * delta,
                                      max_backtracks=state.max_backtracks + self.backtrack_growth,
                                      certify_direction=True)
