@@ -31,7 +31,7 @@ import textwrap
 
 import _figure
 import torch
-from bilevel_problems import datasets
+from bilevel_problems import datasets, ridge_embedding
 
 import bilevel
 from bilevel import experiment, registry
@@ -72,6 +72,13 @@ def add_arguments(p):
     p.add_argument("--alpha0", type=float, default=None,
                    help="first trial step (default: HOAG's sqrt(dim theta)/||z0||, which can be "
                         "far too long for filters: every first search then fails)")
+    p.add_argument("--init", default=None, metavar="RUN_DIR",
+                   help="start from a learned model's theta (bilevel.load(RUN_DIR)): the same "
+                        "model, or a convex ridge carried into a larger bank (more filters, "
+                        "larger filters; bilevel_problems.ridge_embedding)")
+    p.add_argument("--wake", type=float, default=None,
+                   help="with --init, ridge: switch on the filters whose slopes all lie below "
+                        "this fraction of s_max (weak Huber-like potentials at that fraction)")
     p.add_argument("--max-iter", type=int, default=None, help="outer iterations (2000; quick 3)")
     p.add_argument("--max-time", type=float, default=None, help="wall-time budget (s)")
     p.add_argument("--checkpoint-every", type=int, default=10)
@@ -117,6 +124,21 @@ def training_pairs(args):
     return clean, datasets.add_noise(clean, args.sigma / 255, args.seed), folder or "skimage"
 
 
+def initial_theta(args, problem, problem_spec):
+    """theta_0 from ``--init`` (None: the problem's own start)."""
+    if args.init is None:
+        if args.wake is not None:
+            raise SystemExit("--wake is for --init")
+        return None
+    source = bilevel.load(args.init)
+    if source.spec == problem_spec and args.wake is None:
+        return source.theta.to(problem.theta0)
+    try:
+        return ridge_embedding.embed(problem, source.problem, source.theta, wake=args.wake)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"--init {args.init}: {exc}") from None
+
+
 def compute(args, folder):
     quick = args.quick
     args.patches = args.patches or (8 if quick else 400)
@@ -130,6 +152,7 @@ def compute(args, folder):
     settings = dict(batch_size=args.batch_size) if args.method == "maid_sgd" else {}
     if args.alpha0 is not None:
         settings["alpha0"] = args.alpha0
+    theta0 = None if args.resume else initial_theta(args, problem, problem_spec)
     checkpoint = folder / "checkpoint.pt"
     budgets = dict(max_iter=args.max_iter, max_time=args.max_time, progress=not quick,
                    checkpoint_every=args.checkpoint_every)
@@ -140,8 +163,8 @@ def compute(args, folder):
             raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
         result = bilevel.resume(problem, checkpoint, **budgets)
     else:
-        result = bilevel.solve(problem, args.method, checkpoint_path=checkpoint, **budgets,
-                               **settings)
+        result = bilevel.solve(problem, args.method, theta0=theta0, checkpoint_path=checkpoint,
+                               **budgets, **settings)
     print(f"{result.status}: {result.message}", flush=True)
     folder.write_rows("data.csv", result.history)
     folder.write_json("theta.json", result.theta.detach().cpu().tolist())
@@ -149,7 +172,8 @@ def compute(args, folder):
     return dict(problem=problem_spec, model=args.model, sigma=args.sigma, source=source,
                 patches=int(clean.shape[0]), patch_size=args.patch_size, method=args.method,
                 settings=settings, status=result.status, message=result.message,
-                iterations=len(result.history), cost=last.get("cost"),
+                iterations=len(result.history), cost=last.get("cost"), init=args.init,
+                wake=args.wake,
                 train_psnr_start=datasets.quality(noisy, clean)["psnr"])
 
 
@@ -159,7 +183,10 @@ def summarise(folder):
     text = [f"# Training {meta['model']} at sigma {meta['sigma']:g}/255", "",
             f"Problem `{meta['problem']}` on {meta['patches']} patches "
             f"{meta['patch_size']}x{meta['patch_size']} from {meta['source']}; method "
-            f"`{meta['method']}` {meta['settings']}.", "",
+            f"`{meta['method']}` {meta['settings']}"
+            + (f", from the learned `{meta['init']}`" if meta.get("init") else "")
+            + (f" (sleeping filters woken at {meta['wake']:g} s_max)" if meta.get("wake") else "")
+            + ".", "",
             f"Status `{meta['status']}` after {meta['iterations']} iterations, cost "
             f"{meta['cost']} lower + CG iterations, {last.get('time', math.nan):.0f} s of "
             f"training (this process: {meta['wall_time_s']:.0f} s; a resumed run counts "

@@ -230,6 +230,40 @@ def test_train_denoiser_tv_start_scales_with_sigma():
         train.spec(parser.parse_args(["--model", "ridge", "--tv-weight", "0.05"]))
 
 
+
+def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
+    """--init RUN_DIR --wake: the run starts at ridge_embedding.embed of the learned theta
+    (the first row's upper value is g there), and the folder says where it started."""
+    import argparse
+
+    from bilevel_problems.ridge_embedding import embed
+
+    train = module("scripts", "train_denoiser")
+    small, big = tmp_path / "small", tmp_path / "big"
+    common = ["--quick", "--model", "ridge", "--start", "tv", "--no-plot", "--alpha0", "0.05",
+              "--method", "maid_lbfgs"]
+    train.main(common + ["--filters", "2", "--filter-size", "3", "--max-iter", "1",
+                         "--out", str(small)])
+    train.main(common + ["--filters", "3", "--filter-size", "5", "--max-iter", "1",
+                         "--init", str(small), "--wake", "0.05", "--out", str(big)])
+    meta = json.loads((big / "meta.json").read_text())
+    assert meta["init"].endswith("small") and meta["wake"] == 0.05
+    learned, new = bilevel.load(small), bilevel.load(big)
+    start = embed(new.problem, learned.problem, learned.theta, wake=0.05)
+    assert new.problem.slopes(start)[2].max() == pytest.approx(0.05)
+    first = RunFolder(big).read_rows("data.csv")[0]
+    clean, noisy, _ = train.training_pairs(argparse.Namespace(data=None, patches=8, seed=0,
+                                                              patch_size=16, sigma=25.0))
+    problem = bilevel.make_problem(meta["problem"], images=clean, noisy=noisy, sigma=25 / 255)
+    g = {name: bilevel.hypergradient(problem, theta, 1e-8, 1e-8).upper_value
+         for name, theta in (("start", start), ("theta0", problem.theta0))}
+    # |g(x~) - g(x*)| <= ||grad g|| eps + eps^2 / 2, and ||grad g|| = sqrt(2 g / N) < 1 here
+    assert first["upper_value"] == pytest.approx(g["start"], abs=first["eps"])
+    assert abs(g["theta0"] - g["start"]) > 2 * first["eps"]
+    with pytest.raises(SystemExit, match="--wake is for --init"):
+        train.main(common + ["--wake", "0.05", "--out", str(tmp_path / "x")])
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_script_quick_then_replot(tmp_path, monkeypatch, name):
     module("scripts", name).main(["--quick", "--out", str(tmp_path)])

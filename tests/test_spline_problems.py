@@ -281,3 +281,38 @@ def test_spline_digits_quick(tmp_path):
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["quick"] is True and "environment" in meta
     assert "spline_tv2" in (tmp_path / "summary.md").read_text()
+
+
+def test_embed_carries_a_learned_ridge_into_a_larger_bank():
+    """Every response of an embedded filter is one of the learned filter's (same slopes,
+    same alpha), on the valid region one pixel narrower each side for 5 -> 7; the extra
+    filters keep the TV start's 0.001 s_max; wake switches on exactly the sleeping ones."""
+    from bilevel_problems.ridge_embedding import embed
+
+    images = small_images(1, 14)
+    kw = dict(images=images, noisy=images, num_knots=11, start="tv")
+    source = RidgeRegularizer(num_filters=3, filter_size=5, **kw)
+    gen = torch.Generator().manual_seed(1)
+    theta = source.theta0 + 0.3 * torch.randn(source.dim_theta, generator=gen,
+                                              dtype=torch.float64)
+    theta[1 + 3 * 25 + 2 * 10:] = -7.0  # filter 2 asleep: slopes about 0.001 s_max
+    big = RidgeRegularizer(num_filters=5, filter_size=7, **kw)
+    out = embed(big, source, theta)
+    x = images[:1]
+    old = source._conv(x, source.params(theta)[1])[..., 1:-1, 1:-1]
+    new = big._conv(x, big.params(out)[1])[:, :3]
+    torch.testing.assert_close(new, old, rtol=0, atol=1e-13)
+    torch.testing.assert_close(big.slopes(out)[:3], source.slopes(theta), rtol=0, atol=0)
+    assert out[0] == theta[0]
+    assert torch.allclose(big.slopes(out)[3:], torch.full((2, 10), 1e-3, dtype=torch.float64))
+    woken = embed(big, source, theta, wake=0.05)
+    slopes = big.slopes(woken)
+    asleep = [2, 3, 4]
+    assert torch.equal(woken[:1], out[:1]) and torch.equal(slopes[:2], big.slopes(out)[:2])
+    assert torch.allclose(slopes[asleep].max(dim=1).values, torch.tensor(0.05).double())
+    norms = big.filters(woken)[asleep].flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="do not fit"):
+        embed(source, big, out)
+    with pytest.raises(TypeError, match="weakly convex"):
+        embed(WeaklyConvexRidge(num_filters=5, filter_size=7, rho=0.5, **kw), source, theta)
