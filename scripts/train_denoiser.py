@@ -3,7 +3,7 @@
     python scripts/train_denoiser.py --model tv|foe|ridge|wcrr --sigma 25
         [--patches 400] [--patch-size 40] [--method maid_sgd] [--batch-size 20]
         [--border B] [--start dct|tv] [--tv-weight W] [--alpha0 A] [--max-iter 2000]
-        [--max-time 7200]
+        [--max-time 7200] [--init RUN_DIR [--wake F]]
         [--out results/denoisers/MODEL_sigmaS] [--quick]
 
 One random crop of ``--patch-size`` from each of the first ``--patches`` BSD400 training
@@ -14,7 +14,10 @@ each batch's hypergradient certified for that batch, a full-batch certified chec
 returned theta; ``maid`` / ``maid_lbfgs``: full batch, every step certified) under the
 budgets given.  A checkpoint is written every ``--checkpoint-every`` iterations to
 OUT/checkpoint.pt; the same command with ``--resume`` goes on from it (budgets count from
-the start of the run).  The run folder holds what ``bilevel.load(OUT)`` needs
+the start of the run).  ``--init RUN_DIR`` starts from a learned model instead of the
+problem's start: the same model, or a convex ridge carried into a larger bank, ``--wake``
+switching on its sleeping filters (bilevel_problems.ridge_embedding); the folder's cost and
+time are this run's only.  The run folder holds what ``bilevel.load(OUT)`` needs
 (meta.json's ``problem`` spec and theta.json), so that
 
     model = bilevel.load("results/denoisers/foe_sigma25"); x = model.denoise(y)
