@@ -17,8 +17,10 @@ learned 16-filter ridges still act through two filters (README, "Training denois
   s_max inside the start's central window |t| <= ``init_width`` and 0.001 s_max outside (a
   weak Huber-like potential), so the gradient reaches it.
 
-The weakly convex ridge parametrises its slopes through a floor that depends on the whole
-bank; carrying it over is not built (refused by name).
+Both work in slope space: the slopes wanted are mapped to the new problem's parameters, for
+the weakly convex ridge through its floor -beta, which depends on the whole bank (more or
+larger filters raise Lambda and lift the floor towards 0); a carried concave slope below the
+new floor cannot be represented and is refused, with the slope and the floor named.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import torch
 
 from bilevel.nn.splines import knots
 
-from .ridge_regularizer import RidgeRegularizer, _logit
+from .ridge_regularizer import RidgeRegularizer
+from .weakly_convex_ridge import WeaklyConvexRidge
 
 OFF = 1e-3  # the slope fraction of a switched-off potential (the TV start's)
 
@@ -36,9 +39,9 @@ def embed(problem, source, theta, wake=None, init_width=0.06):
 
     Parameters
     ----------
-    problem, source : RidgeRegularizer
+    problem, source : RidgeRegularizer or WeaklyConvexRidge
         The new problem (K filters of side s) and the learned one (K' <= K, s' <= s, s - s'
-        even), both convex ridges with the same knots, range and s_max.
+        even), of the same class, with the same knots, range and s_max.
     theta : torch.Tensor
         The learned parameters, ``source.dim_theta`` entries.
     wake : float, optional
@@ -46,16 +49,16 @@ def embed(problem, source, theta, wake=None, init_width=0.06):
     init_width : float
         Half-width of the window where a woken potential is steep (the start's 0.06).
     """
-    for p, role in ((problem, "problem"), (source, "source")):
-        if type(p) is not RidgeRegularizer:
-            raise TypeError(f"embed: the {role} must be a ridge_regularizer (the weakly convex "
-                            f"ridge's floor depends on the whole bank), got {type(p).__name__}")
+    if not isinstance(problem, RidgeRegularizer) or type(source) is not type(problem):
+        raise TypeError(f"embed: carries a ridge_regularizer or weakly_convex_ridge into one of "
+                        f"the same class, got {type(source).__name__} -> "
+                        f"{type(problem).__name__}")
     theta = torch.as_tensor(theta, dtype=torch.float64)
     if theta.shape != (source.dim_theta,):
         raise ValueError(f"embed: theta must have the source's {source.dim_theta} entries, "
                          f"got shape {tuple(theta.shape)}")
-    same = ("num_knots", "x_range", "s_max")
-    differ = [f"{k} {getattr(source, k)} vs {getattr(problem, k)}" for k in same
+    differ = [f"{k} {getattr(source, k)} vs {getattr(problem, k)}"
+              for k in ("num_knots", "x_range", "s_max")
               if getattr(source, k) != getattr(problem, k)]
     if differ:
         raise ValueError(f"embed: the potentials must share their grid: {'; '.join(differ)}")
@@ -65,23 +68,36 @@ def embed(problem, source, theta, wake=None, init_width=0.06):
                          f"{s} (needs K' <= K, s' <= s, s - s' even)")
     if wake is not None and not 0 < wake < 1:
         raise ValueError(f"embed: wake must be a fraction in (0, 1), got {wake!r}")
-    M = problem.M
-    out = problem.theta0.detach().to(torch.float64).clone()
-    filters = out[1:1 + K * s * s].view(K, s, s)
-    q = out[1 + K * s * s:].view(K, M)
+    start = problem.theta0.detach().to(torch.float64)
+    alpha = torch.exp(theta[0])
+    filters = problem.filters(start).clone()
+    slopes = problem.slopes(start).clone()
     o = (s - s0) // 2
-    out[0] = theta[0]
-    filters[:K0] = 0.0
     # The zero-mean filters, not the raw ones: padding keeps their mean at zero, so the new
     # problem's zero-mean projection leaves them as they are.
+    filters[:K0] = 0.0
     filters[:K0, o:o + s0, o:o + s0] = source.filters(theta)
-    q[:K0] = theta[1 + K0 * s0 * s0:].view(K0, M)
+    slopes[:K0] = source.slopes(theta)
     if wake is not None:
-        slopes = problem.slopes(out)
         asleep = (slopes.max(dim=1).values < wake * problem.s_max).nonzero().flatten()
         grid = knots(problem.num_knots, problem.x_range)
         window = ((grid[:-1] + grid[1:]) / 2).abs() <= init_width
-        q[asleep] = torch.where(window, _logit(wake), _logit(OFF)).to(q)
-        centred = filters[asleep] - filters[asleep].mean(dim=(1, 2), keepdim=True)
-        filters[asleep] = centred / centred.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
-    return out.to(problem.theta0)
+        slopes[asleep] = problem.s_max * torch.where(window, wake, OFF).to(slopes)
+        norms = filters[asleep].flatten(1).norm(dim=1).clamp_min(1e-12)
+        filters[asleep] = filters[asleep] / norms[:, None, None]
+    q = torch.logit(_fractions(problem, alpha, filters.flatten(1), slopes))
+    return torch.cat([theta[:1], filters.flatten(), q.flatten()]).to(problem.theta0)
+
+
+def _fractions(problem, alpha, C, slopes):
+    """The sigmoids of q that give ``slopes``: s / s_max, or through the weakly convex
+    ridge's floor, (s + beta) / (s_max + beta) with beta = rho / (alpha Lambda(c))."""
+    if not isinstance(problem, WeaklyConvexRidge):
+        return slopes / problem.s_max
+    beta = float(problem.slope_floor(alpha, C))
+    low = float(slopes.min())
+    if low <= -beta:
+        raise ValueError(f"embed: a carried slope {low:.4g} lies at or below the new bank's "
+                         f"floor -beta = {-beta:.4g} (more or larger filters raise Lambda and "
+                         "lift the floor): the learned potentials cannot be represented")
+    return (slopes + beta) / (problem.s_max + beta)

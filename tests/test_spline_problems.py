@@ -302,7 +302,7 @@ def test_embed_carries_a_learned_ridge_into_a_larger_bank():
     old = source._conv(x, source.params(theta)[1])[..., 1:-1, 1:-1]
     new = big._conv(x, big.params(out)[1])[:, :3]
     torch.testing.assert_close(new, old, rtol=0, atol=1e-13)
-    torch.testing.assert_close(big.slopes(out)[:3], source.slopes(theta), rtol=0, atol=0)
+    torch.testing.assert_close(big.slopes(out)[:3], source.slopes(theta), rtol=1e-12, atol=0)
     assert out[0] == theta[0]
     assert torch.allclose(big.slopes(out)[3:], torch.full((2, 10), 1e-3, dtype=torch.float64))
     woken = embed(big, source, theta, wake=0.05)
@@ -314,5 +314,30 @@ def test_embed_carries_a_learned_ridge_into_a_larger_bank():
     torch.testing.assert_close(norms, torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="do not fit"):
         embed(source, big, out)
-    with pytest.raises(TypeError, match="weakly convex"):
+    with pytest.raises(TypeError, match="same class"):
         embed(WeaklyConvexRidge(num_filters=5, filter_size=7, rho=0.5, **kw), source, theta)
+
+
+def test_embed_maps_weakly_convex_slopes_through_the_new_floor():
+    """The weakly convex ridge's slopes survive the move to a bank with another floor
+    (more filters raise Lambda): carried slopes equal, concave ones included; a concave slope
+    below the new floor is refused."""
+    from bilevel_problems.ridge_embedding import embed
+
+    images = small_images(1, 14)
+    kw = dict(images=images, noisy=images, num_knots=11, rho=0.5)
+    source = WeaklyConvexRidge(num_filters=2, filter_size=5, **kw)
+    theta = source.theta0.clone()
+    q = theta[1 + 2 * 25:].view(2, 10)
+    q[:, 0], q[:, -1] = -3.0, -3.0  # concave tails, above the larger bank's floor
+    slopes = source.slopes(theta)
+    assert slopes.min() < 0
+    big = WeaklyConvexRidge(num_filters=4, filter_size=5, **kw)
+    out = embed(big, source, theta)
+    alpha, C = torch.exp(out[0]), big.filters(out).flatten(1)
+    assert big.slope_floor(alpha, C) < source.slope_floor(torch.exp(theta[0]),
+                                                          source.filters(theta).flatten(1))
+    torch.testing.assert_close(big.slopes(out)[:2], slopes, rtol=1e-10, atol=1e-14)
+    q[:, 0] = -30.0  # at the old floor: below the new one
+    with pytest.raises(ValueError, match="floor"):
+        embed(big, source, theta)
