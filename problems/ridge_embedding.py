@@ -1,4 +1,4 @@
-r"""Carry a learned convex ridge into a larger bank, and wake its switched-off filters.
+r"""Carry a learned (weakly) convex ridge into a larger bank, and wake its switched-off filters.
 
 Training from the TV start (``ridge_regularizer[start=tv]``) leaves the filters that start
 switched off (slopes 0.001 s_max) switched off: a filter's gradient is proportional to its

@@ -15,9 +15,9 @@ returned theta; ``maid`` / ``maid_lbfgs``: full batch, every step certified) und
 budgets given.  A checkpoint is written every ``--checkpoint-every`` iterations to
 OUT/checkpoint.pt; the same command with ``--resume`` goes on from it (budgets count from
 the start of the run).  ``--init RUN_DIR`` starts from a learned model instead of the
-problem's start: the same model, or a (weakly) convex ridge carried into a larger bank, ``--wake``
-switching on its sleeping filters (bilevel_problems.ridge_embedding); the folder's cost and
-time are this run's only.  The run folder holds what ``bilevel.load(OUT)`` needs
+problem's start: the same model, or a (weakly) convex ridge carried into a larger bank,
+``--wake`` switching on its sleeping filters (bilevel_problems.ridge_embedding); the
+folder's cost and time are this run's only.  The run folder holds what ``bilevel.load(OUT)`` needs
 (meta.json's ``problem`` spec and theta.json), so that
 
     model = bilevel.load("results/denoisers/foe_sigma25"); x = model.denoise(y)
@@ -77,7 +77,7 @@ def add_arguments(p):
                         "far too long for filters: every first search then fails)")
     p.add_argument("--init", default=None, metavar="RUN_DIR",
                    help="start from a learned model's theta (bilevel.load(RUN_DIR)): the same "
-                        "model, or a (weakly) convex ridge carried into a larger bank (more filters, "
+                        "model, or a (weakly) convex ridge carried into a larger bank (more or "
                         "larger filters; bilevel_problems.ridge_embedding)")
     p.add_argument("--wake", type=float, default=None,
                    help="with --init, ridge: switch on the filters whose slopes all lie below "
