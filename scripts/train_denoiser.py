@@ -133,12 +133,12 @@ def initial_theta(args, problem, problem_spec):
         if args.wake is not None:
             raise SystemExit("--wake is for --init")
         return None
-    source = bilevel.load(args.init)
-    if source.spec == problem_spec and args.wake is None:
-        return source.theta.to(problem.theta0)
     try:
+        source = bilevel.load(args.init)
+        if source.spec == problem_spec and args.wake is None:
+            return source.theta.to(problem.theta0)
         return ridge_embedding.embed(problem, source.problem, source.theta, wake=args.wake)
-    except (TypeError, ValueError) as exc:
+    except (OSError, TypeError, ValueError, bilevel.CorruptRunError) as exc:
         raise SystemExit(f"--init {args.init}: {exc}") from None
 
 

@@ -262,6 +262,8 @@ def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
     assert abs(g["theta0"] - g["start"]) > 2 * first["eps"]
     with pytest.raises(SystemExit, match="--wake is for --init"):
         train.main(common + ["--wake", "0.05", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="no run folder"):
+        train.main(common + ["--init", str(tmp_path / "none"), "--out", str(tmp_path / "y")])
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
