@@ -237,3 +237,25 @@ def test_a_search_of_stiff_trials_only_goes_on_backtracking():
     assert row["stiff_trials"] == 0 and row["search_iterations"] > 0
     with pytest.raises(ValueError, match="max_conditioning_growth"):
         bilevel.outer.MAID(max_conditioning_growth=0.5)
+
+
+def test_minibatch_search_of_stiff_trials_goes_on_backtracking():
+    """maid_sgd on TV's two images, the same over-long first steps: the batches' searches
+    solve nothing, so they neither tighten eps nor ask for a certified direction, and the
+    next batch's search starts where the last one stopped."""
+    problem = TVDenoising(n_images=2, size=8)
+    theta0 = problem.initial_theta().clone()
+    theta0[0] -= 6
+    method = bilevel.outer.MinibatchMAID(batch_size=1, alpha0=1e6, max_backtracks=2,
+                                         final_check=False)
+    state = method.init_state(problem, theta0)
+    starts = []
+    for _ in range(6):
+        before = state
+        state, row = method.update(problem, state)
+        if row["accepted"]:
+            break
+        assert not state.certify and state.eps >= before.eps
+        starts.append(state.restart_step)
+    assert starts and starts == [1e6 * 0.25 ** (i + 1) for i in range(len(starts))]
+    assert row["accepted"] and row["step"] <= starts[-1] and state.restart_step is None

@@ -62,6 +62,7 @@ class MinibatchState(OuterState):
     certify: bool = False  # accuracy='search': certify the direction (after a failure)
     work: float = 0.0  # cumulative lower + CG iterations weighted by batch / all samples
     final_check: dict | None = None
+    restart_step: float | None = None  # the next search's first step after a too-long search
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,10 @@ class MinibatchMAID:
         Seed of the batch order.
     final_check : bool
         End :func:`bilevel.solve` with a full-batch certified hypergradient at theta.
+    max_conditioning_growth : float
+        As MAID's: a trial over this many times stiffer (certified L / mu) than theta is
+        backtracked unsolved, and a search that solved no trial goes on backtracking on the
+        next batch without tightening the accuracy.
 
     Rows hold the common columns (``upper_value``: the batch's g; ``error_bound``: its
     omega; ``step``, ``backtracks``, ``accepted``: the search's) and ``epoch`` (epochs
@@ -119,6 +124,7 @@ class MinibatchMAID:
     final_check: bool = True
     lower_max_iter: int = 10_000
     cg_max_iter: int = 10_000
+    max_conditioning_growth: float = 100.0
 
     def __post_init__(self):
         check_settings(
@@ -128,7 +134,9 @@ class MinibatchMAID:
             accuracy=one_of("search", "adaptive", "schedule"), rel_error=OPEN_UNIT,
             eps0=POSITIVE, delta0=POSITIVE, accuracy_power=NONNEGATIVE, nu=OPEN_UNIT,
             max_refinements=count(0), eps_min=POSITIVE, seed=count(0),
-            final_check=one_of(True, False), lower_max_iter=count(1), cg_max_iter=count(1))
+            final_check=one_of(True, False), lower_max_iter=count(1), cg_max_iter=count(1),
+            max_conditioning_growth=(lambda v: v == math.inf or AT_LEAST_ONE[0](v),
+                                     "a number >= 1 or math.inf"))
 
     # ------------------------------------------------------------------ batches
     def _layout(self, problem):
@@ -197,6 +205,8 @@ class MinibatchMAID:
         search runs."""
         if self.step == "schedule" and not math.isnan(state.alpha):
             return None
+        if state.restart_step is not None:
+            return state.restart_step
         if math.isnan(state.alpha):
             return math.sqrt(z.numel()) / norm(z)
         return state.alpha if state.iteration == 0 else self.growth * state.alpha
@@ -295,10 +305,13 @@ class MinibatchMAID:
             backtracks=self.max_backtracks, lam=self.lam, lower_now=lower_now,
             accuracy=lambda step: max(hg.lower.error_bound, _matched(hg, step * z_norm ** 2)),
             L_g=L_g, x0=hg.lower.x, lower_max_iter=self.lower_max_iter,
-            smoothness=state.smoothness)
+            smoothness=state.smoothness, max_conditioning_growth=self.max_conditioning_growth)
         spent = spent + search.cost
         row = {**row, "step": search.step, "backtracks": search.backtracks,
                "accepted": search.accepted}
+        if search.too_long:  # nothing solved: shorter steps, not more accuracy
+            return dataclasses.replace(state, restart_step=first * 0.5 ** search.backtracks), \
+                row, spent
         if not search.accepted:
             # Certify the next direction (omega <= rel_error ||z||) and tighten the
             # accuracy: MAID's answer to a failed search, on the next batch.
@@ -307,7 +320,7 @@ class MinibatchMAID:
         x = state.x.clone()
         x[index] = search.x  # the batch's solution at the new theta: the better warm start
         return dataclasses.replace(state, theta=search.theta, x=x, alpha=search.step,
-                                   certify=False), row, spent
+                                   certify=False, restart_step=None), row, spent
 
     # ------------------------------------------------------------------ the end
     def finish(self, problem, result):
