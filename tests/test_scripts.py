@@ -49,6 +49,8 @@ BENCHMARKS = {
     "ridge_vs_foe": ([], "ridge_vs_foe.json"),
     "ridge_borders": ([], "ridge_borders.json"),
     "scale": ([], "scale.json"),
+    "sleeping_filters": (["--run", str(ROOT / "results/denoisers/ridge_tv_sigma25")],
+                         "sleeping_filters.json"),
     "spline_activation": ([], "spline_activation.json"),
 }
 #: Committed benchmark results: (benchmark, extra arguments, their meta file).
@@ -57,6 +59,7 @@ COMMITTED_BENCHMARKS = [("certificate_tightness", [], "certificate_tightness.jso
                         ("hvp_closed_form", ["--threads", "1"], "hvp_closed_form_threads1.json"),
                         ("ridge_vs_foe", [], "ridge_vs_foe.json"),
                         ("scale", [], "scale.json"),
+                        ("sleeping_filters", [], "sleeping_filters.json"),
                         ("spline_activation", [], "spline_activation.json")]
 #: Files --replot writes: figures and summaries (everything else is data).
 DRAWN = (".png", ".md")
@@ -179,11 +182,20 @@ def no_violation(folder):
     assert "| quadratic |" in (folder / "certificate_tightness.md").read_text()
 
 
+def sleeping_counted(folder):
+    """The sleeping filters are those with every slope below 0.01 s_max (s_max = 1), and
+    a run with sleeping filters is measured woken too."""
+    for row in json.loads((folder / "sleeping_filters.json").read_text())["rows"]:
+        assert row["asleep"] == [k for k, v in enumerate(row["largest_slopes"]) if v < 0.01]
+        assert ("woken" in row) == bool(row["asleep"])
+        assert row["learned"]["taps_asleep"] is not None and row["woken"]["F"] > 0
+
+
 CHECKS = {"learned_tv": learned_tv_denoises, "plugin_regularizer": plugin_regularizer_summary,
           "quadratic": runs_recorded, "tv_robustness": runs_recorded,
           "foe_vs_hoag": runs_recorded, "certificate_tightness": no_violation,
           "reconstruction": reconstruction_improves, "reconstruction_priors": priors_improve,
-          "train_denoiser": trained_model_loads}
+          "train_denoiser": trained_model_loads, "sleeping_filters": sleeping_counted}
 
 
 # ----------------------------------------------------------------------- scripts
