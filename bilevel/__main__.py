@@ -8,7 +8,6 @@ status 'interrupted') and exits with status 130; ``--resume`` continues it.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import dataclasses
 import math
@@ -21,34 +20,13 @@ import warnings
 from pathlib import Path
 
 from . import registry
+from .experiment import parse_settings
 
 #: Exit status of a run ended by Ctrl-C or SIGTERM (the shell's 128 + SIGINT).
 INTERRUPTED = 130
 
 
 # ------------------------------------------------------------------- arguments
-def _value(text):
-    """A Python literal, else a string; 'nan' and 'inf' are floats (methods refuse
-    them where a finite number is needed, naming the setting)."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        word = text.strip()
-        if word.lower().lstrip("+-") in ("nan", "inf", "infinity"):
-            return float(word)
-        return word
-
-
-def _settings(pairs):
-    settings = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        settings[key.strip()] = _value(raw)
-    return settings
-
-
 def _count(text):
     """argparse type: an integer >= 0."""
     value = int(text)
@@ -101,7 +79,7 @@ def _fresh_plan(args) -> _Plan:
 
     if args.problem is None:
         raise ValueError("run needs a problem name (or --resume RUN_DIR)")
-    settings = _settings(args.set)
+    settings = parse_settings(args.set)
     if args.tol is not None:
         settings["tol"] = args.tol
     method_name = args.method or "maid"
@@ -136,7 +114,7 @@ def _resume_plan(args) -> _Plan:
         raise ValueError(f"--resume {run_dir}: the run uses --method {method_name}, not "
                          f"{args.method}; start a new run to use another method")
     method = make_method(method_name, **settings)
-    asked = dict(_settings(args.set), **({} if args.tol is None else {"tol": args.tol}))
+    asked = dict(parse_settings(args.set), **({} if args.tol is None else {"tol": args.tol}))
     changed = method_differences(type(method).__name__, dataclasses.asdict(method),
                                  make_method(method_name, **{**settings, **asked}))
     if changed:

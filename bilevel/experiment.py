@@ -25,6 +25,7 @@ fastest on one).
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import os
@@ -144,6 +145,30 @@ def summary_rows(outcomes) -> list[dict]:
 
 
 # ------------------------------------------------------------------ data folders
+def _value(text):
+    """A Python literal, else a string; 'nan' and 'inf' are floats (methods refuse
+    them where a finite number is needed, naming the setting)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        word = text.strip()
+        if word.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            return float(word)
+        return word
+
+
+def parse_settings(pairs) -> dict:
+    """``--set KEY=VALUE`` pairs as method settings (VALUE a Python literal, 'inf' or a
+    string); a pair without '=' is a ValueError."""
+    settings = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        settings[key.strip()] = _value(raw)
+    return settings
+
+
 def image_folder(name: str, given=None) -> str | None:
     """The folder of the image set ``name`` (``train``, ``Set68``, ``Set12``), or None.
 

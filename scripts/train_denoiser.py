@@ -3,7 +3,7 @@
     python scripts/train_denoiser.py --model tv|foe|ridge|wcrr --sigma 25
         [--patches 400] [--patch-size 40] [--method maid_sgd] [--batch-size 20]
         [--border B] [--start dct|tv] [--tv-weight W] [--alpha0 A] [--max-iter 2000]
-        [--max-time 7200] [--init RUN_DIR [--wake F]]
+        [--max-time 7200] [--set KEY=VALUE ...] [--init RUN_DIR [--wake F]]
         [--out results/denoisers/MODEL_sigmaS] [--quick]
 
 One random crop of ``--patch-size`` from each of the first ``--patches`` BSD400 training
@@ -75,6 +75,9 @@ def add_arguments(p):
     p.add_argument("--alpha0", type=float, default=None,
                    help="first trial step (default: HOAG's sqrt(dim theta)/||z0||, which can be "
                         "far too long for filters: every first search then fails)")
+    p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                   help="a setting of --method (repeatable; e.g. direction_test=always, "
+                        "max_conditioning_growth=inf): see bilevel.outer")
     p.add_argument("--init", default=None, metavar="RUN_DIR",
                    help="start from a learned model's theta (bilevel.load(RUN_DIR)): the same "
                         "model, or a (weakly) convex ridge carried into a larger bank (more or "
@@ -148,13 +151,18 @@ def compute(args, folder):
     args.patch_size = args.patch_size or (16 if quick else 40)
     args.batch_size = args.batch_size or (4 if quick else 20)
     args.max_iter = args.max_iter or (3 if quick else 2000)
+    settings = dict(batch_size=args.batch_size) if args.method == "maid_sgd" else {}
+    if args.alpha0 is not None:
+        settings["alpha0"] = args.alpha0
+    try:
+        settings.update(experiment.parse_settings(args.set))
+        bilevel.outer.make_method(args.method, **settings)  # a bad setting named now
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"--method {args.method} --set: {exc}") from None
     clean, noisy, source = training_pairs(args)
     problem_spec = spec(args)
     problem = registry.make_problem(problem_spec, images=clean, noisy=noisy,
                                     sigma=args.sigma / 255)
-    settings = dict(batch_size=args.batch_size) if args.method == "maid_sgd" else {}
-    if args.alpha0 is not None:
-        settings["alpha0"] = args.alpha0
     theta0 = None if args.resume else initial_theta(args, problem, problem_spec)
     checkpoint = folder / "checkpoint.pt"
     budgets = dict(max_iter=args.max_iter, max_time=args.max_time, progress=not quick,

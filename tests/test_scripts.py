@@ -243,6 +243,23 @@ def test_train_denoiser_tv_start_scales_with_sigma():
 
 
 
+def test_train_denoiser_method_settings(tmp_path):
+    """--set reaches the method (its rows then certify every direction) and a setting the
+    method does not have is one error before any computing."""
+    train = module("scripts", "train_denoiser")
+    train.main(["--quick", "--model", "tv", "--method", "maid_lbfgs", "--no-plot", "--set",
+                "direction_test=always", "--set", "max_conditioning_growth=inf",
+                "--out", str(tmp_path / "run")])
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["settings"] == {"direction_test": "always", "max_conditioning_growth": math.inf}
+    rows = RunFolder(tmp_path / "run").read_rows("data.csv")
+    assert rows and all(r["direction_certified"] for r in rows if r["accepted"])
+    with pytest.raises(SystemExit, match="no setting"):
+        train.main(["--quick", "--model", "tv", "--set", "bogus=1", "--out",
+                    str(tmp_path / "bad")])
+    assert not (tmp_path / "bad" / "data.csv").exists()
+
+
 def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
     """--init RUN_DIR --wake: the run starts at ridge_embedding.embed of the learned theta
     (the first row's upper value is g there), and the folder says where it started."""
