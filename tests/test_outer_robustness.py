@@ -206,6 +206,19 @@ def test_stiff_trials_are_backtracked_without_a_solve():
                                       max_conditioning_growth=math.inf)
     assert unlimited.stiff_trials == 0 and unlimited.search_iterations > solved
 
+def _until_accepted(method, problem, theta0, check, limit=6):
+    """Iterate ``method`` from theta0 until a step is accepted, ``check(before, after, row)``
+    on every rejected row: (the restart steps they left, the last state, the last row)."""
+    state, steps = method.init_state(problem, theta0), []
+    for _ in range(limit):
+        before = state
+        state, row = method.update(problem, state)
+        if row["accepted"]:
+            break
+        check(before, state, row)
+        steps.append(state.restart_step)
+    return steps, state, row
+
 def test_a_search_of_stiff_trials_only_goes_on_backtracking():
     """TV at lam e^-6 below its start: -z raises log lam, and first steps of 1e6 and 5e5
     multiply L / mu by far over 100.  Such a search solves nothing, so MAID neither
@@ -217,17 +230,13 @@ def test_a_search_of_stiff_trials_only_goes_on_backtracking():
     theta0 = problem.initial_theta().clone()
     theta0[0] -= 6
     method = bilevel.outer.MAID(alpha0=1e6, max_backtracks=2)
-    state = method.init_state(problem, theta0)
-    steps = []
-    for _ in range(6):
-        before = state
-        state, row = method.update(problem, state)
-        if row["accepted"]:
-            break
+
+    def unchanged(before, state, row):
         assert row["stiff_trials"] == row["backtracks"] == 2 and row["search_iterations"] == 0
         assert (state.eps, state.delta, state.max_backtracks) == \
             (before.eps, before.delta, before.max_backtracks)
-        steps.append(state.restart_step)
+
+    steps, state, row = _until_accepted(method, problem, theta0, unchanged)
     assert steps == [1e6 / 4, 1e6 / 16]
     assert row["accepted"] and row["step"] == 1e6 / 16 and state.restart_step is None
     assert conditioning(problem, state.theta) <= 100 * conditioning(problem, theta0)
@@ -248,14 +257,10 @@ def test_minibatch_search_of_stiff_trials_goes_on_backtracking():
     theta0[0] -= 6
     method = bilevel.outer.MinibatchMAID(batch_size=1, alpha0=1e6, max_backtracks=2,
                                          final_check=False)
-    state = method.init_state(problem, theta0)
-    starts = []
-    for _ in range(6):
-        before = state
-        state, row = method.update(problem, state)
-        if row["accepted"]:
-            break
+
+    def not_tightened(before, state, row):
         assert not state.certify and state.eps >= before.eps
-        starts.append(state.restart_step)
+
+    starts, state, row = _until_accepted(method, problem, theta0, not_tightened)
     assert starts and starts == [1e6 * 0.25 ** (i + 1) for i in range(len(starts))]
     assert row["accepted"] and row["step"] <= starts[-1] and state.restart_step is None
