@@ -29,7 +29,6 @@ import torch
 from bilevel.nn.splines import knots
 
 from .ridge_regularizer import RidgeRegularizer
-from .weakly_convex_ridge import WeaklyConvexRidge
 
 OFF = 1e-3  # the slope fraction of a switched-off potential (the TV start's)
 
@@ -85,19 +84,8 @@ def embed(problem, source, theta, wake=None, init_width=0.06):
         slopes[asleep] = problem.s_max * torch.where(window, wake, OFF).to(slopes)
         norms = filters[asleep].flatten(1).norm(dim=1).clamp_min(1e-12)
         filters[asleep] = filters[asleep] / norms[:, None, None]
-    q = torch.logit(_fractions(problem, alpha, filters.flatten(1), slopes))
+    try:
+        q = torch.logit(problem.slope_fractions(alpha, filters.flatten(1), slopes))
+    except ValueError as exc:  # more or larger filters raise Lambda and lift the floor
+        raise ValueError(f"embed: the new bank's {exc}") from None
     return torch.cat([theta[:1], filters.flatten(), q.flatten()]).to(problem.theta0)
-
-
-def _fractions(problem, alpha, C, slopes):
-    """The sigmoids of q that give ``slopes``: s / s_max, or through the weakly convex
-    ridge's floor, (s + beta) / (s_max + beta) with beta = rho / (alpha Lambda(c))."""
-    if not isinstance(problem, WeaklyConvexRidge):
-        return slopes / problem.s_max
-    beta = float(problem.slope_floor(alpha, C))
-    low = float(slopes.min())
-    if low <= -beta:
-        raise ValueError(f"embed: a carried slope {low:.4g} lies at or below the new bank's "
-                         f"floor -beta = {-beta:.4g} (more or larger filters raise Lambda and "
-                         "lift the floor): the learned potentials cannot be represented")
-    return (slopes + beta) / (problem.s_max + beta)

@@ -185,6 +185,10 @@ class RidgeRegularizer(DenoisingProblem):
         """The spline slopes s_kj in (0, s_max), shape (K, N - 1)."""
         return self.params(theta)[2]
 
+    def slope_fractions(self, alpha, C, slopes):
+        """sigmoid(q) for the given slopes (the inverse of :meth:`params` in q): s / s_max."""
+        return slopes / self.s_max
+
     def potentials(self, theta, t, orders=(0, 1)):
         """psi_k^{(r)}(t) for a 1-D tensor t, each of shape (K, len(t)) (for plots)."""
         tables = potential_tables(self.slopes(theta), self.x_range)

@@ -99,9 +99,18 @@ class WeaklyConvexRidge(RidgeRegularizer):
     def _convex_start(self, theta):
         """theta whose slopes are those the convex class reads from ``theta`` (class docstring)."""
         alpha, C, convex, _ = RidgeRegularizer.params(self, theta)
-        beta = self.slope_floor(alpha, C)
-        f = (convex + beta) / (self.s_max + beta)
+        f = self.slope_fractions(alpha, C, convex)
         return torch.cat([theta[:1 + C.numel()], torch.logit(f).flatten()])
+
+    def slope_fractions(self, alpha, C, slopes):
+        """sigmoid(q) for the given slopes, through the floor: (s + beta) / (s_max + beta);
+        a slope at or below -beta cannot be represented (ValueError)."""
+        beta = self.slope_floor(alpha, C)
+        low = float(slopes.min())
+        if low <= -float(beta):
+            raise ValueError(f"{self.name}: a slope {low:.4g} lies at or below the floor -beta "
+                             f"= {-float(beta):.4g}: it cannot be represented")
+        return (slopes + beta) / (self.s_max + beta)
 
     # ------------------------------------------------------------ parameters
     def kernel_bound(self, C):
