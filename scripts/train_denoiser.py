@@ -15,8 +15,9 @@ returned theta; ``maid`` / ``maid_lbfgs``: full batch, every step certified) und
 budgets given.  A checkpoint is written every ``--checkpoint-every`` iterations to
 OUT/checkpoint.pt; the same command with ``--resume`` goes on from it (budgets count from
 the start of the run).  ``--init RUN_DIR`` starts from a learned model instead of the
-problem's start: the same model, or a (weakly) convex ridge carried into a larger bank,
-``--wake`` switching on its sleeping filters (bilevel_problems.ridge_embedding); the
+problem's start: the same model, or a field of experts or (weakly) convex ridge carried into
+a larger bank, ``--wake`` switching on a ridge's sleeping filters or setting the new FoE
+filters' weight (bilevel_problems.ridge_embedding, foe_embedding); the
 folder's cost and time are this run's only.  The run folder holds what ``bilevel.load(OUT)`` needs
 (meta.json's ``problem`` spec and theta.json), so that
 
@@ -34,7 +35,7 @@ import textwrap
 
 import _figure
 import torch
-from bilevel_problems import datasets, ridge_embedding
+from bilevel_problems import datasets, foe_embedding, ridge_embedding
 
 import bilevel
 from bilevel import experiment, registry
@@ -80,11 +81,13 @@ def add_arguments(p):
                         "max_conditioning_growth=inf): see bilevel.outer")
     p.add_argument("--init", default=None, metavar="RUN_DIR",
                    help="start from a learned model's theta (bilevel.load(RUN_DIR)): the same "
-                        "model, or a (weakly) convex ridge carried into a larger bank (more or "
-                        "larger filters; bilevel_problems.ridge_embedding)")
+                        "model, or a field of experts or (weakly) convex ridge carried into a "
+                        "larger bank (more or larger filters; bilevel_problems.foe_embedding, "
+                        "ridge_embedding)")
     p.add_argument("--wake", type=float, default=None,
                    help="with --init, ridge: switch on the filters whose slopes all lie below "
-                        "this fraction of s_max (weak Huber-like potentials at that fraction)")
+                        "this fraction of s_max (weak Huber-like potentials at that fraction); "
+                        "foe: the new filters' weight, a fraction of the learned ones' (0.1)")
     p.add_argument("--max-iter", type=int, default=None, help="outer iterations (2000; quick 3)")
     p.add_argument("--max-time", type=float, default=None, help="wall-time budget (s)")
     p.add_argument("--checkpoint-every", type=int, default=10)
@@ -140,6 +143,9 @@ def initial_theta(args, problem, problem_spec):
         source = bilevel.load(args.init)
         if source.spec == problem_spec and args.wake is None:
             return source.theta.to(problem.theta0)
+        if args.model == "foe":
+            weight = {} if args.wake is None else dict(weight=args.wake)
+            return foe_embedding.embed(problem, source.problem, source.theta, **weight)
         return ridge_embedding.embed(problem, source.problem, source.theta, wake=args.wake)
     except (OSError, TypeError, ValueError, bilevel.CorruptRunError) as exc:
         raise SystemExit(f"--init {args.init}: {exc}") from None

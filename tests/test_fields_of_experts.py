@@ -253,3 +253,38 @@ def test_threaded_sweep_is_bitwise_independent_of_the_thread_count(chunk):
         assert g.requires_grad
         assert _rel(g.detach(), results[0][0]) < 1e-14
         assert _rel(BilevelProblem.lower_grad(p, x, theta), results[0][0]) < 1e-10
+
+
+def test_embed_carries_a_learned_field_into_a_larger_bank():
+    """Every response of a carried filter is one of the learned filter's, on the valid region
+    one pixel narrower each side for 3 -> 5, with its alpha and nu; the new filters are unit
+    norm at ``weight`` times the learned strengths' geometric mean (scale-free form)."""
+    from bilevel_problems.foe_embedding import embed
+
+    source = _problem()
+    theta, x = _point(source)
+    big = _problem(num_filters=6, filter_size=5)
+    out = embed(big, source, theta, weight=0.2)
+    old, new = source.params(theta), big.params(out)
+    responses = big.convolve(x, out)[:, :4]
+    torch.testing.assert_close(responses, source.convolve(x, theta)[..., 1:-1, 1:-1],
+                               rtol=0, atol=1e-13)
+    torch.testing.assert_close(new.alpha[:4], old.alpha, rtol=1e-13, atol=0)
+    torch.testing.assert_close(new.nu[:4], old.nu, rtol=1e-13, atol=0)
+    norms = source.filters(theta).flatten(1).norm(dim=1)
+    fresh = big.filters(out)[4:].flatten(1).norm(dim=1)
+    torch.testing.assert_close(fresh, torch.ones(2, dtype=torch.float64))
+    geomean = lambda t: t.log().mean().exp()  # noqa: E731
+    torch.testing.assert_close(new.alpha[4:], 0.2 * geomean(old.alpha * norms).expand(2))
+    torch.testing.assert_close(new.nu[4:], geomean(old.nu / norms).expand(2))
+    same = embed(source, source, theta)  # the identity: the same h
+    for a, b in zip(source.params(same), old):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+    with pytest.raises(ValueError, match="do not fit"):
+        embed(source, big, out)
+    with pytest.raises(ValueError, match="do not fit"):
+        embed(_problem(num_filters=6, filter_size=4), source, theta)
+    with pytest.raises(ValueError, match="weight"):
+        embed(big, source, theta, weight=0.0)
+    with pytest.raises(TypeError, match="fields_of_experts"):
+        embed(big, object(), theta)

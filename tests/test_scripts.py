@@ -295,6 +295,31 @@ def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
         train.main(common + ["--init", str(tmp_path / "none"), "--out", str(tmp_path / "y")])
 
 
+def test_train_denoiser_init_carries_a_field_of_experts_into_a_larger_bank(tmp_path):
+    """--init for the FoE: the run starts at foe_embedding.embed (weight --wake)."""
+    import argparse
+
+    from bilevel_problems.foe_embedding import embed
+
+    train = module("scripts", "train_denoiser")
+    small, big = tmp_path / "small", tmp_path / "big"
+    common = ["--quick", "--model", "foe", "--no-plot", "--alpha0", "0.1", "--max-iter", "1",
+              "--method", "maid"]
+    train.main(common + ["--filters", "2", "--filter-size", "3", "--out", str(small)])
+    train.main(common + ["--filters", "3", "--filter-size", "5", "--init", str(small),
+                         "--wake", "0.3", "--out", str(big)])
+    learned, new = bilevel.load(small), bilevel.load(big)
+    start = embed(new.problem, learned.problem, learned.theta, weight=0.3)
+    first = RunFolder(big).read_rows("data.csv")[0]
+    clean, noisy, _ = train.training_pairs(argparse.Namespace(data=None, patches=8, seed=0,
+                                                              patch_size=16, sigma=25.0))
+    problem = bilevel.make_problem(new.spec, images=clean, noisy=noisy, sigma=25 / 255)
+    g, g0 = (bilevel.hypergradient(problem, theta, 1e-8, 1e-8).upper_value
+             for theta in (start, problem.theta0))
+    assert first["upper_value"] == pytest.approx(g, abs=first["eps"])
+    assert abs(g0 - g) > 2 * first["eps"]
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_script_quick_then_replot(tmp_path, monkeypatch, name):
     module("scripts", name).main(["--quick", "--out", str(tmp_path)])
