@@ -278,7 +278,7 @@ def test_embed_carries_a_learned_field_into_a_larger_bank():
     torch.testing.assert_close(new.alpha[4:], 0.2 * geomean(old.alpha * norms).expand(2))
     torch.testing.assert_close(new.nu[4:], geomean(old.nu / norms).expand(2))
     same = embed(source, source, theta)  # the identity: the same h
-    for a, b in zip(source.params(same), old):
+    for a, b in zip(source.params(same), old, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
     with pytest.raises(ValueError, match="do not fit"):
         embed(source, big, out)

@@ -307,7 +307,7 @@ def test_train_denoiser_init_carries_a_field_of_experts_into_a_larger_bank(tmp_p
               "--method", "maid"]
     train.main(common + ["--filters", "2", "--filter-size", "3", "--out", str(small)])
     train.main(common + ["--filters", "3", "--filter-size", "5", "--init", str(small),
-                         "--wake", "0.3", "--out", str(big)])
+                         "--wake", "0.3", "--set", "eps0=1e-6", "--out", str(big)])
     learned, new = bilevel.load(small), bilevel.load(big)
     start = embed(new.problem, learned.problem, learned.theta, weight=0.3)
     first = RunFolder(big).read_rows("data.csv")[0]
