@@ -91,3 +91,24 @@ def test_lbfgs_converges_in_fewer_iterations_on_an_ill_conditioned_problem():
 def test_direction_setting_is_validated():
     with pytest.raises(ValueError, match="invalid direction='newton'"):
         bilevel.outer.MAID(direction="newton")
+
+
+def test_a_failed_lbfgs_search_is_retried_along_a_certified_descent_direction():
+    """After an L-BFGS search fails, the memory is dropped and -z is certified a descent
+    direction (omega <= (1 - eta) ||z||) before its search: inexact pairs cannot make
+    L-BFGS failures and uncertified -z successes alternate at an accuracy that never
+    tightens.  Logistic regression's loose first pairs fail searches."""
+    problem = bilevel.make_problem("logistic_regression")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+        result = bilevel.solve(problem, "maid_lbfgs", max_iter=12, tol=1e-5)
+    rows = result.history
+    # The last row may be the stop itself (no search): the rows before it searched.
+    searched = rows if result.status == "max_iter" else rows[:-1]
+    failed = [k for k, row in enumerate(searched[:-1])
+              if row["memory"] > 0 and not row["accepted"]]
+    assert failed
+    for k in failed:
+        after = rows[k + 1]
+        assert after["memory"] == 0 and after["direction_certified"]
+        assert after["error_bound"] <= after["grad_norm"]
