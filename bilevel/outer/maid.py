@@ -131,8 +131,8 @@ class MAID:
         curvature skipped), tried at the unit step first.  H is positive definite, so
         the line search's test F(theta+) <= F(theta) - lam alpha <z, H z> is a proof
         of decrease exactly as for -z; a failed search drops the memory and searches
-        along -z at the same accuracy next, after certifying -z a descent direction (a
-        failure there is handled as always).
+        along -z next, once the descent test (tightening eps and delta from where they
+        are) has certified -z a descent direction (a failure there is handled as always).
     memory_size : int
         L-BFGS pairs kept (10).
     eps_min : float
@@ -392,8 +392,8 @@ class MAID:
                 "certified bounds cannot show further decrease"))
         if memory:
             # The curvature model misled the search (inexact pairs, a region of other
-            # curvature): drop it and search along -z at the same accuracy first, with -z
-            # certified a descent direction.  Without the certificate, pairs built from
+            # curvature): drop it and search along -z, certified a descent direction first
+            # (from the accuracy at hand, not a tighter one).  Without it, pairs built from
             # hypergradients whose errors dwarf their differences can fail every L-BFGS
             # search while each -z search succeeds, and the accuracy never tightens.
             return dataclasses.replace(state, memory=(), previous=None, restart_step=None,
