@@ -6,9 +6,10 @@
         [--max-time 7200] [--set KEY=VALUE ...] [--init RUN_DIR [--wake F]]
         [--out results/denoisers/MODEL_sigmaS] [--quick]
 
-One random crop of ``--patch-size`` from each of the first ``--patches`` BSD400 training
-images (docs/data.md; without the data, crops of the images bundled with scikit-image),
-Gaussian noise of ``--sigma``/255 (images in [0, 1], no clipping, seed ``--seed``).  The
+``--patches`` random crops of ``--patch-size``, ``--crops-per-image`` (1) from each of the
+first BSD400 training images (docs/data.md; without the data, crops of the images bundled
+with scikit-image), Gaussian noise of ``--sigma``/255 (images in [0, 1], no clipping, seed
+``--seed``).  The
 model is learned by ``--method`` (``maid_sgd``: minibatches of ``--batch-size`` patches,
 each batch's hypergradient certified for that batch, a full-batch certified check of the
 returned theta; ``maid`` / ``maid_lbfgs``: full batch, every step certified) under the
@@ -60,6 +61,9 @@ def add_arguments(p):
     p.add_argument("--model", default="foe", choices=tuple(MODELS))
     p.add_argument("--sigma", type=float, default=25.0, help="noise level in /255 units")
     p.add_argument("--patches", type=int, default=None, help="training patches (400; quick 8)")
+    p.add_argument("--crops-per-image", type=int, default=1,
+                   help="random crops taken from each training image (1: one crop from each "
+                        "of the first --patches images)")
     p.add_argument("--patch-size", type=int, default=None, help="patch side (40; quick 16)")
     p.add_argument("--filters", type=int, default=None, help="FoE / ridge filters (8)")
     p.add_argument("--filter-size", type=int, default=None, help="FoE / ridge filter side (5)")
@@ -120,16 +124,20 @@ def spec(args):
 
 
 def training_pairs(args):
-    """(clean, noisy) patches (N, P, P) and where the images came from."""
+    """(clean, noisy) patches (N, P, P) and where the images came from: ``--crops-per-image``
+    random crops from each of the first ceil(N / crops) images, in image order."""
     folder = experiment.image_folder("train", args.data)
+    per = args.crops_per_image
     if folder:
-        clean = datasets.load_images(folder, n=args.patches, size=args.patch_size,
-                                     mode="crop", seed=args.seed)
+        n_images = -(-args.patches // per)
+        images = datasets.folder_images(folder, limit=n_images)
+        if len(images) < n_images:
+            raise SystemExit(f"--patches {args.patches} --crops-per-image {per} needs "
+                             f"{n_images} images; {folder} has {len(images)}")
     else:  # bundled images: as many crops as asked, cycling through the images
         images = datasets.skimage_images()
-        picks = [images[i % len(images)] for i in range(args.patches)]
-        clean = datasets.crop(picks, args.patch_size, seed=args.seed)
-    clean = clean.double()
+    picks = [images[(i // per) % len(images)] for i in range(args.patches)]
+    clean = datasets.crop(picks, args.patch_size, seed=args.seed).double()
     return clean, datasets.add_noise(clean, args.sigma / 255, args.seed), folder or "skimage"
 
 
@@ -157,6 +165,8 @@ def compute(args, folder):
     args.patch_size = args.patch_size or (16 if quick else 40)
     args.batch_size = args.batch_size or (4 if quick else 20)
     args.max_iter = args.max_iter or (3 if quick else 2000)
+    if args.crops_per_image < 1:
+        raise SystemExit(f"--crops-per-image must be >= 1, got {args.crops_per_image}")
     settings = dict(batch_size=args.batch_size) if args.method == "maid_sgd" else {}
     if args.alpha0 is not None:
         settings["alpha0"] = args.alpha0
@@ -187,7 +197,8 @@ def compute(args, folder):
     folder.write_json("theta.json", result.theta.detach().cpu().tolist())
     last = result.history[-1] if result.history else {}
     return dict(problem=problem_spec, model=args.model, sigma=args.sigma, source=source,
-                patches=int(clean.shape[0]), patch_size=args.patch_size, method=args.method,
+                patches=int(clean.shape[0]), crops_per_image=args.crops_per_image,
+                patch_size=args.patch_size, method=args.method,
                 settings=settings, status=result.status, message=result.message,
                 iterations=len(result.history), cost=last.get("cost"), init=args.init,
                 wake=args.wake,
