@@ -44,7 +44,8 @@ def add_arguments(p):
 def _patches(args):
     import train_denoiser
 
-    pick = argparse.Namespace(patches=args.patches, patch_size=40 if not args.quick else 16,
+    pick = argparse.Namespace(patches=args.patches, crops_per_image=1,
+                              patch_size=40 if not args.quick else 16,
                               seed=0, data=None, sigma=25.0)
     clean, noisy, _ = train_denoiser.training_pairs(pick)
     return clean, noisy
