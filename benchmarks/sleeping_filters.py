@@ -19,7 +19,6 @@ Writes results/benchmarks/sleeping_filters.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -44,10 +43,8 @@ def add_arguments(p):
 def _patches(args):
     import train_denoiser
 
-    pick = argparse.Namespace(patches=args.patches, crops_per_image=1,
-                              patch_size=40 if not args.quick else 16,
-                              seed=0, data=None, sigma=25.0)
-    clean, noisy, _ = train_denoiser.training_pairs(pick)
+    clean, noisy, _ = train_denoiser.training_pairs(args.patches, 16 if args.quick else 40,
+                                                    sigma=25.0)
     return clean, noisy
 
 

@@ -52,8 +52,8 @@ def embed(problem, source, theta, weight=0.1):
                          f"{s} (needs K' <= K, s' <= s, s - s' even)")
     if not (isinstance(weight, (int, float)) and 0 < weight <= 1):
         raise ValueError(f"embed: weight must be a fraction in (0, 1], got {weight!r}")
-    learned = source.params(theta)
-    norms = source.filters(theta).flatten(1).norm(dim=1)
+    learned = source.params(theta)  # filters as zero-mean rows (K', s'^2)
+    norms = learned.filters.norm(dim=1)
     if not bool((norms > 0).all()):
         raise ValueError("embed: a learned filter is zero; its smoothing has no scale")
     filters = problem.filters(problem.theta0.detach().to(torch.float64)).clone()
@@ -62,10 +62,9 @@ def embed(problem, source, theta, weight=0.1):
     # Zero padding keeps a zero-mean filter zero-mean, so the new problem's projection P
     # leaves the carried filters as they are.
     filters[:K0] = 0.0
-    filters[:K0, o:o + s0, o:o + s0] = source.filters(theta)
-    f64 = dict(dtype=torch.float64)
-    alpha = torch.full((K,), math.log(weight), **f64) + (learned.alpha * norms).log().mean()
-    nu = torch.full((K,), 1.0, **f64) * (learned.nu / norms).log().mean()
+    filters[:K0, o:o + s0, o:o + s0] = learned.filters.view(K0, s0, s0)
+    alpha = (math.log(weight) + (learned.alpha * norms).log().mean()).repeat(K)
+    nu = (learned.nu / norms).log().mean().repeat(K)
     alpha[:K0], nu[:K0] = learned.alpha.log(), learned.nu.log()
     scale = theta[:1]
     return torch.cat([scale, alpha - scale, nu, filters.flatten()]).to(problem.theta0)

@@ -123,22 +123,23 @@ def spec(args):
     return f"{name}[{inner}]" if inner else name
 
 
-def training_pairs(args):
-    """(clean, noisy) patches (N, P, P) and where the images came from: ``--crops-per-image``
-    random crops from each of the first ceil(N / crops) images, in image order."""
-    folder = experiment.image_folder("train", args.data)
-    per = args.crops_per_image
+def training_pairs(patches, patch_size, sigma, seed=0, data=None, crops_per_image=1):
+    """(clean, noisy) patches (N, P, P) and where the images came from: ``crops_per_image``
+    random crops from each of the first ceil(N / crops_per_image) images, in image order;
+    noise of ``sigma``/255."""
+    folder = experiment.image_folder("train", data)
+    per = crops_per_image
     if folder:
-        n_images = -(-args.patches // per)
+        n_images = -(-patches // per)
         images = datasets.folder_images(folder, limit=n_images)
         if len(images) < n_images:
-            raise SystemExit(f"--patches {args.patches} --crops-per-image {per} needs "
+            raise SystemExit(f"--patches {patches} --crops-per-image {per} needs "
                              f"{n_images} images; {folder} has {len(images)}")
     else:  # bundled images: as many crops as asked, cycling through the images
         images = datasets.skimage_images()
-    picks = [images[(i // per) % len(images)] for i in range(args.patches)]
-    clean = datasets.crop(picks, args.patch_size, seed=args.seed).double()
-    return clean, datasets.add_noise(clean, args.sigma / 255, args.seed), folder or "skimage"
+    picks = [images[(i // per) % len(images)] for i in range(patches)]
+    clean = datasets.crop(picks, patch_size, seed=seed).double()
+    return clean, datasets.add_noise(clean, sigma / 255, seed), folder or "skimage"
 
 
 def initial_theta(args, problem, problem_spec):
@@ -175,7 +176,8 @@ def compute(args, folder):
         bilevel.outer.make_method(args.method, **settings)  # a bad setting named now
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"--method {args.method} --set: {exc}") from None
-    clean, noisy, source = training_pairs(args)
+    clean, noisy, source = training_pairs(args.patches, args.patch_size, args.sigma, args.seed,
+                                          args.data, args.crops_per_image)
     problem_spec = spec(args)
     problem = registry.make_problem(problem_spec, images=clean, noisy=noisy,
                                     sigma=args.sigma / 255)

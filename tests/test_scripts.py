@@ -263,7 +263,6 @@ def test_train_denoiser_method_settings(tmp_path):
 def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
     """--init RUN_DIR --wake: the run starts at ridge_embedding.embed of the learned theta
     (the first row's upper value is g there), and the folder says where it started."""
-    import argparse
 
     from bilevel_problems.ridge_embedding import embed
 
@@ -281,8 +280,7 @@ def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
     start = embed(new.problem, learned.problem, learned.theta, wake=0.05)
     assert new.problem.slopes(start)[2].max() == pytest.approx(0.05)
     first = RunFolder(big).read_rows("data.csv")[0]
-    clean, noisy, _ = train.training_pairs(argparse.Namespace(
-        data=None, patches=8, seed=0, crops_per_image=1, patch_size=16, sigma=25.0))
+    clean, noisy, _ = train.training_pairs(8, 16, sigma=25.0)
     problem = bilevel.make_problem(meta["problem"], images=clean, noisy=noisy, sigma=25 / 255)
     g = {name: bilevel.hypergradient(problem, theta, 1e-8, 1e-8).upper_value
          for name, theta in (("start", start), ("theta0", problem.theta0))}
@@ -297,7 +295,6 @@ def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
 
 def test_train_denoiser_init_carries_a_field_of_experts_into_a_larger_bank(tmp_path):
     """--init for the FoE: the run starts at foe_embedding.embed (weight --wake)."""
-    import argparse
 
     from bilevel_problems.foe_embedding import embed
 
@@ -311,8 +308,7 @@ def test_train_denoiser_init_carries_a_field_of_experts_into_a_larger_bank(tmp_p
     learned, new = bilevel.load(small), bilevel.load(big)
     start = embed(new.problem, learned.problem, learned.theta, weight=0.3)
     first = RunFolder(big).read_rows("data.csv")[0]
-    clean, noisy, _ = train.training_pairs(argparse.Namespace(
-        data=None, patches=8, seed=0, crops_per_image=1, patch_size=16, sigma=25.0))
+    clean, noisy, _ = train.training_pairs(8, 16, sigma=25.0)
     problem = bilevel.make_problem(new.spec, images=clean, noisy=noisy, sigma=25 / 255)
     g, g0 = (bilevel.hypergradient(problem, theta, 1e-8, 1e-8).upper_value
              for theta in (start, problem.theta0))
@@ -382,20 +378,18 @@ def test_benchmark_replots_its_committed_results(tmp_path, monkeypatch, name, ex
 def test_train_denoiser_crops_per_image_takes_several_crops_of_each_image(tmp_path):
     """--crops-per-image C: patch i is a crop of image i // C (a window of it found by
     search), C different crops per image; C = 1 is the one-crop-per-image default."""
-    import argparse
 
     from bilevel_problems import datasets
 
     train = module("scripts", "train_denoiser")
-    kw = dict(data=None, seed=0, patch_size=16, sigma=25.0)
-    clean, noisy, _ = train.training_pairs(argparse.Namespace(patches=6, crops_per_image=3, **kw))
+    clean, _, _ = train.training_pairs(6, 16, sigma=25.0, crops_per_image=3)
     folder = bilevel.experiment.image_folder("train", None)  # BSD400 here, else bundled
     images = datasets.folder_images(folder, limit=2) if folder else datasets.skimage_images()
     for i, patch in enumerate(clean):
         windows = images[i // 3].double().unfold(0, 16, 1).unfold(1, 16, 1)
         assert float((windows - patch).abs().amax(dim=(-2, -1)).min()) < 1e-6
     assert not torch.equal(clean[0], clean[1])
-    one, _, _ = train.training_pairs(argparse.Namespace(patches=2, crops_per_image=1, **kw))
+    one, _, _ = train.training_pairs(2, 16, sigma=25.0)
     windows = images[1].double().unfold(0, 16, 1).unfold(1, 16, 1)
     assert float((windows - one[1]).abs().amax(dim=(-2, -1)).min()) < 1e-6
     with pytest.raises(SystemExit, match="crops-per-image"):
