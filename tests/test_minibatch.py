@@ -218,11 +218,56 @@ def test_adaptive_accuracy_certifies_each_batch_direction():
     assert all(r["error_bound"] <= 0.3 * r["grad_norm"] for r in result.history)
 
 
+def test_the_average_is_the_moving_average_and_the_final_check_picks_the_lower_bound():
+    p, beta, iterates = tv(8, size=12), 0.7, []
+    result = quiet_solve(p, "maid_sgd", batch_size=2, max_iter=10, average=beta,
+                         callback=lambda state, row: iterates.append(state.theta.clone()))
+    k = len(iterates)
+    weights = torch.tensor([beta ** (k - 1 - j) for j in range(k)], dtype=torch.float64)
+    average = (weights[:, None] * torch.stack(iterates)).sum(0) / weights.sum()
+    state = result.state
+    assert torch.allclose(state.theta_average, average, rtol=0, atol=1e-13)
+    assert state.average_weight == pytest.approx(1 - beta ** k, rel=1e-13)
+    check = state.final_check
+    assert set(check["candidates"]) == {"last iterate", "average"}
+    for name, theta in (("last iterate", state.theta), ("average", state.theta_average)):
+        bounds = check["candidates"][name]
+        assert bounds["certified"] and bounds["lower_bound"] <= loss(p, theta) \
+            <= bounds["upper_bound"]
+    best = min(check["candidates"], key=lambda n: check["candidates"][n]["upper_bound"])
+    assert check["theta"] == best
+    assert torch.equal(result.theta, state.theta_average if best == "average" else state.theta)
+    assert check["cost"] == sum(c["cost"] for c in check["candidates"].values())
+    assert f"theta is the {best}" in result.message
+
+
+def test_an_averaged_run_resumed_ends_with_the_same_choice(tmp_path):
+    path = tmp_path / "ck.pt"
+    kwargs = dict(batch_size=2, average=0.5)
+    full = quiet_solve(tv(5), "maid_sgd", max_iter=8, checkpoint_path=path, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+        again = bilevel.resume(tv(5), path, max_iter=8)  # finished: its check stands
+    part = tmp_path / "part.pt"
+    quiet_solve(tv(5), "maid_sgd", max_iter=5, checkpoint_path=part, checkpoint_every=2,
+                **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+        resumed = bilevel.resume(tv(5), part, max_iter=8)
+    for other in (again, resumed):
+        assert torch.equal(other.theta, full.theta)
+        assert torch.equal(other.state.theta_average, full.state.theta_average)
+        assert other.state.final_check["theta"] == full.state.final_check["theta"]
+
+
 def test_invalid_settings_are_refused():
     with pytest.raises(ValueError, match="batch_size"):
         bilevel.outer.make_method("maid_sgd", batch_size=0)
     with pytest.raises(ValueError, match="accuracy"):
         bilevel.outer.make_method("maid_sgd", accuracy="sometimes")
+    for beta in (1.0, -0.1, math.nan):
+        with pytest.raises(ValueError, match="average"):
+            bilevel.outer.make_method("maid_sgd", average=beta)
 
 
 DRIVER = """

@@ -24,6 +24,11 @@ decrease, concern the batch loss F_B, not F.  At the end (``final_check``),
 :func:`bilevel.solve` adds one full-batch certified hypergradient at the returned theta:
 certified bounds on F(theta) and ||grad F(theta)||, in the result's message and in
 ``state.final_check`` (its cost there too, outside the history and the budgets).
+
+Averaging (``average`` = beta > 0): the state also keeps the exponential moving average
+of the iterates, sum_j beta^(k-j) theta_j / sum_j beta^(k-j) (about the last
+1 / (1 - beta) iterates), which carries less of the last batches' noise than the last
+iterate; the final check (:mod:`bilevel.outer.final_check`) chooses between the two.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import torch
 from ..cost import Cost
 from ..hypergradient import certifiable_accuracy, hypergradient, upper_bounds
 from ..problem import NOT_SAMPLE_SEPARABLE, BilevelProblem
+from . import final_check as _final
 from .base import (
     AT_LEAST_ONE,
     NONNEGATIVE,
@@ -63,6 +69,8 @@ class MinibatchState(OuterState):
     work: float = 0.0  # cumulative lower + CG iterations weighted by batch / all samples
     final_check: dict | None = None
     restart_step: float | None = None  # the next search's first step after a too-long search
+    theta_average: torch.Tensor | None = None  # average > 0: the moving average of the iterates
+    average_weight: float = 0.0  # sum_j beta^(k-j) (1 - beta): the average's normaliser
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +105,9 @@ class MinibatchMAID:
         As MAID's: a trial over this many times stiffer (certified L / mu) than theta is
         backtracked unsolved, and a search that solved no trial goes on backtracking on the
         next batch without tightening the accuracy.
+    average : float
+        beta in [0, 1): keep the moving average of the iterates (module docstring) and let
+        the final check choose between it and the last iterate; 0 (default): no average.
 
     Rows hold the common columns (``upper_value``: the batch's g; ``error_bound``: its
     omega; ``step``, ``backtracks``, ``accepted``: the search's) and ``epoch`` (epochs
@@ -125,6 +136,7 @@ class MinibatchMAID:
     lower_max_iter: int = 10_000
     cg_max_iter: int = 10_000
     max_conditioning_growth: float = 100.0
+    average: float = 0.0
 
     def __post_init__(self):
         check_settings(
@@ -136,7 +148,8 @@ class MinibatchMAID:
             max_refinements=count(0), eps_min=POSITIVE, seed=count(0),
             final_check=one_of(True, False), lower_max_iter=count(1), cg_max_iter=count(1),
             max_conditioning_growth=(lambda v: v == math.inf or AT_LEAST_ONE[0](v),
-                                     "a number >= 1 or math.inf"))
+                                     "a number >= 1 or math.inf"),
+            average=(lambda v: NONNEGATIVE[0](v) and v < 1, "a number in [0, 1)"))
 
     # ------------------------------------------------------------------ batches
     def _layout(self, problem):
@@ -291,8 +304,20 @@ class MinibatchMAID:
                 row.update(step=alpha, accepted=True)
             else:  # a step into a degenerate point: reject it, halve the schedule
                 new = dataclasses.replace(new, alpha=0.5 * state.alpha)
-        new = dataclasses.replace(new, work=state.work + spent.total * total / n_all)
+        new = dataclasses.replace(new, work=state.work + spent.total * total / n_all,
+                                  **self._averaged(state, new.theta))
         return new, {**row, "epoch": epoch + position / n, "work": new.work, "spent": spent}
+
+    def _averaged(self, state, theta):
+        """The moving average's fields after iterate ``theta`` (none without ``average``)."""
+        if not self.average:
+            return {}
+        beta = self.average
+        weight = beta * state.average_weight + (1.0 - beta)
+        previous = theta if state.theta_average is None else state.theta_average
+        # s_k = beta s_(k-1) + (1 - beta) theta_k with s_k = weight_k average_k:
+        return dict(theta_average=previous + (1.0 - beta) / weight * (theta - previous),
+                    average_weight=weight)
 
     def _search(self, batch, state, row, spent, hg, index, first):
         """MAID's certified line search on the batch: every step, or the first one only
@@ -325,37 +350,11 @@ class MinibatchMAID:
     # ------------------------------------------------------------------ the end
     def finish(self, problem, result):
         """The final check (``final_check``): a full-batch certified hypergradient at
-        ``result.theta``; called by :func:`bilevel.solve` and :func:`bilevel.resume`
-        after the run (``run`` alone does not)."""
-        state = result.state
-        if not self.final_check or result.status == "interrupted" or state.final_check:
-            return result
-        _, n_all, b, world, _ = self._layout(problem)
-        # The batches' accuracy per sample: over all samples the norm is sqrt(N / B) larger.
-        scale = math.sqrt(n_all / (b * world))
-        try:
-            hg, _, _, _, spent = self._refined(problem, state.theta, scale * state.eps,
-                                               scale * state.delta, state.x, state.q,
-                                               state.smoothness, True, None)
-        except KeyboardInterrupt:  # the run itself is complete: keep it
-            return dataclasses.replace(result, message=f"{result.message}; the final check "
-                                       "was interrupted (KeyboardInterrupt)")
-        z_norm, omega = norm(hg.grad), hg.error_bound
-        low, high = upper_bounds(hg.upper_value, hg.upper_grad_norm, hg.lower.error_bound,
-                                 hg.constants.L_g, problem.upper_convex_in_x)
-        check = dict(upper_value=hg.upper_value, lower_bound=low, upper_bound=high,
-                     grad_norm=z_norm, error_bound=omega, certified=hg.certified,
-                     eps=hg.lower.error_bound, delta=hg.linear.residual_norm, samples=n_all,
-                     **spent.as_row())
-        kind = "certified" if hg.certified else "estimated (bound constants are estimates)"
-        message = (f"{result.message}; final check on all {n_all} samples ({kind}): F(theta) in "
-                   f"[{low:.6g}, {high:.6g}], ||grad F(theta)|| in [{max(z_norm - omega, 0):.3e}, "
-                   f"{z_norm + omega:.3e}] (||z|| = {z_norm:.3e}, omega = {omega:.3e}); it cost "
-                   f"{spent.total} lower + CG iterations, not in the history")
-        # The warm starts stay the run's own, so that a resumed run ends where an
-        # uninterrupted one would.
-        state = dataclasses.replace(state, final_check=check)
-        return dataclasses.replace(result, state=state, message=message)
+        ``result.theta`` (and at the moving average, with ``average``: the result's theta
+        is then the one with the lower certified upper bound on F); called by
+        :func:`bilevel.solve` and :func:`bilevel.resume` after the run (``run`` alone
+        does not).  :mod:`bilevel.outer.final_check`."""
+        return _final.finish(self, problem, result)
 
 
 def _matched(hg, decrease):
