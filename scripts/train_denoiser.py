@@ -35,6 +35,7 @@ import sys
 import textwrap
 
 import _figure
+import numpy as np
 import torch
 from bilevel_problems import datasets, foe_embedding, ridge_embedding
 
@@ -203,7 +204,7 @@ def compute(args, folder):
                 patch_size=args.patch_size, method=args.method,
                 settings=settings, status=result.status, message=result.message,
                 iterations=len(result.history), cost=last.get("cost"), init=args.init,
-                wake=args.wake,
+                wake=args.wake, final_check=getattr(result.state, "final_check", None),
                 train_psnr_start=datasets.quality(noisy, clean)["psnr"])
 
 
@@ -230,16 +231,71 @@ def summarise(folder):
 
 
 def plot(folder):
+    """training.png: the training loss against epochs (or iterations) and, for a model with
+    filters, the learned filters."""
     rows, meta = folder.read_rows("data.csv"), folder.read_meta()
+    model = bilevel.load(folder.path)
+    filtered = hasattr(model.problem, "filters")
     plt = _figure.pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.semilogx([r["cost"] for r in rows], [r["upper_value"] for r in rows], ".-", ms=3)
-    ax.set_xlabel("lower-level + CG iterations")
-    ax.set_ylabel("upper value (batch or full)")
-    title = textwrap.fill(f"{meta['problem']}, sigma {meta['sigma']:g}/255", 70)
-    ax.set_title(title, fontsize=8)
-    ax.grid(alpha=0.3, which="both")
+    fig, axes = plt.subplots(1, 2 if filtered else 1, figsize=(11 if filtered else 6, 4),
+                             squeeze=False, width_ratios=[3, 2] if filtered else None)
+    _plot_losses(axes[0, 0], rows, meta)
+    if filtered:
+        _plot_filters(axes[0, 1], model)
+    fig.suptitle(textwrap.fill(f"{meta['problem']}, sigma {meta['sigma']:g}/255", 90),
+                 fontsize=8)
     _figure.save(fig, folder / "training.png", dpi=110)
+
+
+def _plot_losses(ax, rows, meta):
+    """Batch losses faint, their mean over an epoch bold (minibatches say little one by
+    one), and the final check's certified brackets on F over all patches."""
+    epochs = bool(rows) and "epoch" in rows[0]
+    x = [r["epoch"] if epochs else r["iteration"] for r in rows]
+    y = np.array([r["upper_value"] for r in rows], dtype=float)
+    ax.plot(x, y, ".", ms=2, alpha=0.3, color="C0", label="batch loss" if epochs else "F")
+    per_epoch = max(1, round(meta["patches"] / meta["settings"].get("batch_size", 1)))
+    if epochs and len(y) >= per_epoch > 1:
+        mean = np.convolve(y, np.ones(per_epoch) / per_epoch, mode="valid")
+        ax.plot(x[per_epoch - 1:], mean, "-", color="C0", label="mean over the last epoch")
+    check = meta.get("final_check") or {}
+    for k, (name, c) in enumerate((check.get("candidates") or {"": check}).items()):
+        if "lower_bound" in c:
+            ax.errorbar([x[-1]], [0.5 * (c["lower_bound"] + c["upper_bound"])],
+                        yerr=[[0.5 * (c["upper_bound"] - c["lower_bound"])]] * 2,
+                        fmt="os"[k % 2], color=f"C{1 + k}", ms=6, capsize=4,
+                        label=f"certified F, all patches{', ' + name if name else ''}"
+                              + (" (returned)" if name and name == check.get("theta") else ""))
+    ax.set_xlabel("epochs" if epochs else "outer iterations")
+    ax.set_ylabel("training loss (mean 1/2 ||x - x_true||^2)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _plot_filters(ax, model):
+    """The learned filters tiled, each on its own grey scale (zero is mid-grey); a field of
+    experts' in order of strength alpha_k ||c_k|| (its potential's slope far out)."""
+    problem, theta = model.problem, model.theta
+    if hasattr(problem, "params") and hasattr(problem.params(theta), "alpha"):
+        p = problem.params(theta)
+        filters = p.filters
+        order = torch.argsort(p.alpha * filters.flatten(1).norm(dim=1), descending=True)
+    else:
+        filters = problem.filters(theta)
+        order = torch.argsort(filters.flatten(1).norm(dim=1), descending=True)
+    K = filters.shape[0]
+    s = math.isqrt(filters[0].numel())
+    filters = filters.reshape(K, s, s)
+    cols = math.ceil(math.sqrt(K * 1.5))
+    tiles = np.full((math.ceil(K / cols) * (s + 1) + 1, cols * (s + 1) + 1), np.nan)
+    for n, k in enumerate(order.tolist()):
+        f = filters[k].detach().cpu().numpy()
+        r, c = divmod(n, cols)
+        tiles[1 + r * (s + 1):(r + 1) * (s + 1), 1 + c * (s + 1):(c + 1) * (s + 1)] = \
+            f / max(abs(f).max(), 1e-300)
+    ax.imshow(tiles, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_title(f"learned filters ({K} of {s}x{s})", fontsize=8)
+    ax.axis("off")
 
 
 def main(argv=None):

@@ -166,6 +166,15 @@ def trained_model_loads(folder):
     assert model.name == "fields_of_experts" and model.theta.numel() == 1 + 2 * 8 + 8 * 25
     y = torch.rand(12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert model.denoise(y).shape == (12, 12)
+    # The final check's bracket holds F at the saved theta, solved tightly on the same patches.
+    meta = json.loads((Path(folder) / "meta.json").read_text())
+    clean, noisy, _ = module("scripts", "train_denoiser").training_pairs(
+        meta["patches"], meta["patch_size"], meta["sigma"])
+    problem = bilevel.registry.make_problem(meta["problem"], images=clean, noisy=noisy,
+                                            sigma=meta["sigma"] / 255)
+    x = problem.solve_lower(model.theta, 1e-11, max_iter=100_000).x
+    F, check = float(problem.upper_objective(x, model.theta)), meta["final_check"]
+    assert check["certified"] and check["lower_bound"] <= F <= check["upper_bound"]
 
 
 def runs_recorded(folder):
