@@ -253,7 +253,10 @@ def _plot_losses(ax, rows, meta):
     epochs = bool(rows) and "epoch" in rows[0]
     x = [r["epoch"] if epochs else r["iteration"] for r in rows]
     y = np.array([r["upper_value"] for r in rows], dtype=float)
-    ax.plot(x, y, ".", ms=2, alpha=0.3, color="C0", label="batch loss" if epochs else "F")
+    if epochs:
+        ax.plot(x, y, ".", ms=2, alpha=0.3, color="C0", label="batch loss")
+    else:
+        ax.plot(x, y, ".-", ms=3, color="C0", label="F (all patches)")
     per_epoch = max(1, round(meta["patches"] / meta["settings"].get("batch_size", 1)))
     if epochs and len(y) >= per_epoch > 1:
         mean = np.convolve(y, np.ones(per_epoch) / per_epoch, mode="valid")
