@@ -107,3 +107,36 @@ def test_merge_copies_learned_models_into_the_baseline_folder(bench, tmp_path):
     other.write_json("summary.json", [dict(entry, n_images=2)])
     with pytest.raises(SystemExit, match="no such entry"):
         bench.main(["--merge", str(other.path), "--out", str(base.path)])
+
+
+def test_example_figure_shows_the_evaluations_numbers(bench, images, tmp_path):
+    """bsd68_example denoises image i with noise seed i, as the evaluation does: its PSNR /
+    SSIM are the evaluation's rows for that image; TV at the evaluation's oracle weight."""
+    from skimage.io import imsave
+
+    example = module("benchmarks", "bsd68_example")
+    data = tmp_path / "bsd"
+    (data / "Set12").mkdir(parents=True)
+    for image, name in zip(*images, strict=True):
+        imsave(data / "Set12" / f"{name}.png", (image * 255).round().astype(np.uint8))
+    model = RunFolder(tmp_path / "tv", portable=False).open()  # a learned TV's run folder
+    model.write_text("theta.json", "[-2.6, -5.0]")
+    model.write_meta({"problem": "tv_denoising[source='not/here']"})
+    out = tmp_path / "out"
+    common = ["--data", str(data), "--set", "Set12", "--sigma", "25", "--no-bm3d",
+              "--out", str(out)]
+    bench.main([*common, "--model", f"learned TV={model.path}"])
+    rows = {r["model"]: r for r in RunFolder(out).read_rows("per_image.csv")
+            if r["image"] == "coins.png"}
+    png = example.main([*common, "--model", f"learned TV={model.path}", "--image", "coins.png",
+                        "--crop", "4,8,20"])
+    shown = json.loads(png.with_suffix(".json").read_text())
+    assert png.is_file() and shown["index"] == shown["noise_seed"] == 1
+    assert shown["tv_weight"] == json.loads((out / "summary.json").read_text())[0]["tv_weight"]
+    for name in ("noisy", bench.TV, "learned TV"):
+        assert shown["results"][name]["psnr"] == pytest.approx(rows[name]["psnr"], abs=1e-9)
+    assert shown["results"]["learned TV"]["ssim"] == pytest.approx(rows["learned TV"]["ssim"],
+                                                                   abs=1e-9)
+    for bad in (["--image", "lena.png"], ["--image", "7"], ["--crop", "30,40,20"]):
+        with pytest.raises(SystemExit, match="--image|--crop"):
+            example.main([*common, *bad])
