@@ -25,8 +25,11 @@ folder's cost and time are this run's only.  The run folder holds what ``bilevel
     model = bilevel.load("results/denoisers/foe_sigma25"); x = model.denoise(y)
 
 and ``python benchmarks/bsd68.py --model foe=results/denoisers/foe_sigma25`` evaluates it.
-Writes OUT/{data.csv (one row per outer iteration), theta.json, meta.json, checkpoint.pt,
-summary.md, training.png}.
+Writes OUT/{data.csv (one row per outer iteration), theta.json, meta.json (with the final
+check's certified bounds), checkpoint.pt, summary.md, training.png (the batch losses and
+their mean over an epoch, the final check's brackets, the learned filters)}.  With
+``--set average=0.99`` the final check also certifies the moving average of the iterates
+and theta.json holds whichever has the lower certified bound on F (bilevel.outer.final_check).
 """
 from __future__ import annotations
 
