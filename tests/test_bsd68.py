@@ -22,6 +22,20 @@ def images():
     return [image.numpy() for image in stack], ["camera", "coins"]
 
 
+def set12_and_a_model(images, tmp_path):
+    """(a data folder whose Set12/ holds ``images`` as PNGs, a learned TV's run folder)."""
+    from skimage.io import imsave
+
+    data = tmp_path / "bsd"
+    (data / "Set12").mkdir(parents=True)
+    for image, name in zip(*images, strict=True):
+        imsave(data / "Set12" / f"{name}.png", (image * 255).round().astype(np.uint8))
+    model = RunFolder(tmp_path / "tv", portable=False).open()
+    model.write_text("theta.json", "[-2.6, -5.0]")
+    model.write_meta({"problem": "tv_denoising[source='not/here']"})
+    return data, model
+
+
 def test_tv_oracle_and_fixed_noise(bench, images):
     weights = (0.02, 0.05, 0.1, 0.2)
     summary, rows, grid = bench.evaluate(*images, SIGMA, {}, weights=weights,
@@ -58,15 +72,7 @@ def test_models_and_bm3d(bench, images):
 
 
 def test_main_writes_the_folder(bench, images, tmp_path, capsys):
-    from skimage.io import imsave
-
-    data = tmp_path / "bsd"
-    (data / "Set12").mkdir(parents=True)
-    for image, name in zip(*images, strict=True):
-        imsave(data / "Set12" / f"{name}.png", (image * 255).round().astype(np.uint8))
-    model = RunFolder(tmp_path / "tv", portable=False).open()  # a learned TV's run folder
-    model.write_text("theta.json", "[-2.6, -5.0]")
-    model.write_meta({"problem": "tv_denoising[source='not/here']"})
+    data, model = set12_and_a_model(images, tmp_path)
     out = tmp_path / "out"
     bench.main(["--data", str(data), "--set", "Set12", "--sigma", "25", "--no-bm3d",
                 "--model", f"learned TV={model.path}", "--out", str(out)])
@@ -112,16 +118,8 @@ def test_merge_copies_learned_models_into_the_baseline_folder(bench, tmp_path):
 def test_example_figure_shows_the_evaluations_numbers(bench, images, tmp_path):
     """bsd68_example denoises image i with noise seed i, as the evaluation does: its PSNR /
     SSIM are the evaluation's rows for that image; TV at the evaluation's oracle weight."""
-    from skimage.io import imsave
-
     example = module("benchmarks", "bsd68_example")
-    data = tmp_path / "bsd"
-    (data / "Set12").mkdir(parents=True)
-    for image, name in zip(*images, strict=True):
-        imsave(data / "Set12" / f"{name}.png", (image * 255).round().astype(np.uint8))
-    model = RunFolder(tmp_path / "tv", portable=False).open()  # a learned TV's run folder
-    model.write_text("theta.json", "[-2.6, -5.0]")
-    model.write_meta({"problem": "tv_denoising[source='not/here']"})
+    data, model = set12_and_a_model(images, tmp_path)
     out = tmp_path / "out"
     common = ["--data", str(data), "--set", "Set12", "--sigma", "25", "--no-bm3d",
               "--out", str(out)]
