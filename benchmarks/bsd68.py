@@ -75,6 +75,14 @@ def _metrics(x, clean):
             float(structural_similarity(clean, x, data_range=1.0)))
 
 
+def denoised(denoise, y, clean):
+    """(output, PSNR, SSIM, seconds) of ``denoise`` on ``y``, the noisy ``clean``."""
+    start = time.perf_counter()
+    x = np.asarray(denoise(y), dtype=np.float64)
+    seconds = time.perf_counter() - start
+    return (x, *_metrics(x, clean), seconds)
+
+
 def bm3d_denoiser(sigma):
     """BM3D at noise level ``sigma``, or None (and a message) without the bm3d package."""
     try:
@@ -119,10 +127,7 @@ def evaluate(images, names, sigma, denoisers, weights=TV_WEIGHTS, progress=print
             grid[i, k] = (*_metrics(x, clean), time.perf_counter() - start)
         line = [f"noisy {rows[-1]['psnr']:.2f}", f"TV best {grid[i, :, 0].max():.2f}"]
         for model, denoise in denoisers.items():
-            start = time.perf_counter()
-            x = np.asarray(denoise(y), dtype=np.float64)
-            seconds = time.perf_counter() - start
-            psnr, ssim = _metrics(x, clean)
+            _, psnr, ssim, seconds = denoised(denoise, y, clean)
             rows.append(dict(image=name, model=model, psnr=psnr, ssim=ssim, seconds=seconds))
             line.append(f"{model} {psnr:.2f} ({seconds:.1f} s)")
         progress(f"  {i + 1}/{n} {name}: " + ", ".join(line) + " dB")

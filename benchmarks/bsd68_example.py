@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +43,8 @@ def denoise_all(clean, index, sigma, denoisers, tv_weight=None):
             denoise_tv_chambolle(y, weight=w), clean)[0])
     out = {"clean": (clean, np.inf, 1.0, 0.0), "noisy": (y, *bsd68._metrics(y, clean), 0.0)}
     models = {bsd68.TV: lambda v: denoise_tv_chambolle(v, weight=tv_weight), **denoisers}
-    for name, denoise in models.items():
-        if denoise is None:
-            continue
-        start = time.perf_counter()
-        x = np.asarray(denoise(y), dtype=np.float64)
-        out[name] = (x, *bsd68._metrics(x, clean), time.perf_counter() - start)
+    out.update({name: bsd68.denoised(denoise, y, clean)
+                for name, denoise in models.items() if denoise is not None})
     return out, tv_weight
 
 

@@ -281,14 +281,11 @@ def _plot_losses(ax, rows, meta):
 def _plot_filters(ax, model):
     """The learned filters tiled, each on its own grey scale (zero is mid-grey); a field of
     experts' in order of strength alpha_k ||c_k|| (its potential's slope far out)."""
-    problem, theta = model.problem, model.theta
-    if hasattr(problem, "params") and hasattr(problem.params(theta), "alpha"):
-        p = problem.params(theta)
-        filters = p.filters
-        order = torch.argsort(p.alpha * filters.flatten(1).norm(dim=1), descending=True)
-    else:
-        filters = problem.filters(theta)
-        order = torch.argsort(filters.flatten(1).norm(dim=1), descending=True)
+    filters = model.problem.filters(model.theta)
+    strength = filters.flatten(1).norm(dim=1)
+    if model.name == "fields_of_experts":
+        strength = strength * model.problem.params(model.theta).alpha
+    order = torch.argsort(strength, descending=True)
     K = filters.shape[0]
     s = math.isqrt(filters[0].numel())
     filters = filters.reshape(K, s, s)

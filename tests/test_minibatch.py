@@ -227,7 +227,6 @@ def test_the_average_is_the_moving_average_and_the_final_check_picks_the_lower_b
     average = (weights[:, None] * torch.stack(iterates)).sum(0) / weights.sum()
     state = result.state
     assert torch.allclose(state.theta_average, average, rtol=0, atol=1e-13)
-    assert state.average_weight == pytest.approx(1 - beta ** k, rel=1e-13)
     check = state.final_check
     assert set(check["candidates"]) == {"last iterate", "average"}
     for name, theta in (("last iterate", state.theta), ("average", state.theta_average)):

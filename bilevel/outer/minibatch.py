@@ -70,7 +70,6 @@ class MinibatchState(OuterState):
     final_check: dict | None = None
     restart_step: float | None = None  # the next search's first step after a too-long search
     theta_average: torch.Tensor | None = None  # average > 0: the moving average of the iterates
-    average_weight: float = 0.0  # sum_j beta^(k-j) (1 - beta): the average's normaliser
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,12 +311,11 @@ class MinibatchMAID:
         """The moving average's fields after iterate ``theta`` (none without ``average``)."""
         if not self.average:
             return {}
-        beta = self.average
-        weight = beta * state.average_weight + (1.0 - beta)
+        beta, k = self.average, state.iteration + 1
         previous = theta if state.theta_average is None else state.theta_average
-        # s_k = beta s_(k-1) + (1 - beta) theta_k with s_k = weight_k average_k:
-        return dict(theta_average=previous + (1.0 - beta) / weight * (theta - previous),
-                    average_weight=weight)
+        # s_k = beta s_(k-1) + (1 - beta) theta_k = w_k average_k, w_k = 1 - beta^k (the
+        # setting is fixed for a run, resumed ones included, so k counts every iterate):
+        return dict(theta_average=previous + (1.0 - beta) / (1.0 - beta ** k) * (theta - previous))
 
     def _search(self, batch, state, row, spent, hg, index, first):
         """MAID's certified line search on the batch: every step, or the first one only
