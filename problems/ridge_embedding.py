@@ -89,3 +89,55 @@ def embed(problem, source, theta, wake=None, init_width=0.06):
     except ValueError as exc:  # more or larger filters raise Lambda and lift the floor
         raise ValueError(f"embed: the new bank's {exc}") from None
     return torch.cat([theta[:1], filters.flatten(), q.flatten()]).to(problem.theta0)
+
+
+def from_fields_of_experts(problem, source, theta, peak=0.9, floor=1e-7):
+    r"""theta for a (weakly) convex ridge ``problem`` holding a learned field of experts.
+
+    The expert alpha_k phi_{nu_k}(c_k^T x), phi_nu(t) = sqrt(t^2 + nu^2), is, on the unit filter
+    u_k = c_k / ||c_k||, the potential a_k phi_{n_k}(u_k^T x) with a_k = alpha_k ||c_k|| and
+    n_k = nu_k / ||c_k|| (the expert's kink in unit-filter units).  So filter k of the ridge is
+    u_k (centred, zero-padded into the ridge's side s), and its slopes are those of the linear
+    spline that interpolates psi_k' = a_k phi_{n_k}' / alpha at the knots:
+
+        s_kj = a_k (phi_{n_k}'(t_(j+1)) - phi_{n_k}'(t_j)) / (alpha T),
+
+    the mean of psi_k'' over interval j; the ridge then smooths that spline over one knot
+    spacing T (:func:`bilevel.nn.splines.potential_tables`), so the carried kink is about
+    T wide where the expert's is n_k, and beyond x_range the potential continues with its end
+    slope.  alpha puts the steepest slope at ``peak`` s_max.  Slopes below ``floor`` s_max
+    are raised to it (sigmoid(q) must stay inside (0, 1)); every raised slope adds curvature
+    to a tail that the expert keeps flat.
+
+    Measured on ``foe24x5c5_sigma25`` (n_k 0.0007 to 0.003) and BSD68 test045 at sigma 25
+    (FoE 31.615 dB): x_range 0.6, 201 knots (T = 0.006) 31.239 dB; T = 0.002 31.562; x_range
+    0.3, 601 knots (T = 0.001) 31.602, each with floor 1e-7; with floor 1e-4 and T = 0.006
+    test046 loses 0.037 dB where floor 1e-7 loses 0.003.  The learned kinks are that sharp,
+    and the ridge solves as stiffly: 17 s (T = 0.006) to 65 s (T = 0.001) for the image
+    where the FoE takes 7 s (one thread).
+    """
+    (K0, s0), (K, s) = (source.K, source.s), (problem.K, problem.s)
+    if K0 > K or s0 > s or (s - s0) % 2:
+        raise ValueError(f"from_fields_of_experts: {K0} filters of side {s0} do not fit "
+                         f"centred in {K} of side {s} (needs K' <= K, s' <= s, s - s' even)")
+    if not (0 < peak < 1 and 0 < floor < peak):
+        raise ValueError(f"from_fields_of_experts: needs 0 < floor < peak < 1, got "
+                         f"peak={peak!r}, floor={floor!r}")
+    theta = torch.as_tensor(theta, dtype=torch.float64)
+    experts = source.params(theta)
+    norms = experts.filters.norm(dim=1)
+    a, n = experts.alpha * norms, experts.nu / norms
+    grid = knots(problem.num_knots, problem.x_range)
+    derivative = grid / torch.sqrt(grid ** 2 + n[:, None] ** 2)  # phi_{n_k}'(t_j)
+    raw = a[:, None] * derivative.diff(dim=1) / problem.T  # alpha * slopes
+    alpha = raw.max() / (peak * problem.s_max)
+    start = problem.theta0.detach().to(torch.float64)
+    filters = problem.filters(start).clone()
+    filters = filters / filters.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
+    o = (s - s0) // 2
+    filters[:K0] = 0.0
+    filters[:K0, o:o + s0, o:o + s0] = (experts.filters / norms[:, None]).view(K0, s0, s0)
+    slopes = torch.full((K, problem.M), floor * problem.s_max, dtype=torch.float64)
+    slopes[:K0] = torch.clamp(raw / alpha, min=floor * problem.s_max)
+    q = torch.logit(problem.slope_fractions(alpha, filters.flatten(1), slopes))
+    return torch.cat([alpha.log().view(1), filters.flatten(), q.flatten()]).to(problem.theta0)

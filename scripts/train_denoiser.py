@@ -2,7 +2,8 @@
 
     python scripts/train_denoiser.py --model tv|foe|ridge|wcrr --sigma 25
         [--patches 400] [--patch-size 40] [--method maid_sgd] [--batch-size 20]
-        [--border B] [--start dct|tv] [--tv-weight W] [--alpha0 A] [--max-iter 2000]
+        [--border B] [--start dct|tv] [--tv-weight W] [--knots N] [--x-range R] [--rho RHO]
+        [--alpha0 A] [--max-iter 2000]
         [--max-time 7200] [--set KEY=VALUE ...] [--init RUN_DIR [--wake F]]
         [--out results/denoisers/MODEL_sigmaS] [--quick]
 
@@ -17,8 +18,10 @@ budgets given.  A checkpoint is written every ``--checkpoint-every`` iterations 
 OUT/checkpoint.pt; the same command with ``--resume`` goes on from it (budgets count from
 the start of the run).  ``--init RUN_DIR`` starts from a learned model instead of the
 problem's start: the same model, or a field of experts or (weakly) convex ridge carried into
-a larger bank, ``--wake`` switching on a ridge's sleeping filters or setting the new FoE
-filters' weight (bilevel_problems.ridge_embedding, foe_embedding); the
+a larger bank, or a field of experts carried into a ridge (its experts as spline potentials:
+``ridge_embedding.from_fields_of_experts``, which needs a grid ``--knots`` / ``--x-range`` as
+fine as the learned kinks), ``--wake`` switching on a ridge's sleeping filters or setting the
+new FoE filters' weight (bilevel_problems.ridge_embedding, foe_embedding); the
 folder's cost and time are this run's only.  The run folder holds what ``bilevel.load(OUT)`` needs
 (meta.json's ``problem`` spec and theta.json), so that
 
@@ -41,6 +44,7 @@ import _figure
 import numpy as np
 import torch
 from bilevel_problems import datasets, foe_embedding, ridge_embedding
+from bilevel_problems.fields_of_experts import FieldsOfExperts
 
 import bilevel
 from bilevel import experiment, registry
@@ -73,7 +77,7 @@ def add_arguments(p):
     p.add_argument("--filter-size", type=int, default=None, help="FoE / ridge filter side (5)")
     p.add_argument("--method", default="maid_sgd", help="maid_sgd, maid, maid_lbfgs")
     p.add_argument("--batch-size", type=int, default=None, help="maid_sgd batch (20; quick 4)")
-    p.add_argument("--border", type=int, default=0,
+    p.add_argument("--border", type=int, default=None,
                    help="foe / ridge / wcrr: train on patches mirrored by this many pixels, "
                         "the loss on the crop (filter size - 1 is what denoise uses; default 0)")
     p.add_argument("--start", default=None, choices=("dct", "tv"),
@@ -81,6 +85,12 @@ def add_arguments(p):
     p.add_argument("--tv-weight", type=float, default=None,
                    help="--start tv: TV's weight at the start (default 0.07 sigma / 25, TV's "
                         "best weight scaling with the noise level)")
+    p.add_argument("--knots", type=int, default=None,
+                   help="ridge / wcrr: knots of the spline potentials, odd (21)")
+    p.add_argument("--x-range", type=float, default=None,
+                   help="ridge / wcrr: the splines' grid [-R, R] in filter-response units (0.3)")
+    p.add_argument("--rho", type=float, default=None,
+                   help="wcrr: the weak-convexity budget, mu = 1 - rho (0.5)")
     p.add_argument("--alpha0", type=float, default=None,
                    help="first trial step (default: HOAG's sqrt(dim theta)/||z0||, which can be "
                         "far too long for filters: every first search then fails)")
@@ -112,10 +122,14 @@ def spec(args):
     if args.filter_size and "filter_size" in structure:
         structure["filter_size"] = args.filter_size
     for key, value, models in (("border", args.border, ("foe", "ridge", "wcrr")),
-                               ("start", args.start, ("ridge", "wcrr"))):
-        if value:
+                               ("start", args.start, ("ridge", "wcrr")),
+                               ("num_knots", args.knots, ("ridge", "wcrr")),
+                               ("x_range", args.x_range, ("ridge", "wcrr")),
+                               ("rho", args.rho, ("wcrr",))):
+        if value is not None and not (key == "border" and value == 0):  # 0: the default
             if args.model not in models:
-                raise SystemExit(f"--{key} is for --model {' / '.join(models)}")
+                flag = dict(num_knots="knots", x_range="x-range").get(key, key)
+                raise SystemExit(f"--{flag} is for --model {' / '.join(models)}")
             structure[key] = value
     if args.tv_weight is not None and args.start != "tv":
         raise SystemExit("--tv-weight is for --start tv")
@@ -159,6 +173,10 @@ def initial_theta(args, problem, problem_spec):
         if args.model == "foe":
             weight = {} if args.wake is None else dict(weight=args.wake)
             return foe_embedding.embed(problem, source.problem, source.theta, **weight)
+        if isinstance(source.problem, FieldsOfExperts):
+            if args.wake is not None:
+                raise SystemExit("--wake is for a ridge or FoE source, not a FoE into a ridge")
+            return ridge_embedding.from_fields_of_experts(problem, source.problem, source.theta)
         return ridge_embedding.embed(problem, source.problem, source.theta, wake=args.wake)
     except (OSError, TypeError, ValueError, bilevel.CorruptRunError) as exc:
         raise SystemExit(f"--init {args.init}: {exc}") from None

@@ -259,6 +259,79 @@ def test_an_averaged_run_resumed_ends_with_the_same_choice(tmp_path):
         assert other.state.final_check["theta"] == full.state.final_check["theta"]
 
 
+def _recorded_directions(monkeypatch, problem, **settings):
+    """A preconditioned run with, per iteration, its theta after the step, its second
+    moment and its z (the last batch hypergradient computed before the callback)."""
+    grads, rows = [], []
+    solver = minibatch.hypergradient
+
+    def recorded(*args, **kwargs):
+        out = solver(*args, **kwargs)
+        grads.append(out.grad.clone())
+        return out
+
+    monkeypatch.setattr(minibatch, "hypergradient", recorded)
+    result = quiet_solve(problem, "maid_sgd", precondition="rmsprop", final_check=False,
+                         callback=lambda state, row: rows.append(
+                             (state.theta.clone(), state.second_moment.clone(), grads[-1], row)),
+                         **settings)
+    return result, rows
+
+
+def test_rmsprop_steps_along_the_scaled_hypergradient(monkeypatch):
+    p = FieldsOfExperts(n_images=4, size=8, num_filters=2, filter_size=3)
+    beta, eps = 0.6, 1e-3
+    result, rows = _recorded_directions(monkeypatch, p, batch_size=2, max_iter=8,
+                                        precondition_beta=beta, precondition_eps=eps)
+    zs = torch.stack([z for _, _, z, _ in rows])
+    theta = p.initial_theta()
+    for k, (after, v, z, row) in enumerate(rows):
+        weights = torch.tensor([beta ** (k - j) for j in range(k + 1)], dtype=torch.float64)
+        explicit = (weights[:, None] * zs[:k + 1] ** 2).sum(0) / weights.sum()
+        assert torch.allclose(v, explicit, rtol=1e-12, atol=0)
+        d = z / (v.sqrt() + eps * v.sqrt().max())
+        step = row["step"] if row["accepted"] else 0.0
+        assert torch.allclose(after, theta - step * d, rtol=0, atol=1e-13)
+        theta = after
+    assert sum(r["accepted"] for *_, r in rows) >= 6
+    # The scaling is not the identity: filter taps and log-weights get steps of other
+    # proportions than z's.
+    scale = ((rows[-1][0] - rows[-2][0]) / rows[-1][2]).abs()
+    assert float(scale.max() / scale.min()) > 2 or not rows[-1][3]["accepted"]
+
+
+def test_rmsprop_full_batch_steps_decrease_the_loss_as_certified(monkeypatch):
+    p = FieldsOfExperts(n_images=3, size=8, num_filters=2, filter_size=3)
+    result, rows = _recorded_directions(monkeypatch, p, batch_size=3, max_iter=6,
+                                        accuracy="adaptive", rel_error=0.4)
+    F, theta = loss(p, p.initial_theta()), p.initial_theta()
+    for after, v, z, row in rows:
+        d = z / (v.sqrt() + 1e-3 * v.sqrt().max())
+        slope = float(z @ d)
+        # adaptive: every direction certified as a descent direction of the P-scaled step
+        assert row["error_bound"] <= 0.4 * slope / float(d.norm()) + 1e-15
+        if row["accepted"]:  # the search's proof: F fell by lam alpha <z, d> at least
+            F_after = loss(p, after)
+            assert F_after <= F - 0.1 * row["step"] * slope + 1e-10
+            F = F_after
+        theta = after
+    assert F < loss(p, p.initial_theta())
+    assert torch.equal(theta, result.theta)
+
+
+def test_a_preconditioned_run_resumed_reproduces_the_run(tmp_path):
+    kwargs = dict(batch_size=2, precondition="rmsprop", final_check=False)
+    full = quiet_solve(tv(5), "maid_sgd", max_iter=8, **kwargs)
+    path = tmp_path / "ck.pt"
+    quiet_solve(tv(5), "maid_sgd", max_iter=5, checkpoint_path=path, checkpoint_every=2,
+                **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+        resumed = bilevel.resume(tv(5), path, max_iter=8)
+    assert torch.equal(resumed.theta, full.theta)
+    assert torch.equal(resumed.state.second_moment, full.state.second_moment)
+
+
 def test_invalid_settings_are_refused():
     with pytest.raises(ValueError, match="batch_size"):
         bilevel.outer.make_method("maid_sgd", batch_size=0)
@@ -267,6 +340,14 @@ def test_invalid_settings_are_refused():
     for beta in (1.0, -0.1, math.nan):
         with pytest.raises(ValueError, match="average"):
             bilevel.outer.make_method("maid_sgd", average=beta)
+    with pytest.raises(ValueError, match="precondition"):
+        bilevel.outer.make_method("maid_sgd", precondition="adam")
+    for beta in (1.0, -0.1, math.nan):
+        with pytest.raises(ValueError, match="precondition_beta"):
+            bilevel.outer.make_method("maid_sgd", precondition_beta=beta)
+    for eps in (0.0, -1.0, math.inf):
+        with pytest.raises(ValueError, match="precondition_eps"):
+            bilevel.outer.make_method("maid_sgd", precondition_eps=eps)
 
 
 DRIVER = """

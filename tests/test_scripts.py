@@ -325,6 +325,39 @@ def test_train_denoiser_init_carries_a_field_of_experts_into_a_larger_bank(tmp_p
     assert abs(g0 - g) > 2 * first["eps"]
 
 
+def test_train_denoiser_init_carries_a_field_of_experts_into_a_ridge(tmp_path):
+    """--init FOE_RUN --model wcrr: the run starts at ridge_embedding.from_fields_of_experts
+    on the grid of --knots / --x-range, with --rho; those flags belong to the ridges."""
+    import argparse
+
+    from bilevel_problems.ridge_embedding import from_fields_of_experts
+
+    train = module("scripts", "train_denoiser")
+    foe, wcrr = tmp_path / "foe", tmp_path / "wcrr"
+    common = ["--quick", "--no-plot", "--max-iter", "1", "--filters", "2", "--filter-size", "3"]
+    train.main(common + ["--model", "foe", "--alpha0", "0.1", "--method", "maid",
+                         "--out", str(foe)])
+    train.main(common + ["--model", "wcrr", "--knots", "41", "--x-range", "0.5", "--rho", "0.3",
+                         "--alpha0", "0.01", "--method", "maid", "--init", str(foe),
+                         "--out", str(wcrr)])
+    learned, new = bilevel.load(foe), bilevel.load(wcrr)
+    assert (new.problem.num_knots, new.problem.x_range, new.problem.rho) == (41, 0.5, 0.3)
+    start = from_fields_of_experts(new.problem, learned.problem, learned.theta)
+    first = RunFolder(wcrr).read_rows("data.csv")[0]
+    clean, noisy, _ = train.training_pairs(8, 16, sigma=25.0)
+    problem = bilevel.make_problem(new.spec, images=clean, noisy=noisy, sigma=25 / 255)
+    g = bilevel.hypergradient(problem, start, 1e-8, 1e-8).upper_value
+    assert first["upper_value"] == pytest.approx(g, abs=first["eps"])
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    for flags, name in ((["--rho", "0.5"], "--rho"), (["--knots", "41"], "--knots"),
+                        (["--x-range", "0.5"], "--x-range")):
+        with pytest.raises(SystemExit, match=f"{name} is for"):
+            train.spec(parser.parse_args(["--model", "foe"] + flags))
+    spec = train.spec(parser.parse_args(["--model", "wcrr", "--rho", "0"]))
+    assert "rho=0.0" in spec  # 0 is a value, not "unset"
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_script_quick_then_replot(tmp_path, monkeypatch, name):
     module("scripts", name).main(["--quick", "--out", str(tmp_path)])

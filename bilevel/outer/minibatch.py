@@ -29,6 +29,15 @@ Averaging (``average`` = beta > 0): the state also keeps the exponential moving 
 of the iterates, sum_j beta^(k-j) theta_j / sum_j beta^(k-j) (about the last
 1 / (1 - beta) iterates), which carries less of the last batches' noise than the last
 iterate; the final check (:mod:`bilevel.outer.final_check`) chooses between the two.
+
+Diagonal scaling (``precondition="rmsprop"``): the steps go along d = P z_B instead of z_B,
+P = diag(1 / (sqrt(v) + eps max sqrt(v))) with v the moving average of the squared batch
+hypergradients (beta ``precondition_beta``, normalised as the iterate average): parameters
+of very different scales (a log-weight, a filter tap) each get a step of their own size.  P
+is positive, so d is a descent direction of F_B wherever omega <= rel_error <z_B, d> /
+||d|| (then <grad F_B, d> >= (1 - rel_error) <z_B, d> > 0): that is the certified
+direction's test here, and the search proves F_B(theta - alpha d) <= F_B(theta) - lam alpha
+<z_B, d> as for any direction (docs/certificates.md, section 8).
 """
 from __future__ import annotations
 
@@ -70,6 +79,7 @@ class MinibatchState(OuterState):
     final_check: dict | None = None
     restart_step: float | None = None  # the next search's first step after a too-long search
     theta_average: torch.Tensor | None = None  # average > 0: the moving average of the iterates
+    second_moment: torch.Tensor | None = None  # precondition: the moving average of z_B^2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +117,13 @@ class MinibatchMAID:
     average : float
         beta in [0, 1): keep the moving average of the iterates (module docstring) and let
         the final check choose between it and the last iterate; 0 (default): no average.
+    precondition : {'none', 'rmsprop'}
+        Step along z_B (default) or along the diagonally scaled P z_B (module docstring).
+    precondition_beta : float
+        beta in [0, 1) of the squared hypergradients' moving average (default 0.99).
+    precondition_eps : float
+        P's floor, relative to the largest sqrt(v) (default 1e-3): no entry of P exceeds
+        1 / (eps max sqrt(v)), so coordinates whose hypergradient has been zero move too.
 
     Rows hold the common columns (``upper_value``: the batch's g; ``error_bound``: its
     omega; ``step``, ``backtracks``, ``accepted``: the search's) and ``epoch`` (epochs
@@ -136,6 +153,9 @@ class MinibatchMAID:
     cg_max_iter: int = 10_000
     max_conditioning_growth: float = 100.0
     average: float = 0.0
+    precondition: str = "none"
+    precondition_beta: float = 0.99
+    precondition_eps: float = 1e-3
 
     def __post_init__(self):
         check_settings(
@@ -148,7 +168,10 @@ class MinibatchMAID:
             final_check=one_of(True, False), lower_max_iter=count(1), cg_max_iter=count(1),
             max_conditioning_growth=(lambda v: v == math.inf or AT_LEAST_ONE[0](v),
                                      "a number >= 1 or math.inf"),
-            average=(lambda v: NONNEGATIVE[0](v) and v < 1, "a number in [0, 1)"))
+            average=(lambda v: NONNEGATIVE[0](v) and v < 1, "a number in [0, 1)"),
+            precondition=one_of("none", "rmsprop"),
+            precondition_beta=(lambda v: NONNEGATIVE[0](v) and v < 1, "a number in [0, 1)"),
+            precondition_eps=POSITIVE)
 
     # ------------------------------------------------------------------ batches
     def _layout(self, problem):
@@ -211,22 +234,23 @@ class MinibatchMAID:
                 out.append(max(requested, min(requested * relax, loosest)))
         return tuple(out)
 
-    def _first_step(self, state, z):
-        """The line search's first trial: alpha0 (None: HOAG's sqrt(dim theta) / ||z||)
-        at the start, else ``growth`` times the last accepted step; None where no
-        search runs."""
+    def _first_step(self, state, d):
+        """The line search's first trial along direction ``d``: alpha0 (None: HOAG's
+        sqrt(dim theta) / ||d||) at the start, else ``growth`` times the last accepted
+        step; None where no search runs."""
         if self.step == "schedule" and not math.isnan(state.alpha):
             return None
         if state.restart_step is not None:
             return state.restart_step
         if math.isnan(state.alpha):
-            return math.sqrt(z.numel()) / norm(z)
+            return math.sqrt(d.numel()) / norm(d)
         return state.alpha if state.iteration == 0 else self.growth * state.alpha
 
-    def _refined(self, problem, theta, eps, delta, x0, q0, L, certify, first):
-        """The hypergradient, refined until the direction is certified (omega <= rel_error
-        ||z||, if ``certify``) and, before a search (``first(z)``: its first step), g well
-        enough for the first trial's decrease to show (MAID's 'matched' accuracy):
+    def _refined(self, problem, theta, eps, delta, x0, q0, L, certify, first, direction=None):
+        """The hypergradient, refined until the step's direction d = ``direction(z)``
+        (default z) is certified (omega <= rel_error <z, d> / ||d||, if ``certify``) and,
+        before a search (``first(d)``: its first step), g well enough for the first
+        trial's decrease to show (MAID's 'matched' accuracy):
         (hg, eps, delta, refinements, spent)."""
         spent, refinements = Cost(), 0
         for refinements in range(self.max_refinements + 1):  # noqa: B007 - returned
@@ -237,15 +261,17 @@ class MinibatchMAID:
             z_norm, omega = norm(hg.grad), hg.error_bound
             if not finite(z_norm, omega):
                 break
-            target = self.rel_error * z_norm
+            d = hg.grad if direction is None else direction(hg.grad)
+            slope = float(torch.dot(hg.grad.flatten(), d.flatten()))
+            target = self.rel_error * (slope / norm(d) if z_norm > 0 else 0.0)
             floor = max(self.eps_min, certifiable_accuracy(problem, theta, hg.lower.x))
             need = math.inf if first is None or z_norm == 0 else \
-                _matched(hg, first(hg.grad) * z_norm ** 2)
-            direction = not certify or omega <= target
-            if (direction and hg.lower.error_bound <= need) or eps <= floor \
+                _matched(hg, first(d) * slope)
+            descent = not certify or omega <= target
+            if (descent and hg.lower.error_bound <= need) or eps <= floor \
                     or not (hg.lower.converged and hg.linear.converged):
                 break  # done, or the solvers cannot certify more (rounding, budgets)
-            if not direction:
+            if not descent:
                 eps, delta = self._rescaled(hg, eps, delta, target)
             if hg.lower.error_bound > need:
                 eps = min(eps, self.nu * need)
@@ -268,10 +294,13 @@ class MinibatchMAID:
         searching = self.step == "line_search" or math.isnan(state.alpha)
         hg, eps, delta, refinements, spent = self._refined(
             batch, state.theta, eps, delta, state.x[index], state.q[index], state.smoothness,
-            certify, (lambda z: self._first_step(state, z)) if searching else None)
+            certify, (lambda d: self._first_step(state, d)) if searching else None,
+            lambda z: self._direction(state, z)[0])
         z, z_norm, omega = hg.grad, norm(hg.grad), hg.error_bound
+        d, second_moment = self._direction(state, z)
+        slope = float(torch.dot(z.flatten(), d.flatten()))
         if self.accuracy == "adaptive" and finite(z_norm, omega):
-            following = self._rescaled(hg, eps, delta, self.rel_error * z_norm)
+            following = self._rescaled(hg, eps, delta, self.rel_error * slope / norm(d))
         elif self.accuracy == "search" and not certify:  # relax slowly, as MAID's nu_bar
             following = (min(1.25 * eps, self.eps0), delta)
         else:
@@ -293,17 +322,18 @@ class MinibatchMAID:
                 f"the hypergradient of batch {index.tolist()} is not finite"))
         elif z_norm > 0 and searching:
             # The first trial from the state before this row (``new`` counts it already).
-            first = self._first_step(state, z)
-            new, row, spent = self._search(batch, new, row, spent, hg, index, first)
+            first = self._first_step(state, d)
+            new, row, spent = self._search(batch, new, row, spent, hg, index, first, d, slope)
         elif z_norm > 0:
             alpha = state.alpha * (1 + t) ** -self.step_power
-            theta = state.theta - alpha * z
+            theta = state.theta - alpha * d
             if degenerate(problem, theta) is None:
                 new = dataclasses.replace(new, theta=theta)
                 row.update(step=alpha, accepted=True)
             else:  # a step into a degenerate point: reject it, halve the schedule
                 new = dataclasses.replace(new, alpha=0.5 * state.alpha)
         new = dataclasses.replace(new, work=state.work + spent.total * total / n_all,
+                                  second_moment=second_moment,
                                   **self._averaged(state, new.theta))
         return new, {**row, "epoch": epoch + position / n, "work": new.work, "spent": spent}
 
@@ -311,22 +341,30 @@ class MinibatchMAID:
         """The moving average's fields after iterate ``theta`` (none without ``average``)."""
         if not self.average:
             return {}
-        beta, k = self.average, state.iteration + 1
-        previous = theta if state.theta_average is None else state.theta_average
-        # s_k = beta s_(k-1) + (1 - beta) theta_k = w_k average_k, w_k = 1 - beta^k (the
-        # setting is fixed for a run, resumed ones included, so k counts every iterate):
-        return dict(theta_average=previous + (1.0 - beta) / (1.0 - beta ** k) * (theta - previous))
+        return dict(theta_average=_moving_average(state.theta_average, theta, self.average,
+                                                  state.iteration + 1))
 
-    def _search(self, batch, state, row, spent, hg, index, first):
-        """MAID's certified line search on the batch: every step, or the first one only
-        (step='schedule', alpha0=None: the step found is the schedule's alpha0)."""
-        z, z_norm, L_g = hg.grad, norm(hg.grad), hg.constants.L_g
+    def _direction(self, state, z):
+        """(d, the squared hypergradients' average after z): the step's direction, z or
+        the diagonally scaled P z (module docstring)."""
+        if self.precondition == "none":
+            return z, None
+        v = _moving_average(state.second_moment, z * z, self.precondition_beta,
+                            state.iteration + 1)
+        root = v.sqrt()
+        return z / (root + self.precondition_eps * root.max()).clamp_min(1e-300), v
+
+    def _search(self, batch, state, row, spent, hg, index, first, d, slope):
+        """MAID's certified line search on the batch along -d (slope <z, d>): every step,
+        or the first one only (step='schedule', alpha0=None: the step found is the
+        schedule's alpha0)."""
+        L_g = hg.constants.L_g
         lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm, hg.lower.error_bound,
                                     L_g, batch.upper_convex_in_x)
         search = certified_line_search(
-            batch, state.theta, z, z_norm ** 2, first=first, rho=0.5,
+            batch, state.theta, d, slope, first=first, rho=0.5,
             backtracks=self.max_backtracks, lam=self.lam, lower_now=lower_now,
-            accuracy=lambda step: max(hg.lower.error_bound, _matched(hg, step * z_norm ** 2)),
+            accuracy=lambda step: max(hg.lower.error_bound, _matched(hg, step * slope)),
             L_g=L_g, x0=hg.lower.x, lower_max_iter=self.lower_max_iter,
             smoothness=state.smoothness, max_conditioning_growth=self.max_conditioning_growth)
         spent = spent + search.cost
@@ -336,7 +374,7 @@ class MinibatchMAID:
             return dataclasses.replace(state, restart_step=first * 0.5 ** search.backtracks), \
                 row, spent
         if not search.accepted:
-            # Certify the next direction (omega <= rel_error ||z||) and tighten the
+            # Certify the next direction (omega <= rel_error <z, d> / ||d||), tighten the
             # accuracy: MAID's answer to a failed search, on the next batch.
             return dataclasses.replace(state, eps=self.nu * state.eps,
                                        delta=self.nu * state.delta, certify=True), row, spent
@@ -353,6 +391,15 @@ class MinibatchMAID:
         :func:`bilevel.solve` and :func:`bilevel.resume` after the run (``run`` alone
         does not).  :mod:`bilevel.outer.final_check`."""
         return _final.finish(self, problem, result)
+
+
+def _moving_average(previous, value, beta, k):
+    """The k-th normalised moving average sum_j beta^(k-j) value_j / sum_j beta^(k-j) from
+    the (k-1)-th (``previous``, None at k = 1).  s_k = beta s_(k-1) + (1 - beta) value_k =
+    (1 - beta^k) average_k; the setting is fixed for a run, resumed ones included, so k
+    counts every iteration and the normaliser need not be stored."""
+    previous = value if previous is None else previous
+    return previous + (1.0 - beta) / (1.0 - beta ** k) * (value - previous)
 
 
 def _matched(hg, decrease):
