@@ -262,8 +262,8 @@ class MinibatchMAID:
             if not finite(z_norm, omega):
                 break
             d = hg.grad if direction is None else direction(hg.grad)
-            slope = float(torch.dot(hg.grad.flatten(), d.flatten()))
-            target = self.rel_error * (slope / norm(d) if z_norm > 0 else 0.0)
+            slope, margin = _slope_and_margin(hg.grad, d)
+            target = self.rel_error * margin
             floor = max(self.eps_min, certifiable_accuracy(problem, theta, hg.lower.x))
             need = math.inf if first is None or z_norm == 0 else \
                 _matched(hg, first(d) * slope)
@@ -298,9 +298,9 @@ class MinibatchMAID:
             lambda z: self._direction(state, z)[0])
         z, z_norm, omega = hg.grad, norm(hg.grad), hg.error_bound
         d, second_moment = self._direction(state, z)
-        slope = float(torch.dot(z.flatten(), d.flatten()))
+        slope, margin = _slope_and_margin(z, d)
         if self.accuracy == "adaptive" and finite(z_norm, omega):
-            following = self._rescaled(hg, eps, delta, self.rel_error * slope / norm(d))
+            following = self._rescaled(hg, eps, delta, self.rel_error * margin)
         elif self.accuracy == "search" and not certify:  # relax slowly, as MAID's nu_bar
             following = (min(1.25 * eps, self.eps0), delta)
         else:
@@ -391,6 +391,13 @@ class MinibatchMAID:
         :func:`bilevel.solve` and :func:`bilevel.resume` after the run (``run`` alone
         does not).  :mod:`bilevel.outer.final_check`."""
         return _final.finish(self, problem, result)
+
+
+def _slope_and_margin(z, d):
+    """(<z, d>, <z, d> / ||d||): the decrease rate along -d, and the error in z that still
+    leaves -d a descent direction (0 for z = 0)."""
+    slope = float(torch.dot(z.flatten(), d.flatten()))
+    return slope, slope / norm(d) if slope > 0 else 0.0
 
 
 def _moving_average(previous, value, beta, k):
