@@ -1,0 +1,49 @@
+"""benchmarks/training_loss.py: learned models' F on the same training crops, bracketed."""
+import json
+
+import pytest
+import torch
+from test_scripts import module
+
+import bilevel
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A quick FoE run (8 crops of 16 x 16) with a checkpoint, and its training crops."""
+    folder = tmp_path_factory.mktemp("foe")
+    train = module("scripts", "train_denoiser")
+    train.main(["--quick", "--model", "foe", "--no-plot", "--filters", "2", "--filter-size", "3",
+                "--alpha0", "0.1", "--set", "average=0.5", "--out", str(folder)])
+    return folder, train.training_pairs(8, 16, sigma=25.0)
+
+
+def test_brackets_hold_the_loss_and_checkpoints_give_both_iterates(run, tmp_path):
+    folder, (clean, noisy, _) = run
+    bench = module("benchmarks", "training_loss")
+    common = ["--patches", "8", "--crops-per-image", "1", "--patch-size", "16", "--crops", "4",
+              "--out", str(tmp_path)]
+    spec = bilevel.load(folder).spec
+    rows = bench.main(common + ["--model", f"foe={folder}", "--model",
+                                f"ck={folder / 'checkpoint.pt'}", "--spec", spec])
+    assert [(r["model"], r["theta"]) for r in rows] == [
+        ("foe", "returned"), ("ck", "last iterate"), ("ck", "average")]
+    index = torch.arange(0, 8, 2)
+    problem = bilevel.make_problem(spec, images=clean[index], noisy=noisy[index],
+                                   sigma=25 / 255)
+    state = torch.load(folder / "checkpoint.pt", weights_only=False)["state"]
+    for row, theta in zip(rows, (bilevel.load(folder).theta, state["theta"],
+                                 state["theta_average"]), strict=True):
+        sol = problem.solve_lower(theta, 1e-12, max_iter=100_000)
+        F = float(problem.upper_objective(sol.x, theta))
+        assert row["lower_bound"] <= F <= row["upper_bound"]
+        assert row["upper_bound"] - row["lower_bound"] < 1e-6
+    saved = json.loads((tmp_path / "training_loss.json").read_text())
+    assert saved["crops"] == [0, 2, 4, 6]
+    numbers = ("model", "theta", "lower_bound", "upper_bound")  # paths are written relative
+    assert [{k: r[k] for k in numbers} for r in saved["rows"]] == \
+        [{k: r[k] for k in numbers} for r in rows]
+    with pytest.raises(SystemExit, match="--spec"):
+        bench.main(common + ["--model", f"ck={folder / 'checkpoint.pt'}"])
+    with pytest.raises(SystemExit, match="--crops"):
+        bench.main(common + ["--crops", "9", "--model", f"foe={folder}"])
