@@ -61,22 +61,17 @@ def embed(problem, source, theta, wake=None, init_width=0.06):
               if getattr(source, k) != getattr(problem, k)]
     if differ:
         raise ValueError(f"embed: the potentials must share their grid: {'; '.join(differ)}")
-    (K0, s0), (K, s) = (source.K, source.s), (problem.K, problem.s)
-    if K0 > K or s0 > s or (s - s0) % 2:
-        raise ValueError(f"embed: {K0} filters of side {s0} do not fit centred in {K} of side "
-                         f"{s} (needs K' <= K, s' <= s, s - s' even)")
+    _check_fit("embed", problem, source)
     if wake is not None and not 0 < wake < 1:
         raise ValueError(f"embed: wake must be a fraction in (0, 1), got {wake!r}")
     start = problem.theta0.detach().to(torch.float64)
     alpha = torch.exp(theta[0])
     filters = problem.filters(start).clone()
     slopes = problem.slopes(start).clone()
-    o = (s - s0) // 2
     # The zero-mean filters, not the raw ones: padding keeps their mean at zero, so the new
     # problem's zero-mean projection leaves them as they are.
-    filters[:K0] = 0.0
-    filters[:K0, o:o + s0, o:o + s0] = source.filters(theta)
-    slopes[:K0] = source.slopes(theta)
+    _centre(filters, source.filters(theta))
+    slopes[:source.K] = source.slopes(theta)
     if wake is not None:
         asleep = (slopes.max(dim=1).values < wake * problem.s_max).nonzero().flatten()
         grid = knots(problem.num_knots, problem.x_range)
@@ -111,15 +106,14 @@ def from_fields_of_experts(problem, source, theta, peak=0.9, floor=1e-7):
 
     Measured on ``foe24x5c5_sigma25`` (n_k 0.0007 to 0.003) and BSD68 test045 at sigma 25
     (FoE 31.615 dB): x_range 0.6, 201 knots (T = 0.006) 31.239 dB; T = 0.002 31.562; x_range
-    0.3, 601 knots (T = 0.001) 31.602, each with floor 1e-7; with floor 1e-4 and T = 0.006
-    test046 loses 0.037 dB where floor 1e-7 loses 0.003.  The learned kinks are that sharp,
+    0.3, 601 knots (T = 0.001) 31.602, each with floor 1e-7.  On test046 (FoE 25.437 dB) floor
+    1e-7 at T = 0.006 gives 25.434 and floor 1e-4 at T = 0.002 25.400: there the raised tails
+    cost more than the coarser grid (one-off runs, not a committed benchmark).  The learned
+    kinks are that sharp,
     and the ridge solves as stiffly: 17 s (T = 0.006) to 65 s (T = 0.001) for the image
     where the FoE takes 7 s (one thread).
     """
-    (K0, s0), (K, s) = (source.K, source.s), (problem.K, problem.s)
-    if K0 > K or s0 > s or (s - s0) % 2:
-        raise ValueError(f"from_fields_of_experts: {K0} filters of side {s0} do not fit "
-                         f"centred in {K} of side {s} (needs K' <= K, s' <= s, s - s' even)")
+    _check_fit("from_fields_of_experts", problem, source)
     if not (0 < peak < 1 and 0 < floor < peak):
         raise ValueError(f"from_fields_of_experts: needs 0 < floor < peak < 1, got "
                          f"peak={peak!r}, floor={floor!r}")
@@ -134,10 +128,26 @@ def from_fields_of_experts(problem, source, theta, peak=0.9, floor=1e-7):
     start = problem.theta0.detach().to(torch.float64)
     filters = problem.filters(start).clone()
     filters = filters / filters.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
-    o = (s - s0) // 2
-    filters[:K0] = 0.0
-    filters[:K0, o:o + s0, o:o + s0] = (experts.filters / norms[:, None]).view(K0, s0, s0)
-    slopes = torch.full((K, problem.M), floor * problem.s_max, dtype=torch.float64)
-    slopes[:K0] = torch.clamp(raw / alpha, min=floor * problem.s_max)
+    _centre(filters, (experts.filters / norms[:, None]).view(source.K, source.s, source.s))
+    slopes = torch.full((problem.K, problem.M), floor * problem.s_max, dtype=torch.float64)
+    slopes[:source.K] = torch.clamp(raw / alpha, min=floor * problem.s_max)
     q = torch.logit(problem.slope_fractions(alpha, filters.flatten(1), slopes))
     return torch.cat([alpha.log().view(1), filters.flatten(), q.flatten()]).to(problem.theta0)
+
+
+def _check_fit(name, problem, source):
+    """Refuse a source bank (K' filters of side s') that does not fit centred in the
+    problem's (K of side s)."""
+    (K0, s0), (K, s) = (source.K, source.s), (problem.K, problem.s)
+    if K0 > K or s0 > s or (s - s0) % 2:
+        raise ValueError(f"{name}: {K0} filters of side {s0} do not fit centred in {K} of "
+                         f"side {s} (needs K' <= K, s' <= s, s - s' even)")
+
+
+def _centre(bank, learned):
+    """Put the learned filters (K', s', s') centred and zero-padded into the first K'
+    windows of ``bank`` (K, s, s), in place."""
+    K0, s0, s = learned.shape[0], learned.shape[-1], bank.shape[-1]
+    o = (s - s0) // 2
+    bank[:K0] = 0.0
+    bank[:K0, o:o + s0, o:o + s0] = learned

@@ -121,14 +121,13 @@ def spec(args):
         structure["num_filters"] = args.filters
     if args.filter_size and "filter_size" in structure:
         structure["filter_size"] = args.filter_size
-    for key, value, models in (("border", args.border, ("foe", "ridge", "wcrr")),
-                               ("start", args.start, ("ridge", "wcrr")),
-                               ("num_knots", args.knots, ("ridge", "wcrr")),
-                               ("x_range", args.x_range, ("ridge", "wcrr")),
-                               ("rho", args.rho, ("wcrr",))):
+    for flag, key, value, models in (("border", "border", args.border, ("foe", "ridge", "wcrr")),
+                                     ("start", "start", args.start, ("ridge", "wcrr")),
+                                     ("knots", "num_knots", args.knots, ("ridge", "wcrr")),
+                                     ("x-range", "x_range", args.x_range, ("ridge", "wcrr")),
+                                     ("rho", "rho", args.rho, ("wcrr",))):
         if value is not None and not (key == "border" and value == 0):  # 0: the default
             if args.model not in models:
-                flag = dict(num_knots="knots", x_range="x-range").get(key, key)
                 raise SystemExit(f"--{flag} is for --model {' / '.join(models)}")
             structure[key] = value
     if args.tv_weight is not None and args.start != "tv":

@@ -47,3 +47,17 @@ def test_brackets_hold_the_loss_and_checkpoints_give_both_iterates(run, tmp_path
         bench.main(common + ["--model", f"ck={folder / 'checkpoint.pt'}"])
     with pytest.raises(SystemExit, match="--crops"):
         bench.main(common + ["--crops", "9", "--model", f"foe={folder}"])
+
+
+def test_paired_batches_reads_a_checkpoint_and_a_folder_of_the_same_run(run):
+    """A run against itself (its data.csv and its checkpoint's history, the same batches):
+    every difference is zero; a window of fewer than two iterations (no standard error) is
+    dropped."""
+    folder, _ = run
+    bench = module("benchmarks", "paired_batches")
+    n = len(bench.history(folder))
+    assert n == 3  # the quick run's iterations
+    for windows, spans in (("0", [(1, 3)]), ("0,2", [(1, 2)])):
+        rows = bench.main([str(folder / "checkpoint.pt"), str(folder), "--windows", windows])
+        assert [r[:2] for r in rows] == spans
+        assert all(r[2] == 0 and r[3] == 0 and r[4] == r[5] for r in rows)
