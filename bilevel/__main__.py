@@ -8,19 +8,17 @@ status 'interrupted') and exits with status 130; ``--resume`` continues it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import math
 import os
 import shutil
-import signal
 import sys
-import threading
 import warnings
 from pathlib import Path
 
 from . import registry
 from .experiment import parse_settings
+from .interrupts import signals_ignored, sigterm_interrupts
 
 #: Exit status of a run ended by Ctrl-C or SIGTERM (the shell's 128 + SIGINT).
 INTERRUPTED = 130
@@ -247,7 +245,7 @@ def _execute(args, plan: _Plan, problem):
         checkpoint = _open_out(plan)
         if args.distributed:
             checkpoint = None  # checkpoints are not supported there (yet)
-        with _sigterm_interrupts():
+        with sigterm_interrupts():
             if plan.source is not None:
                 return resume(problem, checkpoint, method=plan.method, **common)
             # The object already holds the settings.
@@ -269,39 +267,6 @@ def _mark(plan: _Plan, status, message) -> None:
         write_meta(plan.out, dict(plan.meta, status=status, message=message))
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM (``kill``, a batch scheduler) ends the run like Ctrl-C: with what it has."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _signals_ignored():
-    """Ctrl-C and SIGTERM are ignored while the run folder is written (a moment), so
-    that a second Ctrl-C does not lose what the first one saved."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
-                                                                     signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _report(args, plan: _Plan, problem, result, caught):
     from .results import save_run
 
@@ -320,7 +285,7 @@ def _report(args, plan: _Plan, problem, result, caught):
     for message in messages:
         print(f"  warning: {message}", file=sys.stderr)
     if plan.out is not None:
-        with _signals_ignored():
+        with signals_ignored():
             out = save_run(plan.out, result, plan.meta, warnings=messages)
         print(f"  wrote {out}/data.csv, meta.json, theta.json")
         if result.status == "interrupted":

@@ -10,20 +10,22 @@
 ``--patches`` random crops of ``--patch-size``, ``--crops-per-image`` (1) from each of the
 first BSD400 training images (docs/data.md; without the data, crops of the images bundled
 with scikit-image), Gaussian noise of ``--sigma``/255 (images in [0, 1], no clipping, seed
-``--seed``).  The
-model is learned by ``--method`` (``maid_sgd``: minibatches of ``--batch-size`` patches,
-each batch's hypergradient certified for that batch, a full-batch certified check of the
-returned theta; ``maid`` / ``maid_lbfgs``: full batch, every step certified) under the
-budgets given.  A checkpoint is written every ``--checkpoint-every`` iterations to
-OUT/checkpoint.pt; the same command with ``--resume`` goes on from it (budgets count from
-the start of the run).  ``--init RUN_DIR`` starts from a learned model instead of the
-problem's start: the same model, or a field of experts or (weakly) convex ridge carried into
-a larger bank, or a field of experts carried into a ridge (its experts as spline potentials:
-``ridge_embedding.from_fields_of_experts``, which needs a grid ``--knots`` / ``--x-range`` as
-fine as the learned kinks), ``--wake`` switching on a ridge's sleeping filters or setting the
-new FoE filters' weight (bilevel_problems.ridge_embedding, foe_embedding); the
-folder's cost and time are this run's only.  The run folder holds what ``bilevel.load(OUT)`` needs
-(meta.json's ``problem`` spec and theta.json), so that
+``--seed``). The model is learned by ``--method`` (``maid_sgd``: minibatches of
+``--batch-size`` patches, each batch's hypergradient certified for that batch, a full-batch
+certified check of the returned theta; ``maid`` / ``maid_lbfgs``: full batch, every step
+certified) under the budgets given. A checkpoint is written every ``--checkpoint-every``
+iterations to OUT/checkpoint.pt; the same command with ``--resume`` goes on from it (budgets
+count from the start of the run; the method's settings are the checkpoint's, except a new
+``--set final_check=loss|True|False``, which changes only how the run ends). ``kill PID``
+(SIGTERM) or Ctrl-C stops a run as its budget would: the folder is written with the last
+iterate and the checkpoint resumes it. ``--init RUN_DIR`` starts from a learned model
+instead of the problem's start: the same model, or a field of experts or (weakly) convex
+ridge carried into a larger bank, or a field of experts carried into a ridge (its experts as
+spline potentials: ``ridge_embedding.from_fields_of_experts``, which needs a grid
+``--knots`` / ``--x-range`` as fine as the learned kinks), ``--wake`` switching on a ridge's
+sleeping filters or setting the new FoE filters' weight (bilevel_problems.ridge_embedding,
+foe_embedding); the folder's cost and time are this run's only.  The run folder holds what
+``bilevel.load(OUT)`` needs (meta.json's ``problem`` spec and theta.json), so that
 
     model = bilevel.load("results/denoisers/foe_sigma25"); x = model.denoise(y)
 
@@ -47,7 +49,7 @@ from bilevel_problems import datasets, foe_embedding, ridge_embedding
 from bilevel_problems.fields_of_experts import FieldsOfExperts
 
 import bilevel
-from bilevel import experiment, registry
+from bilevel import experiment, interrupts, registry
 
 #: ridge_regularizer's default tv_weight: TV's best weight at sigma 25/255.
 TV_WEIGHT_25 = 0.07
@@ -208,13 +210,22 @@ def compute(args, folder):
                    checkpoint_every=args.checkpoint_every)
     print(f"{problem_spec}: {tuple(clean.shape)} patches from {source}, sigma {args.sigma}/255,"
           f" {args.method} {settings}", flush=True)
-    if args.resume:
-        if not checkpoint.is_file():
-            raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
-        result = bilevel.resume(problem, checkpoint, **budgets)
-    else:
-        result = bilevel.solve(problem, args.method, theta0=theta0, checkpoint_path=checkpoint,
-                               **budgets, **settings)
+    with interrupts.sigterm_interrupts():
+        if args.resume:
+            if not checkpoint.is_file():
+                raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
+            # The command's settings must be the checkpoint's (a mismatch is refused), bar
+            # a new final check.
+            try:
+                result = bilevel.resume(problem, checkpoint, **budgets,
+                                        method=bilevel.outer.make_method(args.method,
+                                                                         **settings),
+                                        final_check=settings.get("final_check"))
+            except bilevel.CheckpointMismatchError as exc:
+                raise SystemExit(f"--resume: {exc}") from None
+        else:
+            result = bilevel.solve(problem, args.method, theta0=theta0,
+                                   checkpoint_path=checkpoint, **budgets, **settings)
     print(f"{result.status}: {result.message}", flush=True)
     folder.write_rows("data.csv", result.history)
     folder.write_json("theta.json", result.theta.detach().cpu().tolist())

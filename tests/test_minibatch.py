@@ -201,6 +201,45 @@ def test_a_run_decreases_the_full_loss_and_the_final_check_brackets_it():
     assert "final check on all 8 samples (certified)" in result.message
 
 
+def test_a_loss_check_brackets_f_at_the_batches_accuracy_without_refining(tmp_path):
+    p, path = tv(8, size=12), tmp_path / "ck.pt"
+    refined = quiet_solve(p, "maid_sgd", batch_size=2, max_iter=12, checkpoint_path=path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+        cheap = bilevel.resume(p, path, max_iter=12, final_check="loss")
+    assert torch.equal(cheap.theta, refined.theta)  # the check changes how the run ends only
+    full, check = refined.state.final_check, cheap.state.final_check
+    # The refined check is kept: a resumed checked run stands as it was.
+    assert check == full and full["refined"]
+    unchecked = tmp_path / "unchecked.pt"
+    quiet_solve(p, "maid_sgd", batch_size=2, max_iter=12, checkpoint_path=unchecked,
+                final_check=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+        cheap = bilevel.resume(p, unchecked, max_iter=12, final_check="loss")
+    check, F = cheap.state.final_check, loss(p, cheap.theta)
+    assert not check["refined"] and check["certified"]
+    assert check["lower_bound"] <= F <= check["upper_bound"]
+    true = float(bilevel.hypergradient(p, cheap.theta, 1e-10, 1e-10).grad.norm())
+    assert abs(true - check["grad_norm"]) <= check["error_bound"]
+    # One evaluation at the batches' accuracy scaled to all 8 samples, no refinement.
+    assert check["eps"] <= 2 * cheap.state.eps + 1e-300  # sqrt(8 / 2) = 2
+    assert check["cost"] < full["cost"]
+    assert "the gradient's direction not refined" in cheap.message
+    # The iterates' settings must still be the checkpoint's; only the check may change.
+    with pytest.raises(bilevel.CheckpointMismatchError, match="batch_size"):
+        bilevel.resume(p, unchecked, max_iter=12, final_check="loss",
+                       method=bilevel.outer.make_method("maid_sgd", batch_size=3,
+                                                        final_check="loss"))
+
+
+def test_resume_refuses_a_final_check_for_a_method_without_one(tmp_path):
+    path = tmp_path / "ck.pt"
+    quiet_solve(tv(3), "maid", max_iter=2, checkpoint_path=path)
+    with pytest.raises(ValueError, match="has no final check"):
+        bilevel.resume(tv(3), path, max_iter=2, final_check="loss")
+
+
 def test_schedules_set_the_step_and_the_accuracy():
     p = tv(6)
     result = quiet_solve(p, "maid_sgd", batch_size=2, max_iter=7, step="schedule",
@@ -342,6 +381,9 @@ def test_invalid_settings_are_refused():
             bilevel.outer.make_method("maid_sgd", average=beta)
     with pytest.raises(ValueError, match="precondition"):
         bilevel.outer.make_method("maid_sgd", precondition="adam")
+    for value in (1, "refined", None):  # 1 == True, but not a documented value
+        with pytest.raises(ValueError, match="final_check"):
+            bilevel.outer.make_method("maid_sgd", final_check=value)
     for beta in (1.0, -0.1, math.nan):
         with pytest.raises(ValueError, match="precondition_beta"):
             bilevel.outer.make_method("maid_sgd", precondition_beta=beta)

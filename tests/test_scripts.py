@@ -269,6 +269,50 @@ def test_train_denoiser_method_settings(tmp_path):
     assert not (tmp_path / "bad" / "data.csv").exists()
 
 
+def test_train_denoiser_resume_adds_a_final_check_and_refuses_other_settings(tmp_path):
+    """A run trained without a final check is given one by --resume --set final_check=loss
+    (its theta unchanged); another setting than the checkpoint's is refused, not ignored."""
+    train = module("scripts", "train_denoiser")
+    run = ["--quick", "--model", "tv", "--no-plot", "--out", str(tmp_path)]
+    train.main(run + ["--set", "final_check=False"])
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    theta = json.loads((tmp_path / "theta.json").read_text())
+    assert meta["final_check"] is None
+    train.main(run + ["--resume", "--set", "final_check=loss"])
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    check = meta["final_check"]
+    assert check["samples"] == 8 and not check["refined"]
+    assert check["lower_bound"] <= check["upper_value"] <= check["upper_bound"]
+    assert json.loads((tmp_path / "theta.json").read_text()) == theta
+    with pytest.raises(SystemExit, match="eps0=0.1 vs 0.5"):
+        train.main(run + ["--resume", "--set", "eps0=0.5"])
+
+
+def test_train_denoiser_stops_on_sigterm_with_its_folder_written(tmp_path):
+    """``kill PID`` ends a background run as Ctrl-C does: status 'interrupted', the rows
+    and theta written, a checkpoint to resume."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "train_denoiser.py"), "--quick", "--model",
+         "tv", "--no-plot", "--max-iter", "100000", "--max-time", "120",
+         "--checkpoint-every", "1", "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 90
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "interrupted", output
+    assert RunFolder(out).read_rows("data.csv") and (out / "theta.json").is_file()
+
+
 def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
     """--init RUN_DIR --wake: the run starts at ridge_embedding.embed of the learned theta
     (the first row's upper value is g there), and the folder says where it started."""

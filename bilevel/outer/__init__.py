@@ -106,7 +106,8 @@ _REOPENED = frozenset({"interrupted", "max_iter", "max_cost", "max_time", "callb
 
 
 def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=None,
-           callback=None, progress=False, checkpoint_every=0, method=None) -> SolveResult:
+           callback=None, progress=False, checkpoint_every=0, method=None,
+           final_check=None) -> SolveResult:
     """Continue a run from its checkpoint.
 
     ``max_iter``, ``max_cost`` and ``max_time`` count from the start of the original
@@ -120,10 +121,27 @@ def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=No
     object -- is given, to its class and settings): a mismatch is a
     :class:`~bilevel.checkpoint.CheckpointMismatchError` saying what differs, an
     unreadable file a :class:`~bilevel.checkpoint.CorruptCheckpointError`.
-    """
-    from ..checkpoint import load_checkpoint
 
-    saved, state, history, _ = load_checkpoint(checkpoint_path, problem, method=method)
+    ``final_check`` (the minibatch method's: True, 'loss' or False) replaces the run's
+    own setting: it changes how the run ends, not its iterates, so a run trained without
+    a check (or whose check was interrupted) can be given one.
+    """
+    from ..checkpoint import CheckpointMismatchError, load_checkpoint, method_differences
+
+    if final_check is None:
+        saved, state, history, _ = load_checkpoint(checkpoint_path, problem, method=method)
+    else:
+        saved, state, history, _ = load_checkpoint(checkpoint_path, problem)
+        if not hasattr(saved, "final_check"):
+            raise ValueError(f"final_check={final_check!r}: the run's method "
+                             f"{type(saved).__name__} has no final check")
+        saved = dataclasses.replace(saved, final_check=final_check)  # validated here
+        differences = [] if method is None else method_differences(
+            type(saved).__name__, dataclasses.asdict(saved), method)
+        if differences:
+            raise CheckpointMismatchError(f"checkpoint {checkpoint_path} was written with "
+                                          f"other method settings: {'; '.join(differences)} "
+                                          "(saved, with the new final_check, vs asked)")
     if state.status in _REOPENED:
         # run() returns at once on a state with a status; this one may go on.
         state = dataclasses.replace(state, status=None, message="")

@@ -108,8 +108,11 @@ class MinibatchMAID:
         The first (and loosest) accuracies, lower level and CG.
     seed : int
         Seed of the batch order.
-    final_check : bool
-        End :func:`bilevel.solve` with a full-batch certified hypergradient at theta.
+    final_check : {True, 'loss', False}
+        End :func:`bilevel.solve` with a full-batch certified hypergradient at theta:
+        refined until omega <= rel_error ||z|| (True), or once at the batches' last
+        accuracy ('loss': the bracket on F and the bound ||grad F|| <= ||z|| + omega,
+        without the refinement that can cost more than the training on a large set).
     max_conditioning_growth : float
         As MAID's: a trial over this many times stiffer (certified L / mu) than theta is
         backtracked unsolved, and a search that solved no trial goes on backtracking on the
@@ -148,7 +151,7 @@ class MinibatchMAID:
     max_refinements: int = 30
     eps_min: float = 1e-13
     seed: int = 0
-    final_check: bool = True
+    final_check: bool | str = True
     lower_max_iter: int = 10_000
     cg_max_iter: int = 10_000
     max_conditioning_growth: float = 100.0
@@ -165,7 +168,8 @@ class MinibatchMAID:
             accuracy=one_of("search", "adaptive", "schedule"), rel_error=OPEN_UNIT,
             eps0=POSITIVE, delta0=POSITIVE, accuracy_power=NONNEGATIVE, nu=OPEN_UNIT,
             max_refinements=count(0), eps_min=POSITIVE, seed=count(0),
-            final_check=one_of(True, False), lower_max_iter=count(1), cg_max_iter=count(1),
+            final_check=(lambda v: v is True or v is False or v == "loss",
+                         "True, False or 'loss'"), lower_max_iter=count(1), cg_max_iter=count(1),
             max_conditioning_growth=(lambda v: v == math.inf or AT_LEAST_ONE[0](v),
                                      "a number >= 1 or math.inf"),
             average=(lambda v: NONNEGATIVE[0](v) and v < 1, "a number in [0, 1)"),
@@ -387,7 +391,8 @@ class MinibatchMAID:
     def finish(self, problem, result):
         """The final check (``final_check``): a full-batch certified hypergradient at
         ``result.theta`` (and at the moving average, with ``average``: the result's theta
-        is then the one with the lower certified upper bound on F); called by
+        is then the one with the lower certified upper bound on F); 'loss' skips the
+        refinement of the gradient's direction; called by
         :func:`bilevel.solve` and :func:`bilevel.resume` after the run (``run`` alone
         does not).  :mod:`bilevel.outer.final_check`."""
         return _final.finish(self, problem, result)
