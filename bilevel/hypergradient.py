@@ -106,6 +106,14 @@ def upper_bounds(value, grad_norm, eps, L_g, convex=False):
     return value - slack - (0.0 if convex else quad), value + slack + quad
 
 
+def bracket_accuracy(grad_norm, L_g, slack):
+    """The largest eps whose bracket in :func:`upper_bounds` is within ``slack`` of g(x~):
+    grad_norm eps + L_g eps^2 / 2 = slack (0 for slack <= 0)."""
+    if slack <= 0:
+        return 0.0
+    return 2 * slack / (grad_norm + math.sqrt(grad_norm * grad_norm + 2 * L_g * slack))
+
+
 def upper_value(problem, x, theta):
     """(g(x, theta), ||grad_x g(x, theta)||) summed over data-parallel ranks."""
     value, gx, _ = problem.upper_grads(x, theta)

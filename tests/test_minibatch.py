@@ -222,9 +222,11 @@ def test_a_loss_check_brackets_f_at_the_batches_accuracy_without_refining(tmp_pa
     assert check["lower_bound"] <= F <= check["upper_bound"]
     true = float(bilevel.hypergradient(p, cheap.theta, 1e-10, 1e-10).grad.norm())
     assert abs(true - check["grad_norm"]) <= check["error_bound"]
-    # One evaluation at the batches' accuracy scaled to all 8 samples, no refinement.
-    assert check["eps"] <= 2 * cheap.state.eps + 1e-300  # sqrt(8 / 2) = 2
-    assert check["cost"] < full["cost"]
+    # Refined only until F's bracket has relative half-width final_loss_rtol, from the
+    # batches' accuracy scaled to all 8 samples (sqrt(8 / 2) = 2).
+    half = 0.5 * (check["upper_bound"] - check["lower_bound"])
+    assert half <= 1e-5 * abs(check["upper_value"])
+    assert check["eps"] <= 2 * cheap.state.eps
     assert "the gradient's direction not refined" in cheap.message
     # The iterates' settings must still be the checkpoint's; only the check may change.
     with pytest.raises(bilevel.CheckpointMismatchError, match="batch_size"):
@@ -384,6 +386,8 @@ def test_invalid_settings_are_refused():
     for value in (1, "refined", None):  # 1 == True, but not a documented value
         with pytest.raises(ValueError, match="final_check"):
             bilevel.outer.make_method("maid_sgd", final_check=value)
+    with pytest.raises(ValueError, match="final_loss_rtol"):
+        bilevel.outer.make_method("maid_sgd", final_loss_rtol=0.0)
     for beta in (1.0, -0.1, math.nan):
         with pytest.raises(ValueError, match="precondition_beta"):
             bilevel.outer.make_method("maid_sgd", precondition_beta=beta)

@@ -20,7 +20,7 @@ import math
 import torch
 
 from ..cost import Cost
-from ..hypergradient import certifiable_accuracy, hypergradient, upper_bounds
+from ..hypergradient import bracket_accuracy, certifiable_accuracy, hypergradient, upper_bounds
 from . import quasi_newton
 from .base import (
     AT_LEAST_ONE,
@@ -216,10 +216,7 @@ class MAID:
         """Lower-level accuracy of a line-search trial (see ``trial_accuracy``)."""
         if self.trial_accuracy == "same":
             return eps
-        budget, g, L = 0.25 * decrease, hg.upper_grad_norm, hg.constants.L_g
-        # Largest e with g e + L e^2 / 2 <= budget.
-        loose = 2 * budget / (g + math.sqrt(g * g + 2 * L * budget)) if budget > 0 else 0.0
-        return max(eps, loose)
+        return max(eps, bracket_accuracy(hg.upper_grad_norm, hg.constants.L_g, 0.25 * decrease))
 
     def _direction(self, state, z):
         """(memory, H z): the memory with the newest pair, and the direction's H z."""

@@ -47,7 +47,12 @@ import math
 import torch
 
 from ..cost import Cost
-from ..hypergradient import certifiable_accuracy, hypergradient, upper_bounds
+from ..hypergradient import (
+    bracket_accuracy,
+    certifiable_accuracy,
+    hypergradient,
+    upper_bounds,
+)
 from ..problem import NOT_SAMPLE_SEPARABLE, BilevelProblem
 from . import final_check as _final
 from .base import (
@@ -112,7 +117,11 @@ class MinibatchMAID:
         End :func:`bilevel.solve` with a full-batch certified hypergradient at theta:
         refined until omega <= rel_error ||z|| (True), or once at the batches' last
         accuracy ('loss': the bracket on F and the bound ||grad F|| <= ||z|| + omega,
-        without the refinement that can cost more than the training on a large set).
+        without the refinement that can cost more than the training on a large set, but
+        with the lower level refined until F's bracket has relative half-width
+        ``final_loss_rtol``).
+    final_loss_rtol : float
+        final_check='loss': the relative half-width of F's certified bracket (1e-5).
     max_conditioning_growth : float
         As MAID's: a trial over this many times stiffer (certified L / mu) than theta is
         backtracked unsolved, and a search that solved no trial goes on backtracking on the
@@ -152,6 +161,7 @@ class MinibatchMAID:
     eps_min: float = 1e-13
     seed: int = 0
     final_check: bool | str = True
+    final_loss_rtol: float = 1e-5
     lower_max_iter: int = 10_000
     cg_max_iter: int = 10_000
     max_conditioning_growth: float = 100.0
@@ -169,7 +179,8 @@ class MinibatchMAID:
             eps0=POSITIVE, delta0=POSITIVE, accuracy_power=NONNEGATIVE, nu=OPEN_UNIT,
             max_refinements=count(0), eps_min=POSITIVE, seed=count(0),
             final_check=(lambda v: v is True or v is False or v == "loss",
-                         "True, False or 'loss'"), lower_max_iter=count(1), cg_max_iter=count(1),
+                         "True, False or 'loss'"),
+            final_loss_rtol=POSITIVE, lower_max_iter=count(1), cg_max_iter=count(1),
             max_conditioning_growth=(lambda v: v == math.inf or AT_LEAST_ONE[0](v),
                                      "a number >= 1 or math.inf"),
             average=(lambda v: NONNEGATIVE[0](v) and v < 1, "a number in [0, 1)"),
@@ -417,5 +428,4 @@ def _moving_average(previous, value, beta, k):
 def _matched(hg, decrease):
     """The lower-level accuracy e at which the bounds' slack ||grad_x g|| e + L_g e^2 / 2
     is a quarter of ``decrease`` (MAID's 'matched' trial accuracy)."""
-    budget, g, L = 0.25 * decrease, hg.upper_grad_norm, hg.constants.L_g
-    return 2 * budget / (g + math.sqrt(g * g + 2 * L * budget)) if budget > 0 else 0.0
+    return bracket_accuracy(hg.upper_grad_norm, hg.constants.L_g, 0.25 * decrease)
