@@ -9,10 +9,11 @@ the lower certified upper bound on F: the choice rests on the full training loss
 ``final_check="loss"`` does not refine the hypergradient until omega <= rel_error ||z||:
 near a stationary point ||z|| is small, and that refinement asks for lower-level accuracies
 (1e-8 on 800 crops of a weakly convex ridge) that can cost more than the training did.  It
-refines the lower level only until F's certified bracket has relative half-width
-``final_loss_rtol`` (1e-5: enough to choose between the iterate and the average, whose F
-differ by 1e-3 to 1e-4 on the runs of results/denoisers), at most the batches' last accuracy
-scaled to all samples.  Its bounds are as certified; the one on ||grad F|| may then read
+solves the lower level only as far as F's certified bracket needs to have relative
+half-width ``final_loss_rtol`` (1e-5: enough to choose between the iterate and the average,
+whose F differ by 1e-3 to 1e-4 on the runs of results/denoisers): it starts at the accuracy
+rtol |g| / ||grad_x g|| read at the warm starts, and tightens it only if the solved bracket
+is wider.  Its bounds are as certified; the one on ||grad F|| may then read
 [0, ||z|| + omega].
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..hypergradient import (
     certifiable_accuracy,
     hypergradient,
     upper_bounds,
+    upper_value,
 )
 from .base import degenerate, finite, norm, warm
 
@@ -89,7 +91,7 @@ def _check(method, problem, state, theta):
                                              scale * state.delta, state.x, state.q,
                                              state.smoothness, True, None)
     else:
-        hg, spent = _bracketed(method, problem, theta, scale * state.eps, scale * state.delta,
+        hg, spent = _bracketed(method, problem, theta, scale * method.eps0, scale * state.delta,
                                state)
     low, high = _bracket(problem, hg)
     return dict(upper_value=hg.upper_value, lower_bound=low, upper_bound=high,
@@ -103,10 +105,16 @@ def _bracket(problem, hg):
                         hg.constants.L_g, problem.upper_convex_in_x)
 
 
-def _bracketed(method, problem, theta, eps, delta, state):
-    """The full-batch hypergradient at the lower-level accuracy at which F's certified
-    bracket has half-width final_loss_rtol |g| (or finer, from eps): (hg, cost)."""
+def _bracketed(method, problem, theta, loosest, delta, state):
+    """The full-batch hypergradient at a lower-level accuracy (at most ``loosest``) at
+    which F's certified bracket has half-width final_loss_rtol |g| (module docstring):
+    (hg, cost)."""
     spent, x0, q0, L = Cost(), state.x, state.q, state.smoothness
+    # A guess from the warm starts (solutions at earlier thetas); the solve's own bracket
+    # decides.
+    value, grad_norm = upper_value(problem, x0, theta)
+    eps = method.final_loss_rtol * abs(value) / grad_norm if grad_norm > 0 else math.inf
+    eps = min(eps, loosest)
     for _ in range(method.max_refinements + 1):
         hg = hypergradient(problem, theta, eps, delta, x0=x0, q0=q0, smoothness=L,
                            lower_max_iter=method.lower_max_iter, cg_max_iter=method.cg_max_iter)
