@@ -232,6 +232,14 @@ def test_a_loss_check_brackets_f_at_the_batches_accuracy_without_refining(tmp_pa
                                                         final_check="loss"))
 
 
+def test_the_final_check_reports_its_progress(capsys):
+    result = quiet_solve(tv(4), "maid_sgd", batch_size=2, max_iter=3, average=0.5,
+                         progress=True, final_check="loss")
+    err = capsys.readouterr().err
+    for name, bounds in result.state.final_check["candidates"].items():
+        assert f"final check at the {name}: F in [{bounds['lower_bound']:.6g}, " in err
+
+
 def test_resume_refuses_a_final_check_for_a_method_without_one(tmp_path):
     path = tmp_path / "ck.pt"
     quiet_solve(tv(3), "maid", max_iter=2, checkpoint_path=path)

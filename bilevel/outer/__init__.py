@@ -154,12 +154,12 @@ def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=No
 def _run_with_checkpoints(method, problem, theta0, path, every, **kwargs):
     """:func:`run`, writing a checkpoint to ``path`` (if any) every ``every`` iterations
     and at the end -- an interrupted end included (run() returns it as a result), so
-    that the run can be resumed.  A method with a ``finish(problem, result)`` (the
+    that the run can be resumed.  A method with a ``finish(problem, result, progress)`` (the
     minibatch method's full-batch check) has it applied to the result first."""
     finish = getattr(method, "finish", None)
     if path is None:
         result = run(method, problem, theta0, **kwargs)
-        return result if finish is None else finish(problem, result)
+        return result if finish is None else finish(problem, result, kwargs.get("progress"))
     from ..checkpoint import problem_fingerprint, save_checkpoint
 
     fingerprint = problem_fingerprint(problem)  # once per run: it hashes the data
@@ -170,7 +170,7 @@ def _run_with_checkpoints(method, problem, theta0, path, every, **kwargs):
 
     result = run(method, problem, theta0, checkpoint=write, checkpoint_every=every, **kwargs)
     if finish is not None:
-        result = finish(problem, result)
+        result = finish(problem, result, kwargs.get("progress"))
     write(result.state, result.history)
     return result
 

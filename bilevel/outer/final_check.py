@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+import time
 
 import torch
 
@@ -34,9 +36,10 @@ from ..hypergradient import (
 from .base import degenerate, finite, norm, warm
 
 
-def finish(method, problem, result):
+def finish(method, problem, result, progress=False):
     """The final check of ``method`` (a :class:`MinibatchMAID`) on ``result``
-    (module docstring)."""
+    (module docstring); ``progress``: a line on stderr as each candidate's check starts
+    and ends (on a large set each is a solve of every sample, minutes)."""
     state = result.state
     if not method.final_check or result.status == "interrupted":
         return result
@@ -48,7 +51,7 @@ def finish(method, problem, result):
             and degenerate(problem, average) is None:
         candidates["average"] = average
     try:
-        checked = {name: _check(method, problem, state, theta)
+        checked = {name: _reported(progress, name, _check, method, problem, state, theta)
                    for name, theta in candidates.items()}
     except KeyboardInterrupt:  # the run itself is complete: keep it
         return dataclasses.replace(result, message=f"{result.message}; the final check "
@@ -98,6 +101,20 @@ def _check(method, problem, state, theta):
                 grad_norm=norm(hg.grad), error_bound=hg.error_bound,
                 certified=hg.certified, refined=refine, eps=hg.lower.error_bound,
                 delta=hg.linear.residual_norm, samples=n_all, **spent.as_row()), spent
+
+
+def _reported(progress, name, check, *args):
+    """``check(*args)``, announced on stderr if ``progress``."""
+    if not progress:
+        return check(*args)
+    started = time.perf_counter()
+    print(f"final check at the {name}: a full-batch certified hypergradient ...",
+          file=sys.stderr, flush=True)
+    bounds, spent = check(*args)
+    print(f"final check at the {name}: F in [{bounds['lower_bound']:.6g}, "
+          f"{bounds['upper_bound']:.6g}], {spent.total} lower + CG iterations, "
+          f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return bounds, spent
 
 
 def _bracket(problem, hg):

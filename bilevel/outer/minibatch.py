@@ -399,14 +399,14 @@ class MinibatchMAID:
                                    certify=False, restart_step=None), row, spent
 
     # ------------------------------------------------------------------ the end
-    def finish(self, problem, result):
+    def finish(self, problem, result, progress=False):
         """The final check (``final_check``): a full-batch certified hypergradient at
         ``result.theta`` (and at the moving average, with ``average``: the result's theta
         is then the one with the lower certified upper bound on F); 'loss' skips the
         refinement of the gradient's direction; called by
         :func:`bilevel.solve` and :func:`bilevel.resume` after the run (``run`` alone
         does not).  :mod:`bilevel.outer.final_check`."""
-        return _final.finish(self, problem, result)
+        return _final.finish(self, problem, result, progress)
 
 
 def _slope_and_margin(z, d):
