@@ -65,7 +65,8 @@ def finish(method, problem, result, progress=False):
     kind = "certified" if all(c["certified"] for c in checks.values()) else \
         "estimated (bound constants are estimates)"
     if method.final_check == "loss":
-        kind += ", at the batches' accuracy: the gradient's direction not refined"
+        kind += (f", F to {method.final_loss_rtol:g} relative: the gradient's direction not "
+                 "refined")
     low, high, z_norm, omega = (check[k] for k in ("lower_bound", "upper_bound",
                                                    "grad_norm", "error_bound"))
     choice = "" if len(checks) == 1 else " F at the " + ", at the ".join(
