@@ -196,7 +196,7 @@ def compute(args, folder):
         settings["alpha0"] = args.alpha0
     try:
         settings.update(experiment.parse_settings(args.set))
-        bilevel.outer.make_method(args.method, **settings)  # a bad setting named now
+        method = bilevel.outer.make_method(args.method, **settings)  # a bad one named now
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"--method {args.method} --set: {exc}") from None
     clean, noisy, source = training_pairs(args.patches, args.patch_size, args.sigma, args.seed,
@@ -217,15 +217,13 @@ def compute(args, folder):
             # The command's settings must be the checkpoint's (a mismatch is refused), bar
             # a new final check.
             try:
-                result = bilevel.resume(problem, checkpoint, **budgets,
-                                        method=bilevel.outer.make_method(args.method,
-                                                                         **settings),
+                result = bilevel.resume(problem, checkpoint, **budgets, method=method,
                                         final_check=settings.get("final_check"))
             except bilevel.CheckpointMismatchError as exc:
                 raise SystemExit(f"--resume: {exc}") from None
         else:
-            result = bilevel.solve(problem, args.method, theta0=theta0,
-                                   checkpoint_path=checkpoint, **budgets, **settings)
+            result = bilevel.solve(problem, method, theta0=theta0, checkpoint_path=checkpoint,
+                                   **budgets)
     print(f"{result.status}: {result.message}", flush=True)
     folder.write_rows("data.csv", result.history)
     folder.write_json("theta.json", result.theta.detach().cpu().tolist())

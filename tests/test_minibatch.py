@@ -9,6 +9,7 @@ from bilevel_problems.ridge_regularizer import RidgeRegularizer
 from bilevel_problems.tv_denoising import TVDenoising
 
 import bilevel
+from bilevel.hypergradient import bracket_accuracy, upper_bounds
 from bilevel.outer import minibatch
 from bilevel.reference import reference_solution
 
@@ -230,6 +231,17 @@ def test_a_loss_check_brackets_f_at_the_batches_accuracy_without_refining(tmp_pa
         bilevel.resume(p, unchecked, max_iter=12, final_check="loss",
                        method=bilevel.outer.make_method("maid_sgd", batch_size=3,
                                                         final_check="loss"))
+
+
+@pytest.mark.parametrize(("grad_norm", "L_g", "slack"),
+                         [(0.06, 1.0, 1.5e-5), (0.0, 2.0, 1e-3), (3.0, 0.0, 1e-2),
+                          (1e-8, 1e4, 1.0)])
+def test_bracket_accuracy_inverts_the_bracket(grad_norm, L_g, slack):
+    """At eps = bracket_accuracy(...), upper_bounds' upper end lies exactly slack above g."""
+    eps = bracket_accuracy(grad_norm, L_g, slack)
+    _, high = upper_bounds(0.0, grad_norm, eps, L_g)
+    assert high == pytest.approx(slack, rel=1e-12)
+    assert bracket_accuracy(grad_norm, L_g, 0.0) == 0.0
 
 
 def test_the_final_check_reports_its_progress(capsys):

@@ -130,7 +130,7 @@ def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=No
 
     if final_check is None:
         saved, state, history, _ = load_checkpoint(checkpoint_path, problem, method=method)
-    else:
+    else:  # ``method`` is compared with the saved settings as the new check makes them
         saved, state, history, _ = load_checkpoint(checkpoint_path, problem)
         if not hasattr(saved, "final_check"):
             raise ValueError(f"final_check={final_check!r}: the run's method "

@@ -115,11 +115,10 @@ class MinibatchMAID:
         Seed of the batch order.
     final_check : {True, 'loss', False}
         End :func:`bilevel.solve` with a full-batch certified hypergradient at theta:
-        refined until omega <= rel_error ||z|| (True), or once at the batches' last
-        accuracy ('loss': the bracket on F and the bound ||grad F|| <= ||z|| + omega,
-        without the refinement that can cost more than the training on a large set, but
-        with the lower level refined until F's bracket has relative half-width
-        ``final_loss_rtol``).
+        refined until omega <= rel_error ||z|| (True), or with the lower level solved only
+        until F's certified bracket has relative half-width ``final_loss_rtol`` ('loss':
+        the bound ||grad F|| <= ||z|| + omega comes as it is, without the refinement that
+        can cost more than the training on a large set).
     final_loss_rtol : float
         final_check='loss': the relative half-width of F's certified bracket (1e-5).
     max_conditioning_growth : float
