@@ -93,13 +93,14 @@ def bm3d_denoiser(sigma):
     return lambda y: bm3d.bm3d(y, sigma_psd=sigma)
 
 
-def learned_denoiser(run_dir, tol=None):
-    """``bilevel.load(run_dir).denoise`` on numpy images, to certified accuracy ``tol``."""
+def learned_denoiser(run_dir, tol=None, device=None):
+    """``bilevel.load(run_dir, device).denoise`` on numpy images, to certified accuracy
+    ``tol``."""
     import torch
 
     import bilevel
 
-    model = bilevel.load(run_dir)
+    model = bilevel.load(run_dir, device=device)
     return lambda y: model.denoise(torch.from_numpy(y), tol=tol).numpy()
 
 
@@ -143,7 +144,7 @@ def evaluate(images, names, sigma, denoisers, weights=TV_WEIGHTS, progress=print
                    ssim={m: _mean(rows, m, "ssim") for m in models if m != "noisy"},
                    seconds_per_image={m: _mean(rows, m, "seconds") for m in models[1:]},
                    tv_weight=weights[best],
-                   tv_weight_at_grid_edge=best in (0, len(weights) - 1))
+                   tv_weight_at_grid_edge=len(weights) > 1 and best in (0, len(weights) - 1))
     grid_rows = [dict(weight=w, psnr=grid[:, k, 0].mean(), ssim=grid[:, k, 1].mean())
                  for k, w in enumerate(weights)]
     return summary, rows, grid_rows
@@ -177,6 +178,12 @@ def _arguments(argv):
     p.add_argument("--tol", type=float, default=None,
                    help="certified ||x - x*|| of the learned models (default: the problem's)")
     p.add_argument("--no-bm3d", action="store_true", help="leave BM3D out")
+    p.add_argument("--device", default=None,
+                   help="where the learned models solve (cuda; default: the CPU)")
+    p.add_argument("--tv-weights", default=None, metavar="W,...",
+                   help="TV's weights, comma-separated (default: the 41-weight oracle grid; "
+                        "one known weight makes TV's row cheap when only learned rows are "
+                        "wanted)")
     p.add_argument("--merge", action="append", default=[], metavar="FOLDER",
                    help="copy the learned models of FOLDER/summary.json into --out's "
                         "(evaluates nothing); repeatable")
@@ -184,6 +191,14 @@ def _arguments(argv):
     if any("=" not in item for item in args.model):
         p.error("--model takes NAME=RUN_DIR")
     args.models = dict(item.split("=", 1) for item in args.model)
+    args.weights = TV_WEIGHTS
+    if args.tv_weights is not None:
+        try:
+            args.weights = tuple(float(w) for w in args.tv_weights.split(","))
+        except ValueError:
+            p.error(f"--tv-weights takes numbers separated by commas, got {args.tv_weights!r}")
+        if not all(0 < w < float("inf") for w in args.weights):
+            p.error(f"--tv-weights must be positive and finite, got {args.tv_weights!r}")
     if args.quick:  # two images of Set12, never over the committed results
         args.n_images, args.set = args.n_images or 2, "Set12"
         args.out = args.out or str(Path(tempfile.gettempdir()) / "bilevel-quick" / "bsd68")
@@ -202,7 +217,8 @@ def main(argv=None):
     if args.merge:
         return merge(folder, args.merge)
     folder.open()
-    models = {name: learned_denoiser(path, args.tol) for name, path in args.models.items()}
+    models = {name: learned_denoiser(path, args.tol, args.device)
+              for name, path in args.models.items()}
     started, summaries, rows, grid_rows, sources = time.perf_counter(), [], [], [], {}
     for set_name in args.set.split(","):
         files, images, sources[set_name] = load_set(set_name, args.data, args.n_images)
@@ -211,7 +227,7 @@ def main(argv=None):
             print(f"{set_name}, sigma {sigma_255:g}/255: {len(images)} images", flush=True)
             bm3d = None if args.no_bm3d else {"BM3D": bm3d_denoiser(sigma)}
             summary, image_rows, grid = evaluate(
-                images, files, sigma, {**(bm3d or {}), **models},
+                images, files, sigma, {**(bm3d or {}), **models}, weights=args.weights,
                 progress=lambda line: print(line, flush=True),
                 partial=lambda done: folder.write_rows("per_image_partial.csv", done))
             tag = dict(set=set_name, sigma_255=sigma_255)
@@ -226,7 +242,8 @@ def main(argv=None):
                            command=command_line(argv, "benchmarks/bsd68.py"),
                            sets=sources, sigmas_255=args.sigma, n_images=args.n_images,
                            models=args.models, tol=args.tol, noise="numpy default_rng(i), image i",
-                           tv_weights=[TV_WEIGHTS[0], TV_WEIGHTS[-1], len(TV_WEIGHTS)],
+                           tv_weights=[args.weights[0], args.weights[-1], len(args.weights)],
+                           device=args.device or "cpu",
                            versions=_versions(),
                            wall_time_s=round(time.perf_counter() - started, 1)))
     summarise(folder)
@@ -272,6 +289,15 @@ def _versions():
     return out
 
 
+def _tv_text(weights):
+    first, last, count = weights
+    if (first, last, count) == (TV_WEIGHTS[0], TV_WEIGHTS[-1], len(TV_WEIGHTS)):
+        return ("TV's weight is an oracle: chosen on the same images by mean PSNR (grid "
+                f"{first:g} to {last:.3g}, {count} weights, 2^(1/8) apart; tv_grid.csv).")
+    return (f"TV's weight: the best by mean PSNR of the {count} given (--tv-weights, {first:g} "
+            f"to {last:.3g}; tv_grid.csv), not the 41-weight oracle.")
+
+
 def summarise(folder: RunFolder) -> Path:
     """summary.md from summary.json and meta.json."""
     summaries, meta = folder.read_json("summary.json"), folder.read_meta()
@@ -281,11 +307,9 @@ def summarise(folder: RunFolder) -> Path:
              f"{env['cpus']} cores, torch threads {env['torch_threads']}; "
              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ")", "",
              "Mean PSNR (dB) / SSIM over the images; noise unclipped, seed i for image i. "
-             "TV's weight is an oracle: chosen on the same images by mean PSNR "
-             f"(grid {meta['tv_weights'][0]:g} to {meta['tv_weights'][1]:.3g}, "
-             f"{meta['tv_weights'][2]} weights, 2^(1/8) apart; tv_grid.csv). Seconds are "
-             "wall-clock per image on a machine that may be shared with other jobs "
-             "(per_image.csv has each).", ""]
+             + _tv_text(meta["tv_weights"]) + " Seconds are wall-clock per image on a "
+             f"machine that may be shared with other jobs, learned models on "
+             f"{meta.get('device') or 'cpu'} (per_image.csv has each).", ""]
     for entry in summaries:
         published = PUBLISHED.get(entry["set"], {}).get(round(entry["sigma_255"]), {})
         lines += [f"## {entry['set']}, sigma {entry['sigma_255']:g}/255 "

@@ -10,6 +10,9 @@ the learned theta, through the problem's own certified ``denoise(noisy, theta)``
 
     model = bilevel.load("runs/tv")
     x = model.denoise(y)            # y: (H, W) or (N, H, W), tensor or array, in [0, 1]
+
+``bilevel.load(run_dir, device="cuda")`` rebuilds the problem on that device: ``denoise``
+then solves there and hands the result back where ``y`` came from.
 """
 from __future__ import annotations
 
@@ -55,8 +58,8 @@ class LearnedModel:
     def denoise(self, y, tol=None, max_iter=100_000, pad=None):
         """Denoise ``y``, (H, W) or (N, H, W), with the learned theta.
 
-        Returns x shaped like ``y``: a tensor for a tensor, a numpy array otherwise,
-        with certified ||x - x*(theta)|| <= tol (None: the problem's default, raised
+        Returns x shaped like ``y``: a tensor on ``y``'s device for a tensor, a numpy array
+        otherwise, with certified ||x - x*(theta)|| <= tol (None: the problem's default, raised
         to what the dtype can certify).  ``y`` must be floating point, on the scale
         of the training images ([0, 1] for the built-in ones).  ``pad``: the mirrored
         border of the problem's ``denoise`` (None: its default, s - 1 pixels for filter
@@ -71,15 +74,18 @@ class LearnedModel:
             raise TypeError(f"{self.name}: denoise needs floating-point images on the scale "
                             f"of the training images ([0, 1]), got {images.dtype}")
         x = self.problem.denoise(images, self.theta, tol=tol, max_iter=max_iter, pad=pad)
-        return x if is_tensor else x.detach().cpu().numpy()
+        return x.to(images.device) if is_tensor else x.detach().cpu().numpy()
 
 
-def load(run_dir) -> LearnedModel:
+def load(run_dir, device=None) -> LearnedModel:
     """The learned model of a run folder (``meta.json`` with ``problem``, ``theta.json``).
 
-    Raises FileNotFoundError for a missing folder, :class:`~bilevel.CorruptRunError`
-    for a missing or unreadable file or a theta that does not fit the problem, and
-    TypeError for a problem that is not a denoiser (one without ``denoise``).
+    ``device`` (``"cuda"``, a torch.device; None: the problem's default, the CPU for the
+    built-in ones) is where the problem is rebuilt and ``denoise`` solves.  Raises
+    FileNotFoundError for a missing folder, :class:`~bilevel.CorruptRunError` for a missing
+    or unreadable file or a theta that does not fit the problem, TypeError for a problem
+    that is not a denoiser (one without ``denoise``) or cannot take ``device``, and
+    RuntimeError for a CUDA device that torch does not see.
     """
     path = Path(run_dir)
     if not path.is_dir():
@@ -94,11 +100,12 @@ def load(run_dir) -> LearnedModel:
     status = meta.get("status")
     why = f" (meta.json says status {status!r})" if status in ("running", "failed") else ""
     theta = _theta(folder.read_json("theta.json", why), path / "theta.json")
-    name, problem = _rebuild(spec)
+    name, problem = _rebuild(spec, device)
     expected = problem.initial_theta().numel()
     if theta.numel() != expected:
         raise CorruptRunError(path / "theta.json", f"holds {theta.numel()} values; {spec} "
                                                    f"has {expected} hyperparameters")
+    theta = theta.to(problem.initial_theta().device)
     return LearnedModel(spec=spec, name=name, theta=theta, problem=problem, path=str(path))
 
 
@@ -112,8 +119,9 @@ def _theta(values, path) -> torch.Tensor:
     return theta
 
 
-def _rebuild(spec):
-    """(name, problem) of ``spec`` built on a stand-in image instead of its training data."""
+def _rebuild(spec, device=None):
+    """(name, problem) of ``spec`` built on a stand-in image instead of its training data
+    (on ``device``, when given)."""
     name, params = registry.parse_spec(spec)
     factory = registry.get_entry(name).factory
     if inspect.isclass(factory) and not hasattr(factory, "denoise"):
@@ -124,6 +132,15 @@ def _rebuild(spec):
                         "(its factory takes no images= / noisy=)")
     stand_in = _stand_in(params.get("size", _default(factory, "size", 64)))
     kept = {k: v for k, v in params.items() if k not in _DATA_PARAMETERS}
+    if device is not None:
+        if accepted is not None and "device" not in accepted:
+            raise TypeError(f"{name} cannot be rebuilt on device {device!r}: its factory "
+                            "takes no device=")
+        device = torch.device(device)  # a bad name is torch's RuntimeError, here
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"cannot rebuild {name} on {device}: this torch sees no CUDA "
+                               "device")
+        kept["device"] = device
     try:
         problem = registry.make_problem(name, **kept, images=stand_in, noisy=stand_in)
     except (TypeError, ValueError) as exc:

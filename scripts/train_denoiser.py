@@ -113,6 +113,10 @@ def add_arguments(p):
     p.add_argument("--checkpoint-every", type=int, default=10)
     p.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint.pt")
     p.add_argument("--data", default=None, help="the BSD400 training folder (docs/data.md)")
+    p.add_argument("--device", default="cpu",
+                   help="where the lower level is solved (cuda; the crops, theta and the "
+                        "method's state live there; the run folder reads the same on any "
+                        "device)")
 
 
 def spec(args):
@@ -168,7 +172,7 @@ def initial_theta(args, problem, problem_spec):
             raise SystemExit("--wake is for --init")
         return None
     try:
-        source = bilevel.load(args.init)
+        source = bilevel.load(args.init, device=args.device)
         if source.spec == problem_spec and args.wake is None:
             return source.theta.to(problem.theta0)
         if args.model == "foe":
@@ -202,8 +206,14 @@ def compute(args, folder):
     clean, noisy, source = training_pairs(args.patches, args.patch_size, args.sigma, args.seed,
                                           args.data, args.crops_per_image)
     problem_spec = spec(args)
+    try:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("this torch sees no CUDA device")
+    except RuntimeError as exc:
+        raise SystemExit(f"--device {args.device}: {exc}") from None
     problem = registry.make_problem(problem_spec, images=clean, noisy=noisy,
-                                    sigma=args.sigma / 255)
+                                    sigma=args.sigma / 255, device=device)
     theta0 = None if args.resume else initial_theta(args, problem, problem_spec)
     checkpoint = folder / "checkpoint.pt"
     budgets = dict(max_iter=args.max_iter, max_time=args.max_time, progress=not quick,
@@ -233,17 +243,19 @@ def compute(args, folder):
                 patch_size=args.patch_size, method=args.method,
                 settings=settings, status=result.status, message=result.message,
                 iterations=len(result.history), cost=last.get("cost"), init=args.init,
-                wake=args.wake, final_check=getattr(result.state, "final_check", None),
+                wake=args.wake, device=str(device),
+                final_check=getattr(result.state, "final_check", None),
                 train_psnr_start=datasets.quality(noisy, clean)["psnr"])
 
 
 def summarise(folder):
-    meta, rows = folder.read_meta(), folder.read_rows("data.csv")
+    meta = folder.read_meta()
+    rows = _rows(folder, meta)
     last = rows[-1] if rows else {}
     text = [f"# Training {meta['model']} at sigma {meta['sigma']:g}/255", "",
             f"Problem `{meta['problem']}` on {meta['patches']} patches "
             f"{meta['patch_size']}x{meta['patch_size']} from {meta['source']}; method "
-            f"`{meta['method']}` {meta['settings']}"
+            f"`{meta['method']}` {meta['settings']}, on {meta.get('device', 'cpu')}"
             + (f", from the learned `{meta['init']}`" if meta.get("init") else "")
             + (f" (sleeping filters woken at {meta['wake']:g} s_max)" if meta.get("wake") else "")
             + ".", "",
@@ -259,10 +271,17 @@ def summarise(folder):
     print("\n".join(text))
 
 
+def _rows(folder, meta):
+    """data.csv's rows; none for a run stopped before its first iteration (the budget spent
+    loading the crops), whose data.csv is empty."""
+    return folder.read_rows("data.csv") if meta.get("iterations") else []
+
+
 def plot(folder):
     """training.png: the training loss against epochs (or iterations) and, for a model with
     filters, the learned filters."""
-    rows, meta = folder.read_rows("data.csv"), folder.read_meta()
+    meta = folder.read_meta()
+    rows = _rows(folder, meta)
     model = bilevel.load(folder.path)
     filtered = hasattr(model.problem, "filters")
     plt = _figure.pyplot()
@@ -293,7 +312,7 @@ def _plot_losses(ax, rows, meta):
     check = meta.get("final_check") or {}
     for k, (name, c) in enumerate((check.get("candidates") or {"": check}).items()):
         if "lower_bound" in c:
-            ax.errorbar([x[-1]], [0.5 * (c["lower_bound"] + c["upper_bound"])],
+            ax.errorbar([x[-1] if x else 0], [0.5 * (c["lower_bound"] + c["upper_bound"])],
                         yerr=[[0.5 * (c["upper_bound"] - c["lower_bound"])]] * 2,
                         fmt="os"[k % 2], color=f"C{1 + k}", ms=6, capsize=4,
                         label=f"certified F, all patches{', ' + name if name else ''}"

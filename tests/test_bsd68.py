@@ -87,6 +87,20 @@ def test_main_writes_the_folder(bench, images, tmp_path, capsys):
     assert len((out / "per_image.csv").read_text().splitlines()) == 1 + 2 * 3  # 3 models
     with pytest.raises(SystemExit, match="no image set Set68"):
         bench.main(["--data", str(data), "--set", "Set68", "--out", str(out)])
+    # One given TV weight: the row is TV at that weight, and the summary does not call it
+    # an oracle.
+    one = tmp_path / "one"
+    bench.main(["--data", str(data), "--set", "Set12", "--sigma", "25", "--no-bm3d",
+                "--tv-weights", "0.08", "--model", f"learned TV={model.path}", "--device",
+                "cpu", "--out", str(one)])
+    (single,) = json.loads((one / "summary.json").read_text())
+    assert single["tv_weight"] == 0.08
+    assert single["psnr"]["learned TV"] == pytest.approx(entry["psnr"]["learned TV"], abs=1e-6)
+    assert "not the 41-weight oracle" in (one / "summary.md").read_text()
+    assert json.loads((one / "meta.json").read_text())["device"] == "cpu"
+    for bad in ("0.1,x", "-0.1", "inf"):
+        with pytest.raises(SystemExit):
+            bench.main(["--data", str(data), "--tv-weights", bad, "--out", str(one)])
 
 
 def test_merge_copies_learned_models_into_the_baseline_folder(bench, tmp_path):

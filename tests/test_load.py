@@ -130,3 +130,20 @@ def test_import_stays_light():
     code = ("import sys, bilevel; bilevel.load; "
             "assert 'bilevel_problems' not in sys.modules and 'skimage' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_load_on_a_device_denoises_there_and_answers_on_the_input_device(tv_run):
+    model = bilevel.load(tv_run[0], device="cpu")
+    assert model.theta.device.type == "cpu" and model.problem.device == torch.device("cpu")
+    _, noisy = _test_images()
+    torch.testing.assert_close(model.denoise(noisy, tol=1e-8),
+                               bilevel.load(tv_run[0]).denoise(noisy, tol=1e-8),
+                               rtol=0, atol=4e-8)
+    with pytest.raises(RuntimeError, match="Expected one of"):
+        bilevel.load(tv_run[0], device="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: tests/test_cuda.py")
+def test_load_on_cuda_without_cuda_says_so(tv_run):
+    with pytest.raises(RuntimeError, match="sees no CUDA device"):
+        bilevel.load(tv_run[0], device="cuda")

@@ -45,6 +45,7 @@ SCRIPTS = {
 #: benchmark -> (its extra arguments, the meta file of a quick run).
 BENCHMARKS = {
     "certificate_tightness": ([], "certificate_tightness.json"),
+    "denoiser_speed": ([], "denoiser_speed_cpu.json"),
     "hvp_closed_form": (["--threads", "1"], "hvp_closed_form_threads1.json"),
     "ridge_vs_foe": ([], "ridge_vs_foe.json"),
     "ridge_borders": ([], "ridge_borders.json"),
@@ -55,6 +56,8 @@ BENCHMARKS = {
 }
 #: Committed benchmark results: (benchmark, extra arguments, their meta file).
 COMMITTED_BENCHMARKS = [("certificate_tightness", [], "certificate_tightness.json"),
+                        ("denoiser_speed", [], "denoiser_speed_cpu.json"),
+                        ("denoiser_speed", ["--device", "cuda"], "denoiser_speed_cuda.json"),
                         ("hvp_closed_form", [], "hvp_closed_form.json"),
                         ("hvp_closed_form", ["--threads", "1"], "hvp_closed_form_threads1.json"),
                         ("ridge_vs_foe", [], "ridge_vs_foe.json"),
@@ -250,6 +253,24 @@ def test_train_denoiser_tv_start_scales_with_sigma():
     with pytest.raises(SystemExit, match="--start tv"):
         train.spec(parser.parse_args(["--model", "ridge", "--tv-weight", "0.05"]))
 
+
+
+def test_train_denoiser_device_and_a_budget_spent_before_the_first_iteration(tmp_path):
+    """--device is recorded (and a device torch does not see is one error before any
+    computing); a budget spent loading the crops still writes a folder that loads."""
+    train = module("scripts", "train_denoiser")
+    train.main(["--quick", "--model", "tv", "--device", "cpu", "--max-time", "1e-9",
+                "--out", str(tmp_path / "run")])
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert (meta["device"], meta["iterations"], meta["status"]) == ("cpu", 0, "max_time")
+    assert "on cpu" in (tmp_path / "run" / "summary.md").read_text()
+    model = bilevel.load(tmp_path / "run")
+    torch.testing.assert_close(model.theta, model.problem.initial_theta())
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cuda: this torch sees no CUDA"):
+            train.main(["--quick", "--model", "tv", "--device", "cuda", "--out",
+                        str(tmp_path / "bad")])
+        assert not (tmp_path / "bad" / "data.csv").exists()
 
 
 def test_train_denoiser_method_settings(tmp_path):
