@@ -135,14 +135,31 @@ def validate(problem) -> None:
     L = problem.smoothness(theta)
     if L is not None and not (math.isfinite(float(L)) and float(L) >= mu):
         refuse(problem, f"smoothness(theta) = {L} must be finite and >= mu = {mu}")
-    grad = problem.lower_grad(x, theta)
+    # The derivatives run the same code on every sample: check them on one, where a
+    # training set of thousands of crops would pay minutes here (h and g above saw all the
+    # data, so a NaN anywhere in it is still caught).
+    view, x = _one_sample(problem, theta, x)
+    grad = view.lower_grad(x, theta)
     if tuple(grad.shape) != tuple(x.shape):
         refuse(problem, f"lower_grad returns shape {tuple(grad.shape)}, x has {tuple(x.shape)}")
-    bw = problem.mixed_vjp(x, theta, grad)
+    bw = view.mixed_vjp(x, theta, grad)
     if tuple(bw.shape) != tuple(theta.shape):
         refuse(problem, f"mixed_vjp returns shape {tuple(bw.shape)}, theta has "
                     f"{tuple(theta.shape)}")
-    _spot_check_second_derivatives(problem, x, theta)
+    _spot_check_second_derivatives(view, x, theta)
+
+
+def _one_sample(problem, theta, x):
+    """(problem, x) itself, or its first sample's view and x when it is sample-separable
+    (``subset`` overridden) with several samples; that view's x must be x[[0]]."""
+    if type(problem).subset is _default("subset") or int(problem.n_samples) <= 1:
+        return problem, x
+    view = problem.subset([0])
+    x_one = view.initial_x(theta)
+    if tuple(x_one.shape) != (1, *x.shape[1:]):
+        refuse(problem, f"subset([0]).initial_x(theta) has shape {tuple(x_one.shape)}, not "
+                        f"{(1, *x.shape[1:])} (initial_x(theta)[[0]], x stacked by sample)")
+    return view, x_one
 
 def _spot_check_second_derivatives(problem, x, theta):
     """Warn if an autograd default second derivative misses what differences see.

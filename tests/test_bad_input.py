@@ -247,3 +247,40 @@ OTHER_SPECS = [
 def test_d13_bad_spec_of_other_problems_is_named(spec, message):
     with pytest.raises(ValueError, match=message):
         bilevel.make_problem(spec)
+
+
+def test_d16_contract_checks_derivatives_on_one_sample_and_the_data_on_all(monkeypatch):
+    """A sample-separable problem's derivatives are checked at construction on its first
+    sample's view (the same code; thousands of training crops would cost minutes), its
+    objectives on all the samples (a NaN in any image is still refused), and the view's x
+    must be x[[0]]."""
+    seen = []
+    grad = TVDenoising.lower_grad
+
+    def recording(self, x, theta):
+        seen.append(x.shape[0])
+        return grad(self, x, theta)
+
+    monkeypatch.setattr(TVDenoising, "lower_grad", recording)
+    TVDenoising(images=_images(n=5))
+    assert seen and set(seen) == {1}
+    objective = TVDenoising.lower_objective
+
+    def not_finite_on_all_five(self, x, theta):
+        value = objective(self, x, theta)
+        return value * float("nan") if x.shape[0] == 5 else value
+
+    monkeypatch.setattr(TVDenoising, "lower_objective", not_finite_on_all_five)
+    with pytest.raises(ValueError, match="not finite at the initial point"):
+        TVDenoising(images=_images(n=5))
+    monkeypatch.setattr(TVDenoising, "lower_objective", objective)
+
+    class BadView(TVDenoising):
+        def subset(self, indices, total=None):
+            view = super().subset(indices, total)
+            view.initial_x = lambda theta: torch.zeros(2, 8, 12, dtype=torch.float64)
+            return view
+
+    with pytest.raises(ValueError, match=r"subset\(\[0\]\).initial_x\(theta\) has shape "
+                                         r"\(2, 8, 12\), not \(1, 8, 12\)"):
+        BadView(images=_images(n=3))
