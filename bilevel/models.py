@@ -29,6 +29,8 @@ from .results import CorruptRunError, RunFolder
 #: Spec parameters that say where the training images come from or which of them a
 #: rank holds; a rebuilt model has its stand-in image instead.
 _DATA_PARAMETERS = ("n_images", "size", "source", "images", "noisy", "shard")
+#: Where the run solved: a model trained on a GPU loads on the CPU (``load``'s ``device``).
+_PLACE_PARAMETERS = ("device",)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -131,7 +133,8 @@ def _rebuild(spec, device=None):
         raise TypeError(f"{name} is not a denoiser: it cannot be built on given images "
                         "(its factory takes no images= / noisy=)")
     stand_in = _stand_in(params.get("size", _default(factory, "size", 64)))
-    kept = {k: v for k, v in params.items() if k not in _DATA_PARAMETERS}
+    kept = {k: v for k, v in params.items()
+            if k not in _DATA_PARAMETERS + _PLACE_PARAMETERS}
     if device is not None:
         if accepted is not None and "device" not in accepted:
             raise TypeError(f"{name} cannot be rebuilt on device {device!r}: its factory "

@@ -1,5 +1,6 @@
 """bilevel.load: a run folder read back as a denoiser, without its training data."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -147,3 +148,15 @@ def test_load_on_a_device_denoises_there_and_answers_on_the_input_device(tv_run)
 def test_load_on_cuda_without_cuda_says_so(tv_run):
     with pytest.raises(RuntimeError, match="sees no CUDA device"):
         bilevel.load(tv_run[0], device="cuda")
+
+
+def test_a_spec_that_ran_on_a_gpu_loads_where_asked(tv_run, tmp_path):
+    """The spec's device= says where the run solved, not what the model is."""
+    out, theta = tv_run
+    shutil.copytree(out, tmp_path / "gpu")
+    meta = json.loads((tmp_path / "gpu" / "meta.json").read_text())
+    meta["problem"] = SPEC[:-1] + ",device='cuda']"
+    (tmp_path / "gpu" / "meta.json").write_text(json.dumps(meta))
+    model = bilevel.load(tmp_path / "gpu")
+    assert model.problem.device == torch.device("cpu")
+    torch.testing.assert_close(model.theta, theta.double(), rtol=0, atol=1e-15)
