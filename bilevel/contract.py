@@ -152,9 +152,17 @@ def validate(problem) -> None:
 def _one_sample(problem, theta, x):
     """(problem, x) itself, or its first sample's view and x when it is sample-separable
     (``subset`` overridden) with several samples; that view's x must be x[[0]]."""
-    if type(problem).subset is _default("subset") or int(problem.n_samples) <= 1:
+    if type(problem).subset is _default("subset"):
         return problem, x
-    view = problem.subset([0])
+    try:
+        if int(problem.n_samples) <= 1:
+            return problem, x
+        view = problem.subset([0])
+    except (NotImplementedError, TypeError, ValueError):
+        # An inherited subset this problem cannot honour (a per-image field it does not
+        # know, say): then the checks run on all the data, as thorough, only slower; a
+        # minibatch method that asks for a batch gets subset's own error.
+        return problem, x
     x_one = view.initial_x(theta)
     if tuple(x_one.shape) != (1, *x.shape[1:]):
         refuse(problem, f"subset([0]).initial_x(theta) has shape {tuple(x_one.shape)}, not "

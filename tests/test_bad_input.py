@@ -284,3 +284,17 @@ def test_d16_contract_checks_derivatives_on_one_sample_and_the_data_on_all(monke
     with pytest.raises(ValueError, match=r"subset\(\[0\]\).initial_x\(theta\) has shape "
                                          r"\(2, 8, 12\), not \(1, 8, 12\)"):
         BadView(images=_images(n=3))
+
+
+def test_d16_an_inherited_subset_that_refuses_leaves_the_check_on_all_the_data(monkeypatch):
+    """A subclass with a per-image field its inherited subset does not know is still built
+    (the contract checked on all the data); maid_sgd then gets subset's own error."""
+
+    class WithWeights(TVDenoising):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.weights = torch.ones_like(self.clean)  # per image, not in sample_fields
+
+    problem = WithWeights(images=_images(n=3))
+    with pytest.raises(TypeError, match="'weights' looks per-image"):
+        problem.subset([0])
