@@ -270,3 +270,23 @@ def test_smoothed_potential_tables():
     (sig,) = evaluate_potential(t.view(1, 1, -1).expand(1, 2, -1).contiguous(), tables, R, (1,))
     diff = avg - sig[0].T
     assert float((diff - diff.mean(0)).abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("shape", [(16, 3, 40, 40), (1, 3, 150, 150)])
+def test_potentials_in_cpu_blocks_equal_the_whole_evaluation(shape):
+    """Blocks of samples (or of one image's rows) give every entry, and the gradient in
+    the tables, exactly as one evaluation of the whole tensor."""
+    from bilevel.nn.splines import potentials
+
+    assert torch.Size(shape).numel() > potentials.CPU_BLOCK
+    gen = torch.Generator().manual_seed(0)
+    slopes = torch.rand(3, 20, generator=gen, dtype=torch.float64).requires_grad_(True)
+    tables = potentials.potential_tables(slopes, 0.3)
+    z = 0.2 * torch.randn(shape, generator=gen, dtype=torch.float64)
+    blocked = potentials.evaluate_potential(z, tables, 0.3, (0, 1, 2))
+    whole = potentials._evaluate_block(z, tables, 0.3, (0, 1, 2))
+    for a, b in zip(blocked, whole, strict=True):
+        assert torch.equal(a, b)
+    (g_blocked,) = torch.autograd.grad(blocked[1].sum(), slopes, retain_graph=True)
+    (g_whole,) = torch.autograd.grad(whole[1].sum(), slopes)
+    torch.testing.assert_close(g_blocked, g_whole, rtol=1e-12, atol=1e-12)

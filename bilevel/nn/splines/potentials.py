@@ -55,16 +55,34 @@ def potential_tables(slopes: torch.Tensor, x_range: float) -> torch.Tensor:
     return torch.stack([S0, S1, P2, P3], dim=1)
 
 
+#: Entries of z evaluated together on the CPU (512 KiB of float64 per temporary): the
+#: piece indices, offsets and gathered coefficients of a block then stay in cache.  Whole
+#: tensors of 1 to 5 million entries (a training batch, a BSD68 image, 24 filters) took
+#: 49 to 77 ns an entry on this project's CPU, blocks 15 to 22.
+CPU_BLOCK = 2 ** 16
+
+
 def evaluate_potential(z: torch.Tensor, tables: torch.Tensor, x_range: float,
                        orders=(0,)) -> tuple:
     """psi^{(r)}(z) for r in ``orders`` (0, 1, 2), per channel (dim 1 of z).
 
     ``tables`` from :func:`potential_tables`; z has shape (N, C, ...).  Like the
     spline, one piece index and one offset per entry of z, then a gather per
-    Taylor coefficient: O(z) memory.  Differentiable in z and in the tables.
+    Taylor coefficient: O(z) memory.  Differentiable in z and in the tables.  On the
+    CPU a large z goes in blocks of samples (or of rows of one image) of about
+    :data:`CPU_BLOCK` entries, with the same result: each entry is computed alone.
     """
     if any(r not in (0, 1, 2) for r in orders):
         raise ValueError(f"orders must be in (0, 1, 2), got {tuple(orders)}")
+    dim = 0 if z.shape[0] > 1 or z.ndim < 3 else 2  # never split the channels (dim 1)
+    if z.device.type != "cpu" or z.numel() <= CPU_BLOCK or z.shape[dim] == 1:
+        return _evaluate_block(z, tables, x_range, orders)
+    step = max(1, CPU_BLOCK * z.shape[dim] // z.numel())
+    blocks = [_evaluate_block(part, tables, x_range, orders) for part in z.split(step, dim)]
+    return tuple(torch.cat(values, dim) for values in zip(*blocks, strict=True))
+
+
+def _evaluate_block(z, tables, x_range, orders):
     C, _, P = tables.shape
     M = P - 1
     T = 2 * x_range / M
