@@ -326,6 +326,27 @@ class RidgeRegularizer(DenoisingProblem):
         return BoundConstants(L_g=1.0 / self.n_images, B_norm=B_here + 2 * L_B * e, L_B=L_B,
                               L_Ainv=L_A / mu ** 2, L_gtheta=0.0, certified=True, cost=2)
 
+    def hessian_lipschitz_along(self, theta, x, q, radius, x_radius=math.inf):
+        r"""M with ||(A(x1) - A(x2)) q'|| <= M ||x1 - x2|| for every x1, x2, ||q' - q|| <= radius.
+
+        (A(x1) - A(x2)) q' = alpha sum_k K_k^T [(psi_k''(z1_k) - psi_k''(z2_k)) o K_k q'] and
+        |psi_k''(t1) - psi_k''(t2)| <= jmp_k |t1 - t2| pixel by pixel (:meth:`bound_constants`),
+        so the norm is at most alpha sum_k kappa_k jmp_k ||K_k (x1 - x2)||_2 ||K_k q'||_inf
+        <= alpha sum_k kappa_k^2 jmp_k (||K_k q||_inf + ||c_k||_2 radius) ||x1 - x2||.  L_A
+        has ||c_k||_2 ||q'|| where this has q's largest response: for an adjoint spread over
+        many pixels, smaller by about sqrt(s^2 / #pixels).  Global in x (and with slopes of
+        either sign), so ``x_radius`` is not used.  Costs one sweep of responses.
+        """
+        alpha, C, slopes, _ = self.params(theta.detach())
+        if self.M < 2:  # one slope: psi'' constant, A does not move with x
+            return 0.0
+        kappa = filter_bank.operator_norm_bounds(filter_bank.autocorrelations(C, self.s))
+        jmp = torch.diff(slopes, dim=1).abs().amax(dim=1) / self.T
+        sup = self.parallel.max(self._conv(q.detach(), C).abs().amax(dim=(0, 2, 3)))
+        c2 = torch.linalg.vector_norm(C, dim=1)
+        rate = alpha * torch.sum(kappa.to(jmp) ** 2 * jmp * (sup.to(jmp) + c2 * radius))
+        return float(rate) * (1 + 1e-12)
+
     # ------------------------------------------------------------------ usage
     def on_images(self, images, theta):
         return RidgeRegularizer(images=images, noisy=images, num_filters=self.K,

@@ -33,7 +33,10 @@ def _cases():
                    dict(layout=layout, n_train=80, n_val=80, n_test=40), theta))
     foe = [("fields_of_experts", dict(n_images=2, size=12, num_filters=3, filter_size=3),
             None)]
-    return tv + lr + foe
+    ridge = dict(n_images=2, size=12, num_filters=2, filter_size=3, num_knots=9, x_range=0.2)
+    ridges = [("ridge_regularizer", ridge, "perturbed"),
+              ("weakly_convex_ridge", dict(ridge, rho=0.9), "perturbed")]
+    return tv + lr + foe + ridges
 
 
 CASES = _cases()
@@ -44,6 +47,10 @@ def references():
     out = {}
     for i, (name, params, theta) in enumerate(CASES):
         problem = bilevel.make_problem(name, **params)
+        if isinstance(theta, str):  # the start moved at random: uneven slopes, kinks
+            gen = torch.Generator().manual_seed(i)
+            start = problem.theta0.to(torch.float64)
+            theta = start + 0.5 * torch.randn(start.shape, generator=gen, dtype=torch.float64)
         if theta is None:  # a learned theta: sharper filters, smaller smoothings
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", bilevel.ConvergenceWarning)  # max_iter, meant
@@ -122,3 +129,19 @@ def test_logistic_sensitivity_bounds_the_solution_map(references, case):
         assert float(torch.linalg.matrix_norm(J, ord=2)) <= K * (1 + 1e-6)
     assert K <= hg.constants.B_norm / problem.strong_convexity(theta) * (1 + 1e-12)
     assert math.isfinite(K)
+
+
+@pytest.mark.parametrize(("name", "extra", "factor"),
+                         [("ridge_regularizer", {}, 2), ("weakly_convex_ridge", dict(rho=0.9), 20)])
+def test_ridges_hessian_rate_is_much_sharper_than_l_a(name, extra, factor):
+    # M reads q's largest response where L_A reads ||q||, and K M carries 1 / mu where
+    # L_Ainv ||grad g|| ||B|| carries 1 / mu^2: the weakly convex ridge (mu = 0.1) gains most.
+    problem = bilevel.make_problem(name, n_images=4, size=24, num_filters=2, filter_size=3,
+                                   num_knots=9, x_range=0.2, **extra)
+    gen = torch.Generator().manual_seed(0)
+    start = problem.theta0.to(torch.float64)
+    theta = start + 0.5 * torch.randn(start.shape, generator=gen, dtype=torch.float64)
+    hg = bilevel.hypergradient(problem, theta, 1e-6, 1e-6)
+    plain = hg.constants.omega(hg.lower.error_bound, hg.linear.residual_norm,
+                               problem.strong_convexity(theta), hg.upper_grad_norm)
+    assert hg.hessian_along is not None and hg.error_bound < plain / factor
