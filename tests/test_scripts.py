@@ -501,3 +501,18 @@ def test_train_denoiser_crops_per_image_takes_several_crops_of_each_image(tmp_pa
     assert float((windows - one[1]).abs().amax(dim=(-2, -1)).min()) < 1e-6
     with pytest.raises(SystemExit, match="crops-per-image"):
         train.main(["--quick", "--crops-per-image", "0", "--out", str(tmp_path / "x")])
+
+
+def test_local_rate_cost_lowers_omega_and_keeps_the_steps(tmp_path):
+    # The local rate only ever lowers omega; where both ways certify the same steps, the
+    # losses agree and the local rate never pays more lower + CG iterations.
+    module("benchmarks", "local_rate_cost").main(
+        ["--quick", "--model", str(ROOT / "results/denoisers/wcrr_tv_sigma25"),
+         "--out", str(tmp_path)])
+    found = json.loads((tmp_path / "local_rate_cost.json").read_text())
+    local, plain = found["omega"][:3], found["omega"][3:]
+    assert all(a["omega"] <= b["omega"] for a, b in zip(local, plain, strict=True))
+    runs = found["training"]
+    if runs[0]["losses"] == runs[1]["losses"]:
+        assert runs[0]["cost"] <= runs[1]["cost"]
+    assert no_absolute_paths(found) and (tmp_path / "local_rate_cost.md").stat().st_size > 0
