@@ -290,7 +290,7 @@ class RidgeRegularizer(DenoisingProblem):
         theta, x = theta.detach(), x.detach()
         alpha, C, slopes, dslopes = self.params(theta)
         alpha = float(alpha)
-        K, s = self.K, self.s
+        s = self.s
         mu = self.strong_convexity(theta)
         tables = potential_tables(slopes, self.x_range)
         z = self._conv(x, C)
@@ -306,8 +306,7 @@ class RidgeRegularizer(DenoisingProblem):
         c2 = torch.linalg.vector_norm(C, dim=1).double().cpu()
         smax = slopes.abs().amax(dim=1).double().cpu()  # |.|: see the docstring
         dsmax = dslopes.amax(dim=1).double().cpu()
-        jmp = (torch.diff(slopes, dim=1).abs().amax(dim=1) / self.T).double().cpu() \
-            if self.M > 1 else torch.zeros(K, dtype=torch.float64)
+        jmp = self._slope_jumps(slopes).double().cpu()
         d1_norm = torch.linalg.vector_norm(d1, dim=(0, 2, 3)).double().cpu()
         d2_max = d2.abs().amax(dim=(0, 2, 3)).double().cpu()
         z_norm = torch.linalg.vector_norm(z, dim=(0, 2, 3)).double().cpu()
@@ -338,14 +337,18 @@ class RidgeRegularizer(DenoisingProblem):
         either sign), so ``x_radius`` is not used.  Costs one sweep of responses.
         """
         alpha, C, slopes, _ = self.params(theta.detach())
-        if self.M < 2:  # one slope: psi'' constant, A does not move with x
-            return 0.0
         kappa = filter_bank.operator_norm_bounds(filter_bank.autocorrelations(C, self.s))
-        jmp = torch.diff(slopes, dim=1).abs().amax(dim=1) / self.T
+        jmp = self._slope_jumps(slopes)
         sup = self.parallel.max(self._conv(q.detach(), C).abs().amax(dim=(0, 2, 3)))
         c2 = torch.linalg.vector_norm(C, dim=1)
         rate = alpha * torch.sum(kappa.to(jmp) ** 2 * jmp * (sup.to(jmp) + c2 * radius))
         return float(rate) * (1 + 1e-12)
+
+    def _slope_jumps(self, slopes):
+        """jmp_k = max_j |s_kj - s_k(j-1)| / T, a bound on |psi_k'''| (0 for one slope)."""
+        if self.M < 2:
+            return torch.zeros(self.K, dtype=slopes.dtype, device=slopes.device)
+        return torch.diff(slopes, dim=1).abs().amax(dim=1) / self.T
 
     # ------------------------------------------------------------------ usage
     def on_images(self, images, theta):

@@ -42,15 +42,20 @@ def _cases():
 CASES = _cases()
 
 
+def _perturbed_start(problem, seed):
+    """The problem's start moved at random: uneven slopes, kinks."""
+    gen = torch.Generator().manual_seed(seed)
+    start = problem.theta0.to(torch.float64)
+    return start + 0.5 * torch.randn(start.shape, generator=gen, dtype=torch.float64)
+
+
 @pytest.fixture(scope="module")
 def references():
     out = {}
     for i, (name, params, theta) in enumerate(CASES):
         problem = bilevel.make_problem(name, **params)
-        if isinstance(theta, str):  # the start moved at random: uneven slopes, kinks
-            gen = torch.Generator().manual_seed(i)
-            start = problem.theta0.to(torch.float64)
-            theta = start + 0.5 * torch.randn(start.shape, generator=gen, dtype=torch.float64)
+        if theta == "perturbed":
+            theta = _perturbed_start(problem, i)
         if theta is None:  # a learned theta: sharper filters, smaller smoothings
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", bilevel.ConvergenceWarning)  # max_iter, meant
@@ -138,9 +143,7 @@ def test_ridges_hessian_rate_is_much_sharper_than_l_a(name, extra, factor):
     # L_Ainv ||grad g|| ||B|| carries 1 / mu^2: the weakly convex ridge (mu = 0.1) gains most.
     problem = bilevel.make_problem(name, n_images=4, size=24, num_filters=2, filter_size=3,
                                    num_knots=9, x_range=0.2, **extra)
-    gen = torch.Generator().manual_seed(0)
-    start = problem.theta0.to(torch.float64)
-    theta = start + 0.5 * torch.randn(start.shape, generator=gen, dtype=torch.float64)
+    theta = _perturbed_start(problem, 0)
     hg = bilevel.hypergradient(problem, theta, 1e-6, 1e-6)
     plain = hg.constants.omega(hg.lower.error_bound, hg.linear.residual_norm,
                                problem.strong_convexity(theta), hg.upper_grad_norm)
