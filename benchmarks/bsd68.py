@@ -2,7 +2,7 @@
 
     python benchmarks/bsd68.py [--set Set68,Set12] [--sigma 15,25] [--n-images N]
                                [--model NAME=RUN_DIR ...] [--tol T] [--data DIR]
-                               [--out results/bsd68]
+                               [--out results/bsd68] [--resume]
     python benchmarks/bsd68.py --merge FOLDER [--merge FOLDER ...] [--out results/bsd68]
 
 Protocol (the usual one of the published tables).  Every PNG of the set, gray in
@@ -28,7 +28,11 @@ Writes, in ``--out``: summary.json (a list, one entry per set and sigma:
 "seconds_per_image": {...}, "tv_weight"}``), per_image.csv (one row per set, sigma,
 image and model), tv_grid.csv (the oracle's grid: mean PSNR / SSIM per weight),
 summary.md (the tables, next to the published numbers) and meta.json (command,
-machine).
+machine).  While it runs, per_image_partial.csv holds the learned models' rows of the images
+done; ``--resume`` (one set, one sigma, the same models) reuses them after a stop: those
+images are not denoised again (TV is, it is cheap), each one's noisy PSNR is checked
+against the record (another sigma or noise draw is refused), and meta.json counts them in
+``resumed_images``; the seconds per image are those measured when each was run.
 
 ``--merge FOLDER`` evaluates nothing: it copies the learned models of FOLDER's summary.json
 (an evaluation with ``--model``, e.g. results/bsd68_learned/ridge) into the entries of
@@ -105,13 +109,16 @@ def learned_denoiser(run_dir, tol=None, device=None):
 
 
 def evaluate(images, names, sigma, denoisers, weights=TV_WEIGHTS, progress=print,
-             partial=None):
+             partial=None, done=None):
     """Denoise each image once per model; (summary, per-image rows, TV grid rows).
 
     ``images``: clean 2-D arrays in [0, 1]; ``denoisers``: {name: f(noisy) -> array}
     (None skips that model); the TV oracle is always evaluated, on ``weights``.
     ``partial(rows)``, if given, receives the learned models' rows after each image (a
-    long run that is stopped keeps what it measured).
+    long run that is stopped keeps what it measured). ``done``: such rows of an earlier,
+    stopped run, by (image, model): those models are not run again on those images (TV is
+    cheap and always rerun); ValueError if an image's noisy PSNR differs from the one
+    recorded (another sigma, seed or image).
     """
     from skimage.restoration import denoise_tv_chambolle
 
@@ -122,12 +129,17 @@ def evaluate(images, names, sigma, denoisers, weights=TV_WEIGHTS, progress=print
         y = noisy_image(clean, sigma, seed=i)
         rows.append(dict(image=name, model="noisy", psnr=_metrics(y, clean)[0], ssim=None,
                          seconds=0.0))
+        earlier = _earlier_rows(done or {}, rows[-1])
         for k, w in enumerate(weights):
             start = time.perf_counter()
             x = denoise_tv_chambolle(y, weight=w)
             grid[i, k] = (*_metrics(x, clean), time.perf_counter() - start)
         line = [f"noisy {rows[-1]['psnr']:.2f}", f"TV best {grid[i, :, 0].max():.2f}"]
         for model, denoise in denoisers.items():
+            if model in earlier:
+                rows.append(earlier[model])
+                line.append(f"{model} {earlier[model]['psnr']:.2f} (resumed)")
+                continue
             _, psnr, ssim, seconds = denoised(denoise, y, clean)
             rows.append(dict(image=name, model=model, psnr=psnr, ssim=ssim, seconds=seconds))
             line.append(f"{model} {psnr:.2f} ({seconds:.1f} s)")
@@ -148,6 +160,34 @@ def evaluate(images, names, sigma, denoisers, weights=TV_WEIGHTS, progress=print
     grid_rows = [dict(weight=w, psnr=grid[:, k, 0].mean(), ssim=grid[:, k, 1].mean())
                  for k, w in enumerate(weights)]
     return summary, rows, grid_rows
+
+
+def _earlier_rows(done, noisy_row):
+    """{model: row} measured on this image by a stopped run, once its noise is checked."""
+    name = noisy_row["image"]
+    if (name, "noisy") not in done:
+        return {}
+    recorded = float(done[name, "noisy"]["psnr"])
+    if abs(recorded - noisy_row["psnr"]) > 1e-9:
+        raise ValueError(f"cannot resume: {name}'s noisy PSNR is {noisy_row['psnr']:.12g}, "
+                         f"the stopped run recorded {recorded:.12g} (another sigma, seed or "
+                         "image)")
+    return {model: dict(image=name, model=model, psnr=float(row["psnr"]),
+                        ssim=float(row["ssim"]), seconds=float(row["seconds"]))
+            for (image, model), row in done.items() if image == name and model != "noisy"}
+
+
+def read_partial(folder: RunFolder, models) -> dict:
+    """The rows of ``folder``'s per_image_partial.csv by (image, model); SystemExit if there
+    is none, or if it holds a model not asked for now (it belongs to another run)."""
+    if not (folder.path / "per_image_partial.csv").is_file():
+        raise SystemExit(f"bsd68: --resume: no per_image_partial.csv in {folder.path}")
+    rows = folder.read_rows("per_image_partial.csv")
+    stray = {r["model"] for r in rows} - {"noisy", *models}
+    if stray:
+        raise SystemExit(f"bsd68: --resume: {folder.path}/per_image_partial.csv holds "
+                         f"{sorted(stray)}, not among the models asked for {sorted(models)}")
+    return {(r["image"], r["model"]): r for r in rows}
 
 
 def _mean(rows, model, key):
@@ -184,6 +224,9 @@ def _arguments(argv):
                    help="TV's weights, comma-separated (default: the 41-weight oracle grid; "
                         "one known weight makes TV's row cheap when only learned rows are "
                         "wanted)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the images of --out's per_image_partial.csv, left by a stopped "
+                        "run of the same models, one set and one sigma")
     p.add_argument("--merge", action="append", default=[], metavar="FOLDER",
                    help="copy the learned models of FOLDER/summary.json into --out's "
                         "(evaluates nothing); repeatable")
@@ -199,6 +242,8 @@ def _arguments(argv):
             p.error(f"--tv-weights takes numbers separated by commas, got {args.tv_weights!r}")
         if not all(0 < w < float("inf") for w in args.weights):
             p.error(f"--tv-weights must be positive and finite, got {args.tv_weights!r}")
+    if args.resume and ("," in args.set or "," in args.sigma):
+        p.error("--resume takes one --set and one --sigma (the partial file holds one)")
     if args.quick:  # two images of Set12, never over the committed results
         args.n_images, args.set = args.n_images or 2, "Set12"
         args.out = args.out or str(Path(tempfile.gettempdir()) / "bilevel-quick" / "bsd68")
@@ -216,9 +261,11 @@ def main(argv=None):
         return summarise(folder)
     if args.merge:
         return merge(folder, args.merge)
-    folder.open()
     models = {name: learned_denoiser(path, args.tol, args.device)
               for name, path in args.models.items()}
+    baselines = [] if args.no_bm3d else ["BM3D"]
+    done = read_partial(folder, [*baselines, *models]) if args.resume else None
+    folder.open()
     started, summaries, rows, grid_rows, sources = time.perf_counter(), [], [], [], {}
     for set_name in args.set.split(","):
         files, images, sources[set_name] = load_set(set_name, args.data, args.n_images)
@@ -226,10 +273,14 @@ def main(argv=None):
             sigma = sigma_255 / 255
             print(f"{set_name}, sigma {sigma_255:g}/255: {len(images)} images", flush=True)
             bm3d = None if args.no_bm3d else {"BM3D": bm3d_denoiser(sigma)}
-            summary, image_rows, grid = evaluate(
-                images, files, sigma, {**(bm3d or {}), **models}, weights=args.weights,
-                progress=lambda line: print(line, flush=True),
-                partial=lambda done: folder.write_rows("per_image_partial.csv", done))
+            try:
+                summary, image_rows, grid = evaluate(
+                    images, files, sigma, {**(bm3d or {}), **models}, weights=args.weights,
+                    progress=lambda line: print(line, flush=True),
+                    partial=lambda rows: folder.write_rows("per_image_partial.csv", rows),
+                    done=done)
+            except ValueError as exc:  # a partial file of another sigma or image set
+                raise SystemExit(f"bsd68: --resume: {exc}") from None
             tag = dict(set=set_name, sigma_255=sigma_255)
             summaries.append(dict(set=set_name, **summary))
             rows += [dict(tag, **r) for r in image_rows]
@@ -244,6 +295,7 @@ def main(argv=None):
                            models=args.models, tol=args.tol, noise="numpy default_rng(i), image i",
                            tv_weights=[args.weights[0], args.weights[-1], len(args.weights)],
                            device=args.device or "cpu",
+                           resumed_images=sum(m == "noisy" for _, m in done or {}),
                            versions=_versions(),
                            wall_time_s=round(time.perf_counter() - started, 1)))
     summarise(folder)

@@ -108,6 +108,10 @@ def add_arguments(p):
                    help="with --init, ridge: switch on the filters whose slopes all lie below "
                         "this fraction of s_max (weak Huber-like potentials at that fraction); "
                         "foe: the new filters' weight, a fraction of the learned ones' (0.1)")
+    p.add_argument("--init-scale", type=float, default=None, metavar="F",
+                   help="with --init, ridge / wcrr: start from F times the learned regularizer "
+                        "(ridge_embedding.rescale; about sigma / sigma_init carries a model to "
+                        "another noise level)")
     p.add_argument("--max-iter", type=int, default=None, help="outer iterations (2000; quick 3)")
     p.add_argument("--max-time", type=float, default=None, help="wall-time budget (s)")
     p.add_argument("--checkpoint-every", type=int, default=10)
@@ -168,9 +172,22 @@ def training_pairs(patches, patch_size, sigma, seed=0, data=None, crops_per_imag
 def initial_theta(args, problem, problem_spec):
     """theta_0 from ``--init`` (None: the problem's own start)."""
     if args.init is None:
-        if args.wake is not None:
-            raise SystemExit("--wake is for --init")
+        for flag, value in (("--wake", args.wake), ("--init-scale", args.init_scale)):
+            if value is not None:
+                raise SystemExit(f"{flag} is for --init")
         return None
+    if args.init_scale is not None and args.model not in ("ridge", "wcrr"):
+        raise SystemExit("--init-scale is for --model ridge / wcrr")
+    theta = _carried_theta(args, problem, problem_spec)
+    if args.init_scale is None:
+        return theta
+    try:
+        return ridge_embedding.rescale(problem, theta, args.init_scale)
+    except ValueError as exc:
+        raise SystemExit(f"--init-scale: {exc}") from None
+
+
+def _carried_theta(args, problem, problem_spec):
     try:
         source = bilevel.load(args.init, device=args.device)
         if source.spec == problem_spec and args.wake is None:
@@ -243,7 +260,7 @@ def compute(args, folder):
                 patch_size=args.patch_size, method=args.method,
                 settings=settings, status=result.status, message=result.message,
                 iterations=len(result.history), cost=last.get("cost"), init=args.init,
-                wake=args.wake, device=str(device),
+                wake=args.wake, init_scale=args.init_scale, device=str(device),
                 final_check=getattr(result.state, "final_check", None),
                 train_psnr_start=datasets.quality(noisy, clean)["psnr"])
 
@@ -258,6 +275,8 @@ def summarise(folder):
             f"`{meta['method']}` {meta['settings']}, on {meta.get('device', 'cpu')}"
             + (f", from the learned `{meta['init']}`" if meta.get("init") else "")
             + (f" (sleeping filters woken at {meta['wake']:g} s_max)" if meta.get("wake") else "")
+            + (f", its regularizer times {meta['init_scale']:g}" if meta.get("init_scale")
+               else "")
             + ".", "",
             f"Status `{meta['status']}` after {meta['iterations']} iterations, cost "
             f"{meta['cost']} lower + CG iterations, {last.get('time', math.nan):.0f} s of "

@@ -152,3 +152,38 @@ def test_example_figure_shows_the_evaluations_numbers(bench, images, tmp_path):
     for bad in (["--image", "lena.png"], ["--image", "7"], ["--crop", "30,40,20"]):
         with pytest.raises(SystemExit, match="--image|--crop"):
             example.main([*common, *bad])
+
+
+def test_resume_reuses_the_measured_images(bench, images, tmp_path, capsys):
+    """--resume: the models are not run again on the images of per_image_partial.csv (their
+    rows are taken as recorded), the others are evaluated; a partial file of another sigma,
+    of another model, or none at all is refused, and so are two sets or sigmas."""
+    data, model = set12_and_a_model(images, tmp_path)
+    out = tmp_path / "out"
+    args = ["--data", str(data), "--set", "Set12", "--sigma", "25", "--no-bm3d",
+            "--tv-weights", "0.08", "--model", f"learned TV={model.path}", "--out", str(out)]
+    with pytest.raises(SystemExit, match="no per_image_partial.csv"):
+        bench.main(args + ["--resume"])
+    bench.main(args)
+    full = RunFolder(out).read_rows("per_image.csv")
+    first = [dict(r, psnr=99.0) if r["model"] == "learned TV" else r
+             for r in full if r["image"] == "camera.png" and r["model"] != bench.TV]
+    RunFolder(out).write_rows("per_image_partial.csv", [
+        {k: r[k] for k in ("image", "model", "psnr", "ssim", "seconds")} for r in first])
+    capsys.readouterr()
+    bench.main(args + ["--resume"])
+    assert "learned TV 99.00 (resumed)" in capsys.readouterr().out
+    again = {(r["image"], r["model"]): r["psnr"] for r in RunFolder(out).read_rows("per_image.csv")}
+    assert again["camera.png", "learned TV"] == 99.0
+    expected = {(r["image"], r["model"]): r["psnr"] for r in full}
+    assert again["coins.png", "learned TV"] == pytest.approx(expected["coins.png", "learned TV"])
+    assert json.loads((out / "meta.json").read_text())["resumed_images"] == 1
+    assert not (out / "per_image_partial.csv").exists()
+    RunFolder(out).write_rows("per_image_partial.csv", first)
+    with pytest.raises(SystemExit, match="noisy PSNR"):
+        bench.main([a if a != "25" else "15" for a in args] + ["--resume"])
+    with pytest.raises(SystemExit, match="not among the models"):
+        bench.main(args[:-4] + ["--model", f"other={model.path}", "--out", str(out),
+                                "--resume"])
+    with pytest.raises(SystemExit):
+        bench.main(args + ["--resume", "--sigma", "15,25"])

@@ -336,9 +336,10 @@ def test_train_denoiser_stops_on_sigterm_with_its_folder_written(tmp_path):
 
 def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
     """--init RUN_DIR --wake: the run starts at ridge_embedding.embed of the learned theta
-    (the first row's upper value is g there), and the folder says where it started."""
+    (the first row's upper value is g there), and the folder says where it started;
+    --init-scale F starts at ridge_embedding.rescale of it."""
 
-    from bilevel_problems.ridge_embedding import embed
+    from bilevel_problems.ridge_embedding import embed, rescale
 
     train = module("scripts", "train_denoiser")
     small, big = tmp_path / "small", tmp_path / "big"
@@ -363,6 +364,23 @@ def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
     assert abs(g["theta0"] - g["start"]) > 2 * first["eps"]
     with pytest.raises(SystemExit, match="--wake is for --init"):
         train.main(common + ["--wake", "0.05", "--out", str(tmp_path / "x")])
+    # --init-scale: the same bank, its regularizer halved (ridge_embedding.rescale)
+    half = tmp_path / "half"
+    train.main(common + ["--filters", "2", "--filter-size", "3", "--max-iter", "1", "--init",
+                         str(small), "--init-scale", "0.5", "--out", str(half)])
+    assert json.loads((half / "meta.json").read_text())["init_scale"] == 0.5
+    halved = rescale(learned.problem, learned.theta, 0.5)
+    first = RunFolder(half).read_rows("data.csv")[0]
+    problem = bilevel.make_problem(learned.spec, images=clean, noisy=noisy, sigma=25 / 255)
+    g_half = bilevel.hypergradient(problem, halved, 1e-8, 1e-8).upper_value
+    assert first["upper_value"] == pytest.approx(g_half, abs=first["eps"])
+    assert abs(g_half - bilevel.hypergradient(problem, learned.theta, 1e-8, 1e-8).upper_value) \
+        > 2 * first["eps"]
+    for args, message in ((common + ["--init-scale", "0.5"], "--init-scale is for --init"),
+                          (["--quick", "--model", "foe", "--init", str(small), "--init-scale",
+                            "0.5"], "--init-scale is for --model ridge / wcrr")):
+        with pytest.raises(SystemExit, match=message):
+            train.main(args + ["--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no run folder"):
         train.main(common + ["--init", str(tmp_path / "none"), "--out", str(tmp_path / "y")])
 

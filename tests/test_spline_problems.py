@@ -341,3 +341,42 @@ def test_embed_maps_weakly_convex_slopes_through_the_new_floor():
     q[:, 0] = -30.0  # at the old floor: below the new one
     with pytest.raises(ValueError, match="floor"):
         embed(big, source, theta)
+
+
+@pytest.mark.parametrize("rho", [None, 0.5])
+def test_rescale_multiplies_the_regularizer(rho):
+    """ridge_embedding.rescale: h(x) - 1/2 ||x - y||^2 becomes factor times itself at every x
+    (the slopes kept, the weakly convex ridge's floor moved with alpha); a factor whose
+    floor would cut a concave slope, and a factor that is not a positive number, are
+    refused."""
+    from bilevel_problems.ridge_embedding import rescale
+
+    images = small_images(2, 12)
+    noisy = images + 0.1 * torch.randn(images.shape, generator=torch.Generator().manual_seed(2),
+                                       dtype=torch.float64)
+    kw = dict(images=images, noisy=noisy, num_knots=11, num_filters=3, filter_size=3)
+    problem = RidgeRegularizer(**kw) if rho is None else WeaklyConvexRidge(rho=rho, **kw)
+    theta = problem.theta0 + 0.5 * torch.randn(problem.dim_theta, dtype=torch.float64,
+                                               generator=torch.Generator().manual_seed(3))
+    if rho is not None:
+        assert problem.slopes(theta).min() < 0  # concave pieces, carried through the floor
+
+    def regularizer(x, th):
+        return problem.lower_objective(x, th) - 0.5 * ((x - noisy) ** 2).sum()
+
+    x = noisy + 0.2 * torch.rand(noisy.shape, generator=torch.Generator().manual_seed(4),
+                                 dtype=torch.float64)
+    for factor in (0.36, 0.6, 1.0):
+        scaled = rescale(problem, theta, factor)
+        torch.testing.assert_close(regularizer(x, scaled), factor * regularizer(x, theta),
+                                   rtol=1e-11, atol=0)
+        torch.testing.assert_close(problem.slopes(scaled), problem.slopes(theta), rtol=1e-9,
+                                   atol=1e-12)
+    if rho is not None:
+        low = -float(problem.slopes(theta).min())
+        beta = float(problem.slope_floor(torch.exp(theta[0]), problem.filters(theta).flatten(1)))
+        with pytest.raises(ValueError, match="rescale by .*floor"):
+            rescale(problem, theta, 1.01 * beta / low)  # the floor rises above that slope
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="positive and finite"):
+            rescale(problem, theta, bad)
