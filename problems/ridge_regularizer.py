@@ -38,7 +38,7 @@ by one reverse pass through the closed-form gradient, never a double backward):
 Certified: mu = 1 (psi_k'' >= 0); L = 1 + alpha ||sum_k smax_k c_k * c_k||_1
 <= 1 + alpha s_max sum_k ||c_k||_1^2 (smax_k = max_j s_kj, c * c the
 autocorrelation; see :meth:`RidgeRegularizer.smoothness`); the constants of the
-hypergradient bound in :meth:`RidgeRegularizer.bound_constants`.
+hypergradient bound and the local rates in :mod:`bilevel_problems.ridge_bounds`.
 """
 from __future__ import annotations
 
@@ -46,18 +46,18 @@ import math
 
 import torch
 
-from bilevel import BoundConstants
 from bilevel.nn.splines import evaluate_potential, knots, potential_tables
 
 from . import filter_bank, params
 from .denoising import DenoisingProblem
+from .ridge_bounds import RidgeBounds
 
 
 def _logit(p):
     return math.log(p / (1 - p))
 
 
-class RidgeRegularizer(DenoisingProblem):
+class RidgeRegularizer(RidgeBounds, DenoisingProblem):
     """Bilevel learning of a convex ridge regularizer: filters and spline potentials.
 
     Parameters
@@ -249,106 +249,6 @@ class RidgeRegularizer(DenoisingProblem):
             theta = theta.detach().requires_grad_(True)
             (bw,) = torch.autograd.grad(torch.sum(self._grad(x.detach(), theta) * w), theta)
         return bw
-
-    # ---------------------------------------------------------- bound constants
-    def bound_constants(self, theta, x):
-        r"""Certified constants of the hypergradient bound, in closed form.
-
-        Notation: alpha, c_k, slopes s_kj, smax_k = max_j s_kj, s'_kj = d s_kj / d q_kj
-        (<= s_max / 4), jmp_k = max_j |s_kj - s_k(j-1)| / T >= |psi_k'''|;
-        z_k = K_k x; kappa_k = sqrt(||c_k \star c_k||_1) >= ||K_k||;
-        ||K_c||, ||K_c^T|| <= ||c||_1 <= s ||c||_2; X(x): c -> K_c x restricted to
-        zero-mean c, ||X(x)|| from the s^2 x s^2 Gram matrix of the patches
-        (exact), and ||X(v)|| <= s ||v||; e = ||grad_x h(x)|| / mu >= ||x - x*||.
-
-        - L_g = 1 / N.
-        - ||B(x)||^2 <= sum of the squared norms of its column blocks:
-          * theta_0: the vector b_0 = grad_x h - (x - y), exact;
-          * filter k: delta -> alpha [K_{P delta}^T psi_k'(z_k) + K_k^T (psi_k''(z_k)
-            o K_{P delta} x)], norm <= alpha (s ||psi_k'(z_k)|| + kappa_k
-            max psi_k''(z_k) ||X(x)||);
-          * slopes of k: d psi_k'(t) / d s_kj = phi_j(t) = int_0^t hat_j with hat_j >= 0
-            and sum_j hat_j = 1, so sum_j |phi_j(t)| = |t| and the block has norm
-            <= alpha kappa_k max_j s'_kj ||z_k||.
-        - L_B on the ball of radius 2e about x (the filter block is linear in x,
-          hence only locally Lipschitz): theta_0 column alpha sum_k kappa_k^2 smax_k;
-          filter block k: l_k = alpha (2 s kappa_k smax_k + kappa_k jmp_k ||c_k||_2 Xbar),
-          Xbar = ||X(x)|| + 2 s e; slope block k: alpha kappa_k^2 max_j s'_kj (the
-          derivative in x is K_k^T diag(sum_j hat_j s'_kj dq_j) K_k); combined in
-          squares.
-        - B_norm = ||B(x)|| bound + 2 e L_B: valid for every point within 2e of x
-          (x~, x* and MAID's warm-started refinements).
-        - L_Ainv = L_A / mu^2 with L_A = alpha sum_k kappa_k^2 jmp_k ||c_k||_2:
-          A(x1) - A(x2) = alpha sum_k K_k^T diag(psi_k''(z1) - psi_k''(z2)) K_k and
-          ||K_k (x1 - x2)||_inf <= ||c_k||_2 ||x1 - x2||; global in x.
-        - L_gtheta = 0.
-
-        Every bound above reads |psi_k''| and max_j |s_kj| (here psi_k'', s_kj >= 0, so
-        the same values): it then holds for slopes of either sign, which the weakly
-        convex subclass (:mod:`bilevel_problems.weakly_convex_ridge`) relies on.
-        """
-        theta, x = theta.detach(), x.detach()
-        alpha, C, slopes, dslopes = self.params(theta)
-        alpha = float(alpha)
-        s = self.s
-        mu = self.strong_convexity(theta)
-        tables = potential_tables(slopes, self.x_range)
-        z = self._conv(x, C)
-        d1, d2 = evaluate_potential(z, tables, self.x_range, (1, 2))
-        grad_reg = alpha * self._conv_adjoint(d1, C)
-        e = float(torch.linalg.vector_norm(x - self.noisy + grad_reg)) / mu
-
-        _, gram = filter_bank.centred_patch_gram(filter_bank.patches(x, s))
-        X_norm = filter_bank.top_singular_value(gram)
-
-        auto = filter_bank.autocorrelations(C, s)
-        kappa = filter_bank.operator_norm_bounds(auto).double().cpu()
-        c2 = torch.linalg.vector_norm(C, dim=1).double().cpu()
-        smax = slopes.abs().amax(dim=1).double().cpu()  # |.|: see the docstring
-        dsmax = dslopes.amax(dim=1).double().cpu()
-        jmp = self._slope_jumps(slopes).double().cpu()
-        d1_norm = torch.linalg.vector_norm(d1, dim=(0, 2, 3)).double().cpu()
-        d2_max = d2.abs().amax(dim=(0, 2, 3)).double().cpu()
-        z_norm = torch.linalg.vector_norm(z, dim=(0, 2, 3)).double().cpu()
-
-        block_0 = float(torch.sum(grad_reg.double() ** 2))
-        block_r = float(torch.sum((alpha * (s * d1_norm + kappa * d2_max * X_norm)) ** 2))
-        block_q = float(torch.sum((alpha * kappa * dsmax * z_norm) ** 2))
-        B_here = math.sqrt(block_0 + block_r + block_q) * (1 + 1e-12)
-
-        X_bar = X_norm + 2 * s * e
-        col_0 = alpha * float(torch.sum(kappa ** 2 * smax))
-        l_r = alpha * (2 * s * kappa * smax + kappa * jmp * c2 * X_bar)
-        l_q = alpha * kappa ** 2 * dsmax
-        L_B = math.sqrt(col_0 ** 2 + float(torch.sum(l_r ** 2)) + float(torch.sum(l_q ** 2)))
-        L_A = alpha * float(torch.sum(kappa ** 2 * jmp * c2))
-        return BoundConstants(L_g=1.0 / self.n_images, B_norm=B_here + 2 * L_B * e, L_B=L_B,
-                              L_Ainv=L_A / mu ** 2, L_gtheta=0.0, certified=True, cost=2)
-
-    def hessian_lipschitz_along(self, theta, x, q, radius, x_radius=math.inf):
-        r"""M with ||(A(x1) - A(x2)) q'|| <= M ||x1 - x2|| for every x1, x2, ||q' - q|| <= radius.
-
-        (A(x1) - A(x2)) q' = alpha sum_k K_k^T [(psi_k''(z1_k) - psi_k''(z2_k)) o K_k q'] and
-        |psi_k''(t1) - psi_k''(t2)| <= jmp_k |t1 - t2| pixel by pixel (:meth:`bound_constants`),
-        so the norm is at most alpha sum_k kappa_k jmp_k ||K_k (x1 - x2)||_2 ||K_k q'||_inf
-        <= alpha sum_k kappa_k^2 jmp_k (||K_k q||_inf + ||c_k||_2 radius) ||x1 - x2||.  L_A
-        has ||c_k||_2 ||q'|| where this has q's largest response: for an adjoint spread over
-        many pixels, smaller by about sqrt(s^2 / #pixels).  Global in x (and with slopes of
-        either sign), so ``x_radius`` is not used.  Costs one sweep of responses.
-        """
-        alpha, C, slopes, _ = self.params(theta.detach())
-        kappa = filter_bank.operator_norm_bounds(filter_bank.autocorrelations(C, self.s))
-        jmp = self._slope_jumps(slopes)
-        sup = self.parallel.max(self._conv(q.detach(), C).abs().amax(dim=(0, 2, 3)))
-        c2 = torch.linalg.vector_norm(C, dim=1)
-        rate = alpha * torch.sum(kappa.to(jmp) ** 2 * jmp * (sup.to(jmp) + c2 * radius))
-        return float(rate) * (1 + 1e-12)
-
-    def _slope_jumps(self, slopes):
-        """jmp_k = max_j |s_kj - s_k(j-1)| / T, a bound on |psi_k'''| (0 for one slope)."""
-        if self.M < 2:
-            return torch.zeros(self.K, dtype=slopes.dtype, device=slopes.device)
-        return torch.diff(slopes, dim=1).abs().amax(dim=1) / self.T
 
     # ------------------------------------------------------------------ usage
     def on_images(self, images, theta):

@@ -55,6 +55,7 @@ with slopes 1 - sigmoid(q_kj) in (0, 1).  This rank-one term adds ||u|| ||grad b
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -150,12 +151,7 @@ class WeaklyConvexRidge(RidgeRegularizer):
         """
         frozen = super().bound_constants(theta, x)
         theta, x = theta.detach(), x.detach()
-        with torch.enable_grad():
-            live = theta.clone().requires_grad_(True)
-            alpha, C, positive, _ = RidgeRegularizer.params(self, live)
-            (g,) = torch.autograd.grad(self.slope_floor(alpha, C), live)
-        g_norm = float(torch.linalg.vector_norm(g))
-        alpha, C, rest = float(alpha.detach()), C.detach(), 1 - positive.detach() / self.s_max
+        g_norm, alpha, C, rest = self._floor_gradient(theta)
         tables = potential_tables(rest, self.x_range)
         (d1,) = evaluate_potential(self._conv(x, C), tables, self.x_range, (1,))
         u_norm = alpha * float(torch.linalg.vector_norm(self._conv_adjoint(d1, C)))
@@ -165,6 +161,34 @@ class WeaklyConvexRidge(RidgeRegularizer):
         return dataclasses.replace(
             frozen, B_norm=frozen.B_norm + u_norm * g_norm * (1 + 1e-12) + 2 * e * l_u * g_norm,
             L_B=frozen.L_B + l_u * g_norm)
+
+    def mixed_lipschitz_along(self, theta, x, q, radius, x_radius=math.inf):
+        r"""The convex class's N at frozen beta, plus beta's rank-one term.
+
+        B^T q' = B_frozen^T q' + g <u(x), q'> (:meth:`bound_constants`), and
+        <u(x') - u(x), q'> = -alpha sum_k <sigma_k^-(z'_k) - sigma_k^-(z_k), K_k q'> with
+        0 <= sigma_k^-' <= m_k, so the term moves by at most ||g|| alpha sqrt(Lambda)
+        sqrt(sum_k m_k^2 r_k^2) ||x' - x|| (r_k >= ||K_k q'||_2 as in the convex class).
+        """
+        frozen = super().mixed_lipschitz_along(theta, x, q, radius, x_radius)
+        g_norm, alpha, C, rest = self._floor_gradient(theta.detach())
+        auto = filter_bank.autocorrelations(C, self.s)
+        kappa = filter_bank.operator_norm_bounds(auto).to(rest)
+        Lambda = filter_bank.weighted_kernel_norm(auto, torch.ones_like(rest[:, 0]))
+        Kq = self._conv(q.detach(), C)
+        r = torch.sqrt(self.parallel.sum(torch.sum(Kq ** 2, dim=(0, 2, 3)))) + kappa * radius
+        m = rest.amax(dim=1)
+        floor = g_norm * alpha * math.sqrt(Lambda * float(torch.sum((m * r) ** 2)))
+        return frozen + floor * (1 + 1e-12)
+
+    def _floor_gradient(self, theta):
+        """(||grad_theta beta||, alpha, the zero-mean filters, the slopes 1 - sigmoid(q))."""
+        with torch.enable_grad():
+            live = theta.detach().clone().requires_grad_(True)
+            alpha, C, positive, _ = RidgeRegularizer.params(self, live)
+            (g,) = torch.autograd.grad(self.slope_floor(alpha, C), live)
+        return (float(torch.linalg.vector_norm(g)), float(alpha.detach()), C.detach(),
+                1 - positive.detach() / self.s_max)
 
     # ------------------------------------------------------------------ usage
     def on_images(self, images, theta):

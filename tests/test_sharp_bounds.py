@@ -148,3 +148,68 @@ def test_ridges_hessian_rate_is_much_sharper_than_l_a(name, extra, factor):
     plain = hg.constants.omega(hg.lower.error_bound, hg.linear.residual_norm,
                                problem.strong_convexity(theta), hg.upper_grad_norm)
     assert hg.hessian_along is not None and hg.error_bound < plain / factor
+
+
+def _ridge_on_the_ball(name, extra, eps):
+    problem = bilevel.make_problem(name, n_images=2, size=16, num_filters=3, filter_size=3,
+                                   num_knots=41, x_range=0.2, **extra)
+    theta = _perturbed_start(problem, 5)
+    hg = bilevel.hypergradient(problem, theta, eps, eps)
+    return problem, theta, hg.lower.x, hg.linear.q, hg.lower.error_bound
+
+
+@pytest.mark.parametrize(("name", "extra"), [("ridge_regularizer", {}),
+                                              ("weakly_convex_ridge", dict(rho=0.9))])
+@pytest.mark.parametrize("eps", [1e-2, 1e-4])
+def test_ridges_local_rates_hold_on_their_ball(name, extra, eps):
+    """M and N read psi''' only near x's responses (within ||c_k|| x_radius): the moves of
+    A q' and B^T q' between x and points of the ball (random directions at its edge and
+    halfway, q' at the edge of its own ball) stay below them, and they never exceed the
+    rates for an unbounded ball."""
+    problem, theta, x, q, x_radius = _ridge_on_the_ball(name, extra, eps)
+    radius = 0.1 * float(q.norm())
+    M = problem.hessian_lipschitz_along(theta, x, q, radius, x_radius=x_radius)
+    N = problem.mixed_lipschitz_along(theta, x, q, radius, x_radius=x_radius)
+    assert M <= problem.hessian_lipschitz_along(theta, x, q, radius) * (1 + 1e-12)
+    assert N <= problem.mixed_lipschitz_along(theta, x, q, radius) * (1 + 1e-12)
+    gen = torch.Generator().manual_seed(7)
+    worst = [0.0, 0.0]
+    for scale in (1.0, 0.5) * 10:
+        step = scale * x_radius * _unit(x, gen)
+        q_probe = q + radius * _unit(q, gen)
+        hess = problem.lower_hvp(x + step, theta, q_probe) - problem.lower_hvp(x, theta, q_probe)
+        mixed = (problem.mixed_vjp(x + step, theta, q_probe)
+                 - problem.mixed_vjp(x, theta, q_probe))
+        worst[0] = max(worst[0], float(hess.norm() / step.norm()))
+        worst[1] = max(worst[1], float(mixed.norm() / step.norm()))
+    assert worst[0] <= M and worst[1] <= N
+
+
+def test_ridge_local_jumps_bound_the_third_derivative_on_each_window():
+    """_local_jumps: |psi''(a) - psi''(b)| <= j |a - b| for a, b in [z - w, z + w] (sampled
+    finely), j below the global jmp where the window misses the steepest piece, and the
+    global jmp for a window wider than MAX_LOCAL_PIECES pieces or an unbounded one."""
+    from bilevel.nn.splines import evaluate_potential, potential_tables
+
+    problem = bilevel.make_problem("weakly_convex_ridge", n_images=1, size=8, num_filters=2,
+                                   filter_size=3, num_knots=21, x_range=0.2, rho=0.9)
+    slopes = problem.slopes(_perturbed_start(problem, 3))
+    gen = torch.Generator().manual_seed(0)
+    z = 0.3 * torch.randn(1, 2, 5, 7, generator=gen, dtype=torch.float64)  # some beyond R
+    width = torch.tensor([0.004, 0.03], dtype=torch.float64)  # T = 0.02
+    jumps = problem._local_jumps(slopes, z, width)
+    tables = potential_tables(slopes, problem.x_range)
+    grid = torch.linspace(-1, 1, 801, dtype=torch.float64)
+    for k in range(2):
+        t = z[0, k].reshape(-1, 1) + width[k] * grid              # (35, 801) in each window
+        points = t.reshape(1, 1, -1).expand(1, 2, -1).contiguous()
+        (d2,) = evaluate_potential(points, tables, problem.x_range, (2,))
+        d2 = d2[0, k].view(t.shape)
+        rate = (d2.diff(dim=1).abs() / t.diff(dim=1)).amax(dim=1)
+        assert bool((rate <= jumps[0, k].reshape(-1) * (1 + 1e-9) + 1e-9).all())
+    jmp = problem._slope_jumps(slopes)
+    assert bool((jumps <= jmp.view(1, 2, 1, 1)).all()) and bool((jumps < jmp.view(1, 2, 1, 1)).any())
+    wide = problem._local_jumps(slopes, z, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert torch.equal(wide, jmp.view(1, 2, 1, 1).expand_as(z))
+    unbounded = problem._local_jumps(slopes, z, torch.full((2,), math.inf, dtype=torch.float64))
+    assert torch.equal(unbounded, jmp.view(1, 2, 1, 1).expand_as(z))
