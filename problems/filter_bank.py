@@ -152,3 +152,22 @@ def centred_patch_gram(cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def top_singular_value(gram: torch.Tensor) -> float:
     """sqrt(lambda_max(gram)), enlarged by a relative 1e-10 that covers its rounding."""
     return math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0)) * (1 + 1e-10)
+
+
+def weighted_responses(weights, responses, kappa, c2, radius, total, top):
+    r"""(peak_k, spread_k) >= (max_p w_p |(K_k q')_p|, ||w o K_k q'||_2) for every q' within
+    ``radius`` of q, per filter.
+
+    ``responses`` = |K_k q| and ``weights`` w >= 0, both (N, K, H, W); kappa_k >= ||K_k||,
+    c2_k = ||c_k||_2 (K,).  |(K_k (q' - q))_p| <= ||c_k||_2 radius and ||K_k (q' - q)|| <=
+    kappa_k radius, so peak_k = max_p w_p (|(K_k q)_p| + c2_k radius) and spread_k =
+    ||w o K_k q||_2 + max_p w_p kappa_k radius.  ``total`` / ``top`` add / take the max over
+    data-parallel ranks (``problem.parallel.sum`` / ``.max``).  The local rates of both filter
+    banks read them: a pixelwise factor |f(z'_p) - f(z_p)| <= w_p |d_p| with d_k = K_k (x' - x)
+    gives ||(f(z') - f(z)) o K_k q'|| <= min(kappa_k peak_k, c2_k spread_k) ||x' - x||.
+    """
+    dims = (0, 2, 3)
+    shift = (c2 * radius).view(1, -1, 1, 1)
+    peak = top((weights * (responses + shift)).amax(dim=dims))
+    spread = torch.sqrt(total(torch.sum((weights * responses) ** 2, dim=dims)))
+    return peak, spread + top(weights.amax(dim=dims)) * kappa * radius

@@ -118,8 +118,8 @@ class RidgeBounds:
         Response by response |psi_k''(z'_p) - psi_k''(z_p)| <= j_p |d_p|, d_k = K_k (x' - x),
         j_p the steepest piece of psi_k'' within ||c_k||_2 x_radius of z_p (:meth:`_local_jumps`;
         |d_p| <= ||c_k||_2 ||x' - x||).  Then ||v_k|| <= max_p j_p |(K_k q')_p| ||d_k||, with
-        ||d_k|| <= kappa_k ||x' - x||, or ||v_k|| <= ||j o K_k q'||_2 ||c_k||_2 ||x' - x||; and
-        |(K_k (q' - q))_p| <= ||c_k||_2 radius, ||K_k (q' - q)|| <= kappa_k radius, so
+        ||d_k|| <= kappa_k ||x' - x||, or ||v_k|| <= ||j o K_k q'||_2 ||c_k||_2 ||x' - x||; over
+        the q' (:func:`bilevel_problems.filter_bank.weighted_responses`)
 
             a_k = min(kappa_k max_p j_p (|(K_k q)_p| + ||c_k||_2 radius),
                       ||c_k||_2 (||j o K_k q||_2 + max_p j_p kappa_k radius)).
@@ -129,13 +129,10 @@ class RidgeBounds:
         kappa = filter_bank.operator_norm_bounds(filter_bank.autocorrelations(C, self.s))
         kappa, c2 = kappa.to(slopes), torch.linalg.vector_norm(C, dim=1)
         jumps = self._local_jumps(slopes, self._conv(x, C), c2 * x_radius)
-        Kq = self._conv(q, C).abs()
-        dims = (0, 2, 3)
-        top_j = self.parallel.max(jumps.amax(dim=dims))
-        peak = self.parallel.max((jumps * (Kq + (c2 * radius).view(1, -1, 1, 1))).amax(dim=dims))
-        spread = torch.sqrt(self.parallel.sum(torch.sum((jumps * Kq) ** 2, dim=dims)))
-        moves = torch.minimum(kappa * peak, c2 * (spread + top_j * kappa * radius))
-        return float(alpha), C, kappa, c2, moves
+        peak, spread = filter_bank.weighted_responses(
+            jumps, self._conv(q, C).abs(), kappa, c2, radius, self.parallel.sum,
+            self.parallel.max)
+        return float(alpha), C, kappa, c2, torch.minimum(kappa * peak, c2 * spread)
 
     #: A window of psi'' wider than this many pieces takes the global jmp_k instead.
     MAX_LOCAL_PIECES = 16

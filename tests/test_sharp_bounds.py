@@ -150,23 +150,27 @@ def test_ridges_hessian_rate_is_much_sharper_than_l_a(name, extra, factor):
     assert hg.hessian_along is not None and hg.error_bound < plain / factor
 
 
-def _ridge_on_the_ball(name, extra, eps):
+def _on_the_ball(name, extra, eps):
     problem = bilevel.make_problem(name, n_images=2, size=16, num_filters=3, filter_size=3,
-                                   num_knots=41, x_range=0.2, **extra)
+                                   **extra)
     theta = _perturbed_start(problem, 5)
     hg = bilevel.hypergradient(problem, theta, eps, eps)
     return problem, theta, hg.lower.x, hg.linear.q, hg.lower.error_bound
 
 
-@pytest.mark.parametrize(("name", "extra"), [("ridge_regularizer", {}),
-                                              ("weakly_convex_ridge", dict(rho=0.9))])
+SPLINES = dict(num_knots=41, x_range=0.2)
+
+
+@pytest.mark.parametrize(("name", "extra"), [("ridge_regularizer", SPLINES),
+                                              ("weakly_convex_ridge", dict(SPLINES, rho=0.9)),
+                                              ("fields_of_experts", {})])
 @pytest.mark.parametrize("eps", [1e-2, 1e-4])
-def test_ridges_local_rates_hold_on_their_ball(name, extra, eps):
-    """M and N read psi''' only near x's responses (within ||c_k|| x_radius): the moves of
-    A q' and B^T q' between x and points of the ball (random directions at its edge and
-    halfway, q' at the edge of its own ball) stay below them, and they never exceed the
-    rates for an unbounded ball."""
-    problem, theta, x, q, x_radius = _ridge_on_the_ball(name, extra, eps)
+def test_filter_banks_local_rates_hold_on_their_ball(name, extra, eps):
+    """M and N of the filter banks read the potentials' derivatives only near x's responses
+    (within ||c_k|| x_radius): the moves of A q' and B^T q' between x and points of the
+    ball (random directions at its edge and halfway, q' at the edge of its own ball) stay
+    below them, and they never exceed the rates for an unbounded ball."""
+    problem, theta, x, q, x_radius = _on_the_ball(name, extra, eps)
     radius = 0.1 * float(q.norm())
     M = problem.hessian_lipschitz_along(theta, x, q, radius, x_radius=x_radius)
     N = problem.mixed_lipschitz_along(theta, x, q, radius, x_radius=x_radius)
