@@ -68,3 +68,17 @@ def embed(problem, source, theta, weight=0.1):
     alpha[:K0], nu[:K0] = learned.alpha.log(), learned.nu.log()
     scale = theta[:1]
     return torch.cat([scale, alpha - scale, nu, filters.flatten()]).to(problem.theta0)
+
+
+def rescale(problem, theta, factor):
+    """theta for ``problem`` whose regularizer is ``factor`` times the one of ``theta``: the
+    common scale theta_0 moves by log(factor), so every alpha_k = e^(theta_0 + w_k) is
+    multiplied by it (a start at another noise level:
+    :func:`bilevel_problems.ridge_embedding.rescale`)."""
+    if not isinstance(problem, FieldsOfExperts):
+        raise TypeError(f"rescale: scales a fields_of_experts, got {type(problem).__name__}")
+    if not 0 < factor < float("inf"):
+        raise ValueError(f"rescale: factor must be positive and finite, got {factor!r}")
+    theta = torch.as_tensor(theta, dtype=torch.float64).clone()
+    theta[0] += math.log(factor)
+    return theta.to(problem.theta0)

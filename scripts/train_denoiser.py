@@ -109,9 +109,9 @@ def add_arguments(p):
                         "this fraction of s_max (weak Huber-like potentials at that fraction); "
                         "foe: the new filters' weight, a fraction of the learned ones' (0.1)")
     p.add_argument("--init-scale", type=float, default=None, metavar="F",
-                   help="with --init, ridge / wcrr: start from F times the learned regularizer "
-                        "(ridge_embedding.rescale; about sigma / sigma_init carries a model to "
-                        "another noise level)")
+                   help="with --init, foe / ridge / wcrr: start from F times the learned "
+                        "regularizer (foe_embedding / ridge_embedding.rescale; about sigma / "
+                        "sigma_init carries a model to another noise level)")
     p.add_argument("--max-iter", type=int, default=None, help="outer iterations (2000; quick 3)")
     p.add_argument("--max-time", type=float, default=None, help="wall-time budget (s)")
     p.add_argument("--checkpoint-every", type=int, default=10)
@@ -176,13 +176,14 @@ def initial_theta(args, problem, problem_spec):
             if value is not None:
                 raise SystemExit(f"{flag} is for --init")
         return None
-    if args.init_scale is not None and args.model not in ("ridge", "wcrr"):
-        raise SystemExit("--init-scale is for --model ridge / wcrr")
+    if args.init_scale is not None and args.model not in ("foe", "ridge", "wcrr"):
+        raise SystemExit("--init-scale is for --model foe / ridge / wcrr")
     theta = _carried_theta(args, problem, problem_spec)
     if args.init_scale is None:
         return theta
     try:
-        return ridge_embedding.rescale(problem, theta, args.init_scale)
+        embedding = foe_embedding if args.model == "foe" else ridge_embedding
+        return embedding.rescale(problem, theta, args.init_scale)
     except ValueError as exc:
         raise SystemExit(f"--init-scale: {exc}") from None
 

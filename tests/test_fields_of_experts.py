@@ -288,3 +288,23 @@ def test_embed_carries_a_learned_field_into_a_larger_bank():
         embed(big, source, theta, weight=0.0)
     with pytest.raises(TypeError, match="fields_of_experts"):
         embed(big, object(), theta)
+
+
+def test_rescale_multiplies_the_regularizer():
+    """foe_embedding.rescale: h(x) minus the data term becomes factor times itself at every
+    x (alpha_k times factor, nu_k and the filters kept); a factor that is not a positive
+    number is refused."""
+    from bilevel_problems.foe_embedding import rescale
+
+    p = _problem()
+    theta, x = _point(p)
+    data = 0.5 * torch.sum((x - p.noisy) ** 2)
+    for factor in (0.36, 0.6, 2.0):
+        scaled = rescale(p, theta, factor)
+        torch.testing.assert_close(p.lower_objective(x, scaled) - data,
+                                   factor * (p.lower_objective(x, theta) - data),
+                                   rtol=1e-12, atol=0)
+        torch.testing.assert_close(p.params(scaled).nu, p.params(theta).nu, rtol=0, atol=0)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="positive and finite"):
+            rescale(p, theta, bad)

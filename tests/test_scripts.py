@@ -377,8 +377,8 @@ def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
     assert abs(g_half - bilevel.hypergradient(problem, learned.theta, 1e-8, 1e-8).upper_value) \
         > 2 * first["eps"]
     for args, message in ((common + ["--init-scale", "0.5"], "--init-scale is for --init"),
-                          (["--quick", "--model", "foe", "--init", str(small), "--init-scale",
-                            "0.5"], "--init-scale is for --model ridge / wcrr")):
+                          (["--quick", "--model", "tv", "--init", str(small), "--init-scale",
+                            "0.5"], "--init-scale is for --model foe / ridge / wcrr")):
         with pytest.raises(SystemExit, match=message):
             train.main(args + ["--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no run folder"):
