@@ -96,8 +96,8 @@ def rescale(problem, theta, factor):
     exp(-R / sigma_0^2)) says factor (sigma / sigma_0)^2; TV's best weight, and these
     ridges' (TV-like, near-l1 potentials), scale more like sigma / sigma_0.  Measured on
     ``wcrr_rho095_sigma25`` carried to sigma 15 (24 training crops 40x40, tol 1e-2): factor
-    0.36 29.98 dB, 0.5 31.28, 0.6 31.57, 0.7 31.53, 1 30.91 (a one-off run, reported in the
-    README).  factor > 1 raises the weakly convex ridge's floor; a concave slope it would cut
+    0.36 29.98 dB, 0.5 31.28, 0.6 31.57, 0.7 31.53, 1 30.91 (a one-off run, docs/problems.md).
+    factor > 1 raises the weakly convex ridge's floor; a concave slope it would cut
     is refused (ValueError).
     """
     if not isinstance(problem, RidgeRegularizer):
