@@ -67,9 +67,38 @@ def test_hessian_spectrum_lies_in_mu_L(problem, point):
     H = _dense_hessian(problem, _spread_x(problem, 0), theta)
     eig = torch.linalg.eigvalsh(H)
     mu, L = problem.strong_convexity(theta), problem.smoothness(theta)
-    assert mu == pytest.approx(1 - RHO)
-    assert mu * (1 - 1e-10) <= float(eig[0]) < 1  # < 1: h is not convex + 1/2 ||x - y||^2
+    assert 1 - RHO <= mu <= float(eig[0]) * (1 + 1e-10)
+    assert float(eig[0]) < 1  # h is not convex + 1/2 ||x - y||^2
     assert float(eig[-1]) <= L * (1 + 1e-10)
+
+
+@pytest.mark.parametrize("point", POINTS, ids=str)
+def test_mu_reads_how_concave_the_learned_slopes_are(problem, point):
+    """mu = max(1 - rho, 1 - alpha ||sum_k n_k K_k^T K_k||), n_k the deepest concave slope of
+    psi_k: at the floor (n_k = beta) it is 1 - rho sup(symbol of sum_k c_k * c_k) / Lambda,
+    the infinite image's lambda_min, below this small image's; with the slopes off the floor
+    the true lambda_min still lies above it, and mu has moved up from 1 - rho; with no
+    concave slope it is 1."""
+    theta = _theta(problem, **point)
+    if "q" not in point:  # every slope at -beta / 2: concave, halfway to the floor
+        alpha, C, slopes, _ = problem.params(theta)
+        half = torch.full_like(slopes, -float(problem.slope_floor(alpha, C)) / 2)
+        theta[1 + problem.K * problem.s ** 2:] = torch.logit(
+            problem.slope_fractions(alpha, C, half)).flatten()
+    x = _spread_x(problem, 3)
+    lam_min = float(torch.linalg.eigvalsh(_dense_hessian(problem, x, theta))[0])
+    mu = problem.strong_convexity(theta)
+    assert mu <= lam_min * (1 + 1e-10)
+    if "q" in point:
+        C = problem.params(theta)[1]
+        symbol = filter_bank.weighted_kernel_norm(filter_bank.autocorrelations(C, problem.s),
+                                                  torch.ones(problem.K, dtype=torch.float64))
+        assert mu == pytest.approx(1 - RHO * symbol / float(problem.kernel_bound(C)), rel=1e-9)
+    else:
+        assert float(problem.params(theta)[2].min()) < 0 and mu >= 1 - RHO / 2
+    convex = _theta(problem, **point)
+    convex[1 + problem.K * problem.s ** 2:] = 40.0  # every slope near s_max
+    assert problem.strong_convexity(convex) == 1.0
 
 
 @pytest.mark.parametrize("point", FLOOR, ids=str)
