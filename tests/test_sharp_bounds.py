@@ -218,3 +218,26 @@ def test_ridge_local_jumps_bound_the_third_derivative_on_each_window():
     assert torch.equal(wide, jmp.view(1, 2, 1, 1).expand_as(z))
     unbounded = problem._local_jumps(slopes, z, torch.full((2,), math.inf, dtype=torch.float64))
     assert torch.equal(unbounded, jmp.view(1, 2, 1, 1).expand_as(z))
+
+
+@pytest.mark.parametrize("name", ["fields_of_experts", "ridge_regularizer"])
+def test_the_whole_bank_adjoint_is_bounded_by_the_symbol(name):
+    """||sum_k K_k^T v_k|| <= sqrt(Lambda) ||v|| with Lambda the symbol bound of
+    sum_k c_k * c_k (the bank's operator norm squared), which the Hessian rates use in
+    place of sum_k kappa_k ||v_k|| when smaller; and Lambda <= sum_k kappa_k^2."""
+    from bilevel_problems import filter_bank
+
+    problem = bilevel.make_problem(name, n_images=2, size=16, num_filters=4, filter_size=3)
+    theta = _perturbed_start(problem, 2)
+    C = problem.params(theta)[1] if name != "fields_of_experts" else problem.params(theta).filters
+    auto = filter_bank.autocorrelations(C, 3)
+    Lambda = filter_bank.weighted_kernel_norm(auto, torch.ones(4, dtype=torch.float64))
+    assert Lambda <= float(torch.sum(filter_bank.operator_norm_bounds(auto) ** 2))
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(2, 4, 14, 14, generator=gen, dtype=torch.float64)
+    for _ in range(30):  # power iteration: v towards the top singular vector of K^T
+        v = filter_bank.correlate(filter_bank.correlate_adjoint(v, C, 3), C, 3)
+        v = v / v.norm()
+    top = float(filter_bank.correlate_adjoint(v, C, 3).norm())
+    assert top <= math.sqrt(Lambda) * (1 + 1e-9)
+    assert top >= 0.5 * math.sqrt(Lambda)  # the symbol bound is not loose on 16 x 16

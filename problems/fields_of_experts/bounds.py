@@ -145,7 +145,9 @@ class CertifiedConstants:
         (:func:`bilevel.local_bounds.max_weighted_sum`).  A response moves by at most
         ||c_k||_2 x_radius, shrunk to sqrt(C2 / (alpha_k w_kp)) where the curvature
         is high.  Used when the responses fit in memory (N K pixels <= 2e7) in one
-        process; the smaller of the two forms is returned.  Costs a gradient and
+        process; the smaller of the two forms is returned.  In both, the sum over
+        filters sum_k alpha_k kappa_k ||v_k|| may be replaced by sqrt(Lambda)
+        ||(alpha_k ||v_k||)_k||_2 (:meth:`_bank_sum`), whichever is smaller.  Costs a gradient and
         two sweeps of responses (3 oracle calls).
         """
         p = self.params(theta.detach())
@@ -154,7 +156,7 @@ class CertifiedConstants:
         for ch in self._chunks(p, q.shape):
             sup = torch.maximum(sup, ch.response(q.detach()).abs().amax(dim=(0, 2)))
         c2 = torch.linalg.vector_norm(p.filters, dim=1)
-        rate = float(torch.sum(p.alpha * kappa ** 2 * C3 / p.nu ** 2 * (sup + c2 * radius)))
+        rate = self._bank_sum(p, kappa * C3 / p.nu ** 2 * (sup + c2 * radius))
         big = x.numel() * self.K > 2e7
         if not math.isfinite(x_radius) or self.parallel.active or big:
             return rate
@@ -176,12 +178,23 @@ class CertifiedConstants:
         near = (z - reach).clamp(min=0)
         c3 = torch.clamp((2 / math.sqrt(3)) / (near * near + nu * nu), max=C3 / nu ** 2)
         a = (c3 * (u + (c2 * radius).view(-1, 1))) ** 2
-        total = 0.0
-        for k in range(self.K):
-            C1 = float(kappa[k]) ** 2 * x_radius ** 2
-            total += float(p.alpha[k] * kappa[k]) * math.sqrt(
-                local_bounds.max_weighted_sum(a[k], w[k], C1, C2))
-        return total / x_radius
+        moves = torch.tensor([math.sqrt(local_bounds.max_weighted_sum(
+            a[k], w[k], float(kappa[k]) ** 2 * x_radius ** 2, C2)) for k in range(self.K)],
+            dtype=p.alpha.dtype, device=p.alpha.device)
+        return self._bank_sum(p, moves) / x_radius
+
+    def _bank_sum(self, p, moves):
+        """A bound on ||sum_k alpha_k K_k^T v_k|| from bounds ||v_k|| <= moves_k (K,):
+        min(sum_k alpha_k kappa_k moves_k, sqrt(Lambda) ||alpha o moves||_2), Lambda >=
+        ||sum_k K_k^T K_k|| = ||K||^2 for the whole bank K: x -> (K_k x)_k (sum_k K_k^T u_k =
+        K^T u).  The filters cover different frequencies, so Lambda is often far below
+        sum_k kappa_k^2."""
+        auto = filter_bank.autocorrelations(p.filters, self.s)
+        kappa = filter_bank.operator_norm_bounds(auto)
+        Lambda = filter_bank.weighted_kernel_norm(auto, torch.ones_like(p.alpha))
+        weighted = p.alpha * moves
+        return min(float(torch.sum(kappa * weighted)),
+                   math.sqrt(Lambda) * float(torch.linalg.vector_norm(weighted)))
 
     def mixed_lipschitz_along(self, theta, x, q, radius, x_radius=math.inf):
         r"""N with ||(B(x') - B(x))^T q'|| <= N ||x' - x|| for x' within x_radius, q' within radius.
