@@ -171,3 +171,30 @@ def weighted_responses(weights, responses, kappa, c2, radius, total, top):
     peak = top((weights * (responses + shift)).amax(dim=dims))
     spread = torch.sqrt(total(torch.sum((weights * responses) ** 2, dim=dims)))
     return peak, spread + top(weights.amax(dim=dims)) * kappa * radius
+
+
+def weighted_patch_grams(cols, weights):
+    """sum_p w_kp^2 patch_p patch_p^T for each k: (K, s^2, s^2) in float64, from the
+    centred patches ``cols`` (N, s^2, L) of :func:`centred_patch_gram` and per-response
+    weights ``weights`` (N, K, ...) with L responses per image (sums over images and, added
+    up, over chunks of them)."""
+    n, K = weights.shape[:2]
+    w = weights.reshape(n, K, -1)
+    grams = []
+    for k in range(K):
+        scaled = cols * w[:, k:k + 1]
+        grams.append(torch.matmul(scaled, scaled.transpose(1, 2)).sum(0).double())
+    return torch.stack(grams)
+
+
+def weighted_patch_norms(cols, weights):
+    """||diag(w_k) X(x) P|| for each k (K,): the exact norm, on zero-mean filters, of
+    c -> w_k o (K_c x): sqrt of the largest eigenvalue of :func:`weighted_patch_grams`
+    (enlarged by a relative 1e-10, as :func:`top_singular_value`).  At most
+    max_p |w_kp| ||X(x) P||."""
+    return top_singular_values(weighted_patch_grams(cols, weights))
+
+
+def top_singular_values(grams):
+    """:func:`top_singular_value` of each of a stack of Gram matrices (K, n, n): (K,) on the CPU."""
+    return torch.linalg.eigvalsh(grams)[:, -1].clamp(min=0).sqrt().cpu() * (1 + 1e-10)

@@ -35,12 +35,18 @@ class RidgeBounds:
         - L_g = 1 / N.
         - ||B(x)||^2 <= sum of the squared norms of its column blocks:
           * theta_0: the vector b_0 = grad_x h - (x - y), exact;
-          * filter k: delta -> alpha [K_{P delta}^T psi_k'(z_k) + K_k^T (psi_k''(z_k)
-            o K_{P delta} x)], norm <= alpha (s ||psi_k'(z_k)|| + kappa_k
-            max psi_k''(z_k) ||X(x)||);
+          * filter k: delta -> alpha [K_{P delta}^T psi_k'(z_k) + K_k^T E_k delta],
+            E_k = diag(psi_k''(z_k)) X(x) P, whose norm is exact from the s^2 x s^2
+            matrix sum_p psi_k''(z_kp)^2 (P patch_p)(P patch_p)^T; norm <= alpha
+            (s ||psi_k'(z_k)|| + kappa_k ||E_k||);
           * slopes of k: d psi_k'(t) / d s_kj = phi_j(t) = int_0^t hat_j with hat_j >= 0
-            and sum_j hat_j = 1, so sum_j |phi_j(t)| = |t| and the block has norm
-            <= alpha kappa_k max_j s'_kj ||z_k||.
+            and sum_j hat_j = 1, so sum_j |phi_j(t)| = |t|: the block is alpha K_k^T F_k
+            with ||F_k|| <= max_j s'_kj ||z_k||;
+          * the blocks K_k^T E_k side by side are K^T diag(E_k), K: x -> (K_k x)_k the
+            whole bank, of norm <= sqrt(Lambda) max_k ||E_k|| (Lambda >= ||sum_k K_k^T
+            K_k||, the symbol bound); likewise the slope blocks: where smaller than the
+            sum of squares over k (the filters cover different frequencies, so Lambda is
+            often far below sum_k kappa_k^2).
         - L_B on the ball of radius 2e about x (the filter block is linear in x,
           hence only locally Lipschitz): theta_0 column alpha sum_k kappa_k^2 smax_k;
           filter block k: l_k = alpha (2 s kappa_k smax_k + kappa_k jmp_k ||c_k||_2 Xbar),
@@ -69,8 +75,9 @@ class RidgeBounds:
         grad_reg = alpha * self._conv_adjoint(d1, C)
         e = float(torch.linalg.vector_norm(x - self.noisy + grad_reg)) / mu
 
-        _, gram = filter_bank.centred_patch_gram(filter_bank.patches(x, s))
+        cols, gram = filter_bank.centred_patch_gram(filter_bank.patches(x, s))
         X_norm = filter_bank.top_singular_value(gram)
+        E_norm = filter_bank.weighted_patch_norms(cols, d2).double().cpu()
 
         auto = filter_bank.autocorrelations(C, s)
         kappa = filter_bank.operator_norm_bounds(auto).double().cpu()
@@ -79,12 +86,16 @@ class RidgeBounds:
         dsmax = dslopes.amax(dim=1).double().cpu()
         jmp = self._slope_jumps(slopes).double().cpu()
         d1_norm = torch.linalg.vector_norm(d1, dim=(0, 2, 3)).double().cpu()
-        d2_max = d2.abs().amax(dim=(0, 2, 3)).double().cpu()
         z_norm = torch.linalg.vector_norm(z, dim=(0, 2, 3)).double().cpu()
 
         block_0 = float(torch.sum(grad_reg.double() ** 2))
-        block_r = float(torch.sum((alpha * (s * d1_norm + kappa * d2_max * X_norm)) ** 2))
-        block_q = float(torch.sum((alpha * kappa * dsmax * z_norm) ** 2))
+        bank = math.sqrt(filter_bank.weighted_kernel_norm(auto, torch.ones_like(slopes[:, 0])))
+        first = alpha * s * d1_norm
+        block_r = min(float(torch.sum((first + alpha * kappa * E_norm) ** 2)),
+                      (float(torch.linalg.vector_norm(first))
+                       + alpha * bank * float(E_norm.max())) ** 2)
+        block_q = min(float(torch.sum((alpha * kappa * dsmax * z_norm) ** 2)),
+                      (alpha * bank * float((dsmax * z_norm).max())) ** 2)
         B_here = math.sqrt(block_0 + block_r + block_q) * (1 + 1e-12)
 
         X_bar = X_norm + 2 * s * e

@@ -129,6 +129,24 @@ def test_patch_map_norm_is_exact():
     assert exact <= filter_bank.top_singular_value(gram) <= exact * (1 + 1e-9)
 
 
+def test_weighted_patch_map_norm_is_exact():
+    """weighted_patch_norms: ||diag(w_k) X(x) P|| from the dense matrix, below the crude
+    max |w_k| ||X(x) P||."""
+    s = 3
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 7, 8, generator=gen, dtype=torch.float64)
+    w = torch.randn(2, 3, 5, 6, generator=gen, dtype=torch.float64)
+    cols, gram = filter_bank.centred_patch_gram(filter_bank.patches(x, s))
+    norms = filter_bank.weighted_patch_norms(cols, w)
+    X = filter_bank.patches(x, s).transpose(1, 2).reshape(-1, s * s)
+    P = torch.eye(s * s, dtype=torch.float64) - 1.0 / s ** 2
+    for k in range(3):
+        weights = w[:, k].reshape(-1, 1)  # image by image, row-major: the patches' order
+        exact = float(torch.linalg.matrix_norm(weights * (X @ P), ord=2))
+        assert exact <= float(norms[k]) <= exact * (1 + 1e-9)
+        assert float(norms[k]) <= float(w[:, k].abs().max()) * filter_bank.top_singular_value(gram)
+
+
 @pytest.mark.parametrize("spec", ["fields_of_experts[num_filters=2, filter_size=3]",
                                   "ridge_regularizer[num_filters=2, filter_size=3]"])
 def test_denoise_pads_by_mirroring(spec):

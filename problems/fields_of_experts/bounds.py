@@ -267,10 +267,12 @@ class CertifiedConstants:
           delta_r to alpha_k [M_k P delta_r + K_k^T (phi''(z_k) o X(x) P delta_r)],
           M_k: dc -> K_dc^T phi'(z_k).  ||M_k P|| is exact: M_k^T M_k is the
           s^2 x s^2 block-Toeplitz matrix of the autocorrelation of phi'(z_k)
-          (by FFT).  ||diag(phi''(z_k)) X(x) P|| is bounded by the smaller of
-          max phi''(z_k) ||X(x) P|| (exact, from the s^2 x s^2 Gram matrix of
-          the mean-removed patches) and the Frobenius norm
-          sqrt(sum_p phi''(z_kp)^2 ||P patch_p||^2).
+          (by FFT).  ||diag(phi''(z_k)) X(x) P|| is exact, from the s^2 x s^2 matrix
+          sum_p phi''(z_kp)^2 (P patch_p)(P patch_p)^T
+          (:func:`bilevel_problems.filter_bank.weighted_patch_grams`); side by side,
+          the blocks alpha_k K_k^T diag(phi''(z_k)) X(x) P are K^T diag(...) for the
+          whole bank K: x -> (K_k x)_k, of norm <= sqrt(Lambda) max_k alpha_k
+          ||diag(phi''(z_k)) X(x) P||, used where below the sum of squares.
 
         Returns
         -------
@@ -287,6 +289,7 @@ class CertifiedConstants:
         stats = torch.zeros(3, K, dtype=torch.float64, device=x.device)
         d2_max = torch.zeros(K, dtype=x.dtype, device=x.device)
         gram_x = torch.zeros(s * s, s * s, dtype=torch.float64, device=x.device)
+        gram_w = torch.zeros(K, s * s, s * s, dtype=torch.float64, device=x.device)
         auto = torch.zeros(K, 2 * s - 1, 2 * s - 1, dtype=torch.float64, device=x.device)
         grad_reg = torch.zeros_like(x)
         for ch in self._chunks(p, x.shape, whole_images=True):
@@ -296,6 +299,7 @@ class CertifiedConstants:
             ch.adjoint_into(grad_reg, d1, Ca)
             cols, gram = filter_bank.centred_patch_gram(ch.patches(x))
             gram_x += gram
+            gram_w += filter_bank.weighted_patch_grams(cols, d2)
             stats += torch.stack([
                 torch.sum(d1 * d1, dim=(0, 2)),
                 torch.sum((z * d2) ** 2, dim=(0, 2)),
@@ -320,8 +324,13 @@ class CertifiedConstants:
         a, kappa = p.alpha.double().cpu(), kappa.double().cpu()
         d1_norm, zd2_norm, dX_frob = stats.sqrt().cpu().unbind(0)
         dX = torch.minimum(d2_max.double().cpu() * X_norm, dX_frob * (1 + 1e-10))
+        dX = torch.minimum(dX, filter_bank.top_singular_values(gram_w))
         block_w = grad_reg_norm ** 2 + float(torch.sum((a * kappa * d1_norm) ** 2))
         block_l = float(torch.sum((a * kappa * zd2_norm) ** 2))
-        block_r = float(torch.sum((a * (M_norm + kappa * dX)) ** 2))
+        bank = math.sqrt(filter_bank.weighted_kernel_norm(
+            filter_bank.autocorrelations(p.filters, s), torch.ones_like(p.alpha)))
+        block_r = min(float(torch.sum((a * (M_norm + kappa * dX)) ** 2)),
+                      (float(torch.linalg.vector_norm(a * M_norm))
+                       + bank * float((a * dX).max())) ** 2)
         return math.sqrt(block_w + block_l + block_r) * (1 + 1e-12), X_norm, grad_norm
 
