@@ -130,7 +130,7 @@ class RidgeBounds:
         return alpha * bank * (1 + 1e-12)
 
     def _curvature_moves(self, theta, x, q, radius, x_radius):
-        r"""(alpha, filters, kappa_k, ||c_k||_2, a_k): a_k >= ||v_k|| / ||x' - x|| for every x'
+        r"""(alpha, filters, kappa_k, |K_k q|, a_k): a_k >= ||v_k|| / ||x' - x|| for every x'
         within ``x_radius`` of x and q' within ``radius`` of q (v_k of
         :meth:`hessian_lipschitz_along`).
 
@@ -148,10 +148,10 @@ class RidgeBounds:
         kappa = filter_bank.operator_norm_bounds(filter_bank.autocorrelations(C, self.s))
         kappa, c2 = kappa.to(slopes), torch.linalg.vector_norm(C, dim=1)
         jumps = self._local_jumps(slopes, self._conv(x, C), c2 * x_radius)
+        responses = self._conv(q, C).abs()
         peak, spread = filter_bank.weighted_responses(
-            jumps, self._conv(q, C).abs(), kappa, c2, radius, self.parallel.sum,
-            self.parallel.max)
-        return float(alpha), C, kappa, c2, torch.minimum(kappa * peak, c2 * spread)
+            jumps, responses, kappa, c2, radius, self.parallel.sum, self.parallel.max)
+        return float(alpha), C, kappa, responses, torch.minimum(kappa * peak, c2 * spread)
 
     #: A window of psi'' wider than this many pieces takes the global jmp_k instead.
     MAX_LOCAL_PIECES = 16
@@ -212,13 +212,12 @@ class RidgeBounds:
         of q.
         """
         theta, x, q = theta.detach(), x.detach(), q.detach()
-        alpha, C, kappa, c2, moves = self._curvature_moves(theta, x, q, radius, x_radius)
+        alpha, C, kappa, Kq, moves = self._curvature_moves(theta, x, q, radius, x_radius)
         _, _, slopes, dslopes = self.params(theta)
         s = self.s
         Lambda = filter_bank.weighted_kernel_norm(filter_bank.autocorrelations(C, s),
                                                   torch.ones_like(slopes[:, 0]))
         smax, dsmax = slopes.abs().amax(dim=1), dslopes.amax(dim=1)
-        Kq = self._conv(q, C)
         r = torch.sqrt(self.parallel.sum(torch.sum(Kq ** 2, dim=(0, 2, 3)))) + kappa * radius
         X_x = filter_bank.top_singular_value(self.parallel.sum(
             filter_bank.centred_patch_gram(filter_bank.patches(x, s))[1]))
