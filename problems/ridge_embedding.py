@@ -13,9 +13,12 @@ learned 16-filter ridges still act through two filters (README, "Training denois
 - the other filters keep the new problem's start (DCT filters, switched off under
   ``start='tv'``), so with ``wake=None`` the new h is the learned one up to those filters'
   0.001 s_max quadratics (and the narrower valid region);
-- ``wake=f`` switches on every filter whose slopes all lie below f s_max: unit norm, slopes f
-  s_max inside the start's central window |t| <= ``init_width`` and 0.001 s_max outside (a
-  weak Huber-like potential), so the gradient reaches it.
+- ``wake=f`` switches on every filter whose slopes all lie below f s_max: norm ``wake_norm``
+  (1 by default), slopes f s_max inside the start's central window |t| <= ``init_width`` and
+  0.001 s_max outside (a weak Huber-like potential), so the gradient reaches it.  For the
+  weakly convex ridge a small ``wake_norm`` keeps the floor where the learned filters put it:
+  24 unit-norm filters woken next to the learned 24x7x7 bank (norms 0.23 to 1.18) would lift
+  it 4.6-fold, above the learned concave slopes (refused); at norm 0.2 it rises by 7%.
 
 Both work in slope space: the slopes wanted are mapped to the new problem's parameters, for
 the weakly convex ridge through its floor -beta, which depends on the whole bank (more or
@@ -33,7 +36,7 @@ from .ridge_regularizer import RidgeRegularizer
 OFF = 1e-3  # the slope fraction of a switched-off potential (the TV start's)
 
 
-def embed(problem, source, theta, wake=None, init_width=0.06):
+def embed(problem, source, theta, wake=None, init_width=0.06, wake_norm=1.0):
     """theta for ``problem`` holding the learned ridge (``source``, ``theta``) (module doc).
 
     Parameters
@@ -47,6 +50,8 @@ def embed(problem, source, theta, wake=None, init_width=0.06):
         A fraction in (0, 1): switch on the filters whose slopes all lie below wake s_max.
     init_width : float
         Half-width of the window where a woken potential is steep (the start's 0.06).
+    wake_norm : float
+        The norm of a woken filter (its direction is the start's or the learned one's).
     """
     if not isinstance(problem, RidgeRegularizer) or type(source) is not type(problem):
         raise TypeError(f"embed: carries a ridge_regularizer or weakly_convex_ridge into one of "
@@ -64,6 +69,8 @@ def embed(problem, source, theta, wake=None, init_width=0.06):
     _check_fit("embed", problem, source)
     if wake is not None and not 0 < wake < 1:
         raise ValueError(f"embed: wake must be a fraction in (0, 1), got {wake!r}")
+    if not 0 < wake_norm < float("inf"):
+        raise ValueError(f"embed: wake_norm must be positive and finite, got {wake_norm!r}")
     start = problem.theta0.detach().to(torch.float64)
     alpha = torch.exp(theta[0])
     filters = problem.filters(start).clone()
@@ -78,7 +85,7 @@ def embed(problem, source, theta, wake=None, init_width=0.06):
         window = ((grid[:-1] + grid[1:]) / 2).abs() <= init_width
         slopes[asleep] = problem.s_max * torch.where(window, wake, OFF).to(slopes)
         norms = filters[asleep].flatten(1).norm(dim=1).clamp_min(1e-12)
-        filters[asleep] = filters[asleep] / norms[:, None, None]
+        filters[asleep] = filters[asleep] * (wake_norm / norms[:, None, None])
     try:
         q = torch.logit(problem.slope_fractions(alpha, filters.flatten(1), slopes))
     except ValueError as exc:  # more or larger filters raise Lambda and lift the floor

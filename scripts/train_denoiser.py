@@ -4,7 +4,7 @@
         [--patches 400] [--patch-size 40] [--method maid_sgd] [--batch-size 20]
         [--border B] [--start dct|tv] [--tv-weight W] [--knots N] [--x-range R] [--rho RHO]
         [--alpha0 A] [--max-iter 2000]
-        [--max-time 7200] [--set KEY=VALUE ...] [--init RUN_DIR [--wake F]]
+        [--max-time 7200] [--set KEY=VALUE ...] [--init RUN_DIR [--wake F [--wake-norm R]]]
         [--out results/denoisers/MODEL_sigmaS] [--quick]
 
 ``--patches`` random crops of ``--patch-size``, ``--crops-per-image`` (1) from each of the
@@ -23,8 +23,9 @@ instead of the problem's start: the same model, or a field of experts or (weakly
 ridge carried into a larger bank, or a field of experts carried into a ridge (its experts as
 spline potentials: ``ridge_embedding.from_fields_of_experts``, which needs a grid
 ``--knots`` / ``--x-range`` as fine as the learned kinks), ``--wake`` switching on a ridge's
-sleeping filters or setting the new FoE filters' weight (bilevel_problems.ridge_embedding,
-foe_embedding); the folder's cost and time are this run's only.  The run folder holds what
+sleeping filters (``--wake-norm``: their norm) or setting the new FoE filters' weight
+(bilevel_problems.ridge_embedding, foe_embedding); the folder's cost and time are this run's
+only.  The run folder holds what
 ``bilevel.load(OUT)`` needs (meta.json's ``problem`` spec and theta.json), so that
 
     model = bilevel.load("results/denoisers/foe_sigma25"); x = model.denoise(y)
@@ -108,6 +109,9 @@ def add_arguments(p):
                    help="with --init, ridge: switch on the filters whose slopes all lie below "
                         "this fraction of s_max (weak Huber-like potentials at that fraction); "
                         "foe: the new filters' weight, a fraction of the learned ones' (0.1)")
+    p.add_argument("--wake-norm", type=float, default=None, metavar="R",
+                   help="with --wake, ridge / wcrr: the woken filters' norm (1); small norms "
+                        "keep the weakly convex ridge's floor where the learned bank put it")
     p.add_argument("--init-scale", type=float, default=None, metavar="F",
                    help="with --init, foe / ridge / wcrr: start from F times the learned "
                         "regularizer (foe_embedding / ridge_embedding.rescale; about sigma / "
@@ -172,10 +176,13 @@ def training_pairs(patches, patch_size, sigma, seed=0, data=None, crops_per_imag
 def initial_theta(args, problem, problem_spec):
     """theta_0 from ``--init`` (None: the problem's own start)."""
     if args.init is None:
-        for flag, value in (("--wake", args.wake), ("--init-scale", args.init_scale)):
+        for flag, value in (("--wake", args.wake), ("--wake-norm", args.wake_norm),
+                            ("--init-scale", args.init_scale)):
             if value is not None:
                 raise SystemExit(f"{flag} is for --init")
         return None
+    if args.wake_norm is not None and (args.wake is None or args.model not in ("ridge", "wcrr")):
+        raise SystemExit("--wake-norm is for --model ridge / wcrr with --wake")
     if args.init_scale is not None and args.model not in ("foe", "ridge", "wcrr"):
         raise SystemExit("--init-scale is for --model foe / ridge / wcrr")
     theta = _carried_theta(args, problem, problem_spec)
@@ -200,7 +207,9 @@ def _carried_theta(args, problem, problem_spec):
             if args.wake is not None:
                 raise SystemExit("--wake is for a ridge or FoE source, not a FoE into a ridge")
             return ridge_embedding.from_fields_of_experts(problem, source.problem, source.theta)
-        return ridge_embedding.embed(problem, source.problem, source.theta, wake=args.wake)
+        norm = {} if args.wake_norm is None else dict(wake_norm=args.wake_norm)
+        return ridge_embedding.embed(problem, source.problem, source.theta, wake=args.wake,
+                                     **norm)
     except (OSError, TypeError, ValueError, bilevel.CorruptRunError) as exc:
         raise SystemExit(f"--init {args.init}: {exc}") from None
 
@@ -261,7 +270,8 @@ def compute(args, folder):
                 patch_size=args.patch_size, method=args.method,
                 settings=settings, status=result.status, message=result.message,
                 iterations=len(result.history), cost=last.get("cost"), init=args.init,
-                wake=args.wake, init_scale=args.init_scale, device=str(device),
+                wake=args.wake, wake_norm=args.wake_norm, init_scale=args.init_scale,
+                device=str(device),
                 final_check=getattr(result.state, "final_check", None),
                 train_psnr_start=datasets.quality(noisy, clean)["psnr"])
 
@@ -275,7 +285,9 @@ def summarise(folder):
             f"{meta['patch_size']}x{meta['patch_size']} from {meta['source']}; method "
             f"`{meta['method']}` {meta['settings']}, on {meta.get('device', 'cpu')}"
             + (f", from the learned `{meta['init']}`" if meta.get("init") else "")
-            + (f" (sleeping filters woken at {meta['wake']:g} s_max)" if meta.get("wake") else "")
+            + (f" (sleeping filters woken at {meta['wake']:g} s_max"
+               + (f", norm {meta['wake_norm']:g}" if meta.get("wake_norm") else "") + ")"
+               if meta.get("wake") else "")
             + (f", its regularizer times {meta['init_scale']:g}" if meta.get("init_scale")
                else "")
             + ".", "",

@@ -335,8 +335,8 @@ def test_train_denoiser_stops_on_sigterm_with_its_folder_written(tmp_path):
 
 
 def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
-    """--init RUN_DIR --wake: the run starts at ridge_embedding.embed of the learned theta
-    (the first row's upper value is g there), and the folder says where it started;
+    """--init RUN_DIR --wake --wake-norm: the run starts at ridge_embedding.embed of the
+    learned theta (the first row's upper value is g there), and the folder says where it started;
     --init-scale F starts at ridge_embedding.rescale of it."""
 
     from bilevel_problems.ridge_embedding import embed, rescale
@@ -348,12 +348,15 @@ def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
     train.main(common + ["--filters", "2", "--filter-size", "3", "--max-iter", "1",
                          "--out", str(small)])
     train.main(common + ["--filters", "3", "--filter-size", "5", "--max-iter", "1",
-                         "--init", str(small), "--wake", "0.05", "--out", str(big)])
+                         "--init", str(small), "--wake", "0.05", "--wake-norm", "0.5",
+                         "--out", str(big)])
     meta = json.loads((big / "meta.json").read_text())
-    assert meta["init"].endswith("small") and meta["wake"] == 0.05
+    assert meta["init"].endswith("small") and meta["wake"] == 0.05 and meta["wake_norm"] == 0.5
+    assert "woken at 0.05 s_max, norm 0.5" in (big / "summary.md").read_text()
     learned, new = bilevel.load(small), bilevel.load(big)
-    start = embed(new.problem, learned.problem, learned.theta, wake=0.05)
+    start = embed(new.problem, learned.problem, learned.theta, wake=0.05, wake_norm=0.5)
     assert new.problem.slopes(start)[2].max() == pytest.approx(0.05)
+    assert new.problem.filters(start)[2].norm() == pytest.approx(0.5)
     first = RunFolder(big).read_rows("data.csv")[0]
     clean, noisy, _ = train.training_pairs(8, 16, sigma=25.0)
     problem = bilevel.make_problem(meta["problem"], images=clean, noisy=noisy, sigma=25 / 255)
@@ -364,6 +367,9 @@ def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
     assert abs(g["theta0"] - g["start"]) > 2 * first["eps"]
     with pytest.raises(SystemExit, match="--wake is for --init"):
         train.main(common + ["--wake", "0.05", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--wake-norm is for --model ridge / wcrr with --wake"):
+        train.main(common + ["--init", str(small), "--wake-norm", "0.5",
+                             "--out", str(tmp_path / "x")])
     # --init-scale: the same bank, its regularizer halved (ridge_embedding.rescale)
     half = tmp_path / "half"
     train.main(common + ["--filters", "2", "--filter-size", "3", "--max-iter", "1", "--init",

@@ -312,6 +312,13 @@ def test_embed_carries_a_learned_ridge_into_a_larger_bank():
     assert torch.allclose(slopes[asleep].max(dim=1).values, torch.tensor(0.05).double())
     norms = big.filters(woken)[asleep].flatten(1).norm(dim=1)
     torch.testing.assert_close(norms, torch.ones(3, dtype=torch.float64))
+    small = embed(big, source, theta, wake=0.05, wake_norm=0.2)
+    torch.testing.assert_close(big.filters(small)[asleep], 0.2 * big.filters(woken)[asleep],
+                               rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(big.slopes(small), slopes, rtol=1e-12, atol=0)
+    torch.testing.assert_close(big.filters(small)[:2], big.filters(woken)[:2], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="wake_norm"):
+        embed(big, source, theta, wake=0.05, wake_norm=0.0)
     with pytest.raises(ValueError, match="do not fit"):
         embed(source, big, out)
     with pytest.raises(TypeError, match="same class"):
