@@ -121,6 +121,12 @@ INSTANCES = {
     "spline_regression": ("spline_regression",
                           dict(n_train=30, n_val=30, num_knots=11, smoothing=0.05),
                           _generic_thetas(1.0)),
+    "reconstruction": ("reconstruction", dict(operator="blur", n_images=2, size=12),
+                       _generic_thetas(0.1)),
+    # K = ||A^{-1} B|| by two CG solves instead of ||B|| / gamma (bilevel.sensitivity)
+    "reconstruction/solved": ("reconstruction", dict(operator="blur", n_images=2, size=12,
+                                                     sensitivity_by_solves=True),
+                              _generic_thetas(0.1)),
     "lipschitz_regression": ("lipschitz_regression",
                              dict(n_train=60, n_val=60, n_test=200, num_knots=11),
                              _generic_thetas(1.0)),

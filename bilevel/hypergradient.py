@@ -19,6 +19,7 @@ from .contract import check_mu, check_theta, check_x
 from .cost import Cost
 from .linalg import CGResult, conjugate_gradient
 from .lower import LowerSolution
+from .sensitivity import solved_sensitivity
 
 
 class AccuracyWarning(UserWarning):
@@ -53,6 +54,9 @@ class Hypergradient:
     mixed_along : float or None
         The problem's bound N on ||(B(x') - B(x~))^T q'|| / ||x' - x~||, if it has one
         (:meth:`~bilevel.BilevelProblem.mixed_lipschitz_along`).
+    sensitivity : float or None
+        K >= ||A(x')^{-1} B(x~)|| from dim(theta) CG solves, for a problem with
+        ``sensitivity_by_solves`` (:mod:`bilevel.sensitivity`; its solves are in ``cost``).
     terms : dict
         omega split into its terms (:meth:`BoundConstants.omega_terms`): where
         the bound's looseness, and so MAID's cost, comes from.
@@ -71,6 +75,7 @@ class Hypergradient:
     constants: BoundConstants
     hessian_along: float | None = None
     mixed_along: float | None = None
+    sensitivity: float | None = None
     terms: dict = dataclasses.field(default_factory=dict)
     cost: Cost = Cost()
 
@@ -183,9 +188,17 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
     if math.isfinite(eps) and math.isfinite(rho):
         radius = constants.adjoint_radius(eps, rho, mu, gx_norm, along)
         mixed = problem.mixed_lipschitz_along(theta, x, linear.q, radius, x_radius=eps)
-    terms = constants.omega_terms(eps, rho, mu, gx_norm, hessian_along=along,
-                                  adjoint_norm=problem.parallel.norm(linear.q), mixed_along=mixed,
-                                  hessian_at_q=along_at_q)
+    # K from solves holds at this x~ and eps only: it enters this omega, never the
+    # constants handed back for reuse.
+    solved, solved_cost, bound = None, Cost(), constants
+    if problem.sensitivity_by_solves:
+        solved, solved_cost = solved_sensitivity(problem, theta, x, eps, mu, constants,
+                                                 max_iter=cg_max_iter)
+        bound = dataclasses.replace(constants, sensitivity=min(
+            solved, math.inf if constants.sensitivity is None else constants.sensitivity))
+    terms = bound.omega_terms(eps, rho, mu, gx_norm, hessian_along=along,
+                              adjoint_norm=problem.parallel.norm(linear.q), mixed_along=mixed,
+                              hessian_at_q=along_at_q)
     omega = sum(terms.values())
     if not torch.isfinite(grad).all() or not math.isfinite(omega):
         omega = math.inf
@@ -196,8 +209,8 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
     return Hypergradient(grad=grad, upper_value=float(value), error_bound=omega,
                          certified=constants.certified, lower=lower, linear=linear,
                          upper_grad_norm=gx_norm, constants=constants, hessian_along=along,
-                         mixed_along=mixed, terms=terms,
-                         cost=lower.cost + linear.cost + Cost(oracle_calls=calls))
+                         mixed_along=mixed, sensitivity=solved, terms=terms,
+                         cost=lower.cost + linear.cost + solved_cost + Cost(oracle_calls=calls))
 
 
 def unrolled_hypergradient(problem, theta, iterations, x0=None, step=None):

@@ -52,10 +52,16 @@ class BilevelProblem(abc.ABC):
     upper_convex_in_x : bool
         True when ``g(., theta)`` is convex; the lower bound on the upper loss
         then drops its ``eps**2`` term (docs/certificates.md, section 5).
+    sensitivity_by_solves : bool
+        True to bound ||A^{-1} B|| by dim(theta) extra CG solves at every hypergradient
+        (:mod:`bilevel.sensitivity`) instead of ||B|| / mu, where theta is short and mu far
+        below the curvature along B's columns (a reconstruction's gamma): a sharper
+        omega for dearer hypergradients (``reconstruction[sensitivity_by_solves=True]``).
     """
 
     name: str = "custom"
     upper_convex_in_x: bool = False
+    sensitivity_by_solves: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -19,6 +19,8 @@ Constants (proofs in docs/problems.md; the data term's in :mod:`.measurements`):
 - mu = gamma + gram_lower_bound(A) (Hphi has no uniform positive lower bound).
 - L = norm_squared(A) + gamma + lam ||D||^2 / nu when the operator certifies its norm;
   otherwise None (estimated by the solver, never a certificate).
+- With ``sensitivity_by_solves``, K >= ||A^{-1} B|| by two CG solves
+  (:mod:`bilevel.sensitivity`) instead of ||B|| / mu.
 - The hypergradient bound's constants and both local rates are TV denoising's
   (:mod:`.tv_bounds`) with this mu.  Two places of the denoising proofs use the
   identity and are replaced: the energy budget is min(eps ||r||, ||r||^2 / (4 mu))
@@ -69,6 +71,12 @@ class ReconstructionProblem(LinearMeasurements, CertifiedConstants, SmoothedTV, 
         ``n_images`` bundled images resized to ``size``, or ``images`` (N, H, W).
     measurements : tensor, optional
         y itself, shaped like A(images), instead of simulating it.
+    sensitivity_by_solves : bool
+        Bound ||A^{-1} B|| by two CG solves at every hypergradient
+        (:mod:`bilevel.sensitivity`) instead of ||B|| / gamma: omega about 70x sharper
+        (median over the tightness benchmark's cases), each hypergradient dearer, and MAID
+        not cheaper (its steps are certified by values; docs/certificates.md).  Worth it
+        where the certificate itself is the product (a final check, a reported bound).
     blur_sigma, fraction_missing, factor, acceleration, angles, mask_seed
         Preset options: Gaussian blur width, share of missing pixels, down-sampling
         factor, MRI acceleration, tomography angles, seed of the random masks.
@@ -84,10 +92,14 @@ class ReconstructionProblem(LinearMeasurements, CertifiedConstants, SmoothedTV, 
     def __init__(self, operator="blur", n_images=4, size=32, sigma=0.01, seed=0,
                  theta0=(-5.0, -5.0), gamma=1e-3, variant="isotropic", blur_sigma=1.5,
                  fraction_missing=0.5, factor=2, acceleration=4.0, angles=60, mask_seed=0,
-                 source=None, images=None, measurements=None, dtype=torch.float64,
-                 device="cpu"):
+                 source=None, images=None, measurements=None, sensitivity_by_solves=False,
+                 dtype=torch.float64, device="cpu"):
         name = self.name
         params.choice(name, "variant", variant, VARIANTS)
+        if not isinstance(sensitivity_by_solves, bool):
+            raise ValueError(f"{name}: sensitivity_by_solves must be True or False, got "
+                             f"{sensitivity_by_solves!r}")
+        self.sensitivity_by_solves = sensitivity_by_solves
         theta0 = params.vector(name, "theta0", theta0, 2, "(log weight, log smoothing)")
         clean, operator, preset = measured_images(
             name, operator, images=images, source=source, n_images=n_images, size=size,
@@ -129,6 +141,7 @@ class ReconstructionProblem(LinearMeasurements, CertifiedConstants, SmoothedTV, 
         theta = self.theta0 if theta is None else theta
         return ReconstructionProblem(self.operator, images=images, sigma=self.sigma, seed=seed,
                                      theta0=theta, gamma=self.gamma, variant=self.variant,
+                                     sensitivity_by_solves=self.sensitivity_by_solves,
                                      dtype=self.dtype, device=self.device)
 
 

@@ -540,3 +540,17 @@ def test_local_rate_cost_lowers_omega_and_keeps_the_steps(tmp_path):
     if runs[0]["decisions"] == runs[1]["decisions"]:
         assert runs[0]["cost"] <= runs[1]["cost"]
     assert no_absolute_paths(found) and (tmp_path / "local_rate_cost.md").stat().st_size > 0
+
+
+def test_sensitivity_cost_sharpens_omega_on_reconstructions(tmp_path):
+    # The solved K only enters through a min: omega never grows; on the blur it is sharper
+    # by far (mu = gamma = 1e-3), and each final interval contains its own ||z||.
+    module("benchmarks", "sensitivity_cost").main(
+        ["--quick", "--operators", "blur", "--out", str(tmp_path)])
+    found = json.loads((tmp_path / "sensitivity_cost.json").read_text())
+    plain, solved = found["omega"][:3], found["omega"][3:]
+    assert all(b["omega"] <= a["omega"] for a, b in zip(plain, solved, strict=True))
+    assert solved[-1]["omega"] < plain[-1]["omega"] / 10
+    assert all(row["K"] is None for row in plain) and all(row["K"] > 0 for row in solved)
+    assert [row["way"] for row in found["maid"]] == ["B_norm / mu", "solves"]
+    assert no_absolute_paths(found) and (tmp_path / "sensitivity_cost.md").stat().st_size > 0

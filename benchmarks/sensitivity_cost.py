@@ -1,0 +1,119 @@
+"""What the sensitivity by solves buys on a reconstruction: omega, MAID's cost, the final bound.
+
+    python benchmarks/sensitivity_cost.py [--operators blur,mri] [--images 4] [--size 32]
+        [--iterations 40] [--quick] [--out results/benchmarks]
+
+``reconstruction[sensitivity_by_solves=True]`` bounds K >= ||A^{-1} B|| by two CG solves at
+every hypergradient instead of ||B|| / gamma (bilevel.sensitivity, docs/certificates.md).
+For each operator (the registry's presets, ``--images`` images of ``--size``, gamma 1e-3):
+
+- omega at eps = delta in {1e-4, 1e-6, 1e-8} at theta0, both ways, with the hypergradient's
+  lower + CG iterations;
+- MAID for ``--iterations`` iterations from theta0, both ways: its cost, F at the end;
+- at MAID's theta, one hypergradient at eps = delta = 1e-6: the certified interval
+  ||z|| +- omega for ||grad F||, both ways.
+
+``--quick``: 2 images of 12 x 12, 3 iterations.  Writes OUT/sensitivity_cost.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import bilevel
+from bilevel.results import RunFolder, command_line, environment
+
+WAYS = {"B_norm / mu": False, "solves": True}
+
+
+def problem(operator, images, size, solves):
+    return bilevel.make_problem("reconstruction", operator=operator, n_images=images,
+                                size=size, sensitivity_by_solves=solves)
+
+
+def omega_rows(operator, images, size):
+    rows = []
+    for way, solves in WAYS.items():
+        p = problem(operator, images, size, solves)
+        for eps in (1e-4, 1e-6, 1e-8):
+            hg = bilevel.hypergradient(p, p.initial_theta(), eps, eps, lower_max_iter=200_000)
+            rows.append(dict(operator=operator, way=way, eps=eps, omega=hg.error_bound,
+                             grad_norm=float(hg.grad.norm()), K=hg.sensitivity,
+                             cost=hg.cost.total))
+    return rows
+
+
+def maid_rows(operator, images, size, iterations):
+    rows = []
+    for way, solves in WAYS.items():
+        p = problem(operator, images, size, solves)
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bilevel.ConvergenceWarning)  # max_iter, meant
+            result = bilevel.solve(p, "maid", max_iter=iterations)
+        seconds = time.perf_counter() - start
+        last = result.history[-1]
+        hg = bilevel.hypergradient(p, result.theta, 1e-6, 1e-6, lower_max_iter=200_000)
+        z = float(hg.grad.norm())
+        rows.append(dict(operator=operator, way=way, iterations=len(result.history),
+                         cost=last["cost"], upper_value=last["upper_value"], seconds=seconds,
+                         final_z=z, final_omega=hg.error_bound,
+                         final_cost=hg.cost.total))
+    return rows
+
+
+def table(omega, maid):
+    lines = ["| operator | eps = delta | norm of z | omega, B_norm / mu | omega, solves | ratio "
+             "| K, solves | cost, B_norm / mu | cost, solves |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    half = len(WAYS) * 3
+    for block in range(0, len(omega), half):
+        plain, solved = omega[block:block + 3], omega[block + 3:block + half]
+        for a, b in zip(plain, solved, strict=True):
+            lines.append(f"| {a['operator']} | {a['eps']:.0e} | {a['grad_norm']:.3g} "
+                         f"| {a['omega']:.3g} | {b['omega']:.3g} | {a['omega'] / b['omega']:.0f} "
+                         f"| {b['K']:.3g} | {a['cost']} | {b['cost']} |")
+    lines += ["", "| operator | MAID with | iterations | lower + CG iterations | F | s "
+              "| norm of grad F at the end, certified |", "|---|---|---|---|---|---|---|"]
+    for row in maid:
+        z, w = row["final_z"], row["final_omega"]
+        lines.append(f"| {row['operator']} | {row['way']} | {row['iterations']} | {row['cost']} "
+                     f"| {row['upper_value']:.7g} | {row['seconds']:.1f} "
+                     f"| [{max(z - w, 0):.2e}, {z + w:.2e}] (cost {row['final_cost']}) |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--operators", default="blur,mri")
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--iterations", type=int, default=40)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default="results/benchmarks")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.images, args.size, args.iterations = 2, 12, 3
+    torch.set_num_threads(1)
+    omega, maid = [], []
+    for operator in args.operators.split(","):
+        omega += omega_rows(operator, args.images, args.size)
+        maid += maid_rows(operator, args.images, args.size, args.iterations)
+    text = table(omega, maid)
+    folder = RunFolder(Path(args.out))
+    folder.path.mkdir(parents=True, exist_ok=True)
+    env = environment(command_line())
+    folder.write_json("sensitivity_cost.json", dict(environment=env, quick=args.quick,
+                                                    omega=omega, maid=maid))
+    folder.write_text("sensitivity_cost.md", f"# The sensitivity by solves on reconstructions\n\n"
+                      f"`{env['command']}` ({env['cpu']}, torch {env['torch']}, one "
+                      f"thread)\n\n{text}\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
