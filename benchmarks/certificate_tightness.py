@@ -118,6 +118,11 @@ INSTANCES = {
     "weakly_convex_ridge": ("weakly_convex_ridge",
                             dict(n_images=2, size=12, num_filters=2, filter_size=3, num_knots=5,
                                  x_range=0.2, rho=0.9), _generic_thetas(0.5)),
+    "weakly_convex_ridge/newton": ("weakly_convex_ridge",
+                                   dict(n_images=2, size=12, num_filters=2, filter_size=3,
+                                        num_knots=5, x_range=0.2, rho=0.9,
+                                        attributes=dict(newton_certificate=True)),
+                                   _generic_thetas(0.5)),
     "spline_regression": ("spline_regression",
                           dict(n_train=30, n_val=30, num_knots=11, smoothing=0.05),
                           _generic_thetas(1.0)),
@@ -127,6 +132,17 @@ INSTANCES = {
     "reconstruction/solved": ("reconstruction", dict(operator="blur", n_images=2, size=12,
                                                      sensitivity_by_solves=True),
                               _generic_thetas(0.1)),
+    # ... and the lower level certified through a Newton step (bilevel.newton_certificate)
+    "reconstruction/solved+newton": ("reconstruction",
+                                     dict(operator="blur", n_images=2, size=12,
+                                          sensitivity_by_solves=True,
+                                          attributes=dict(newton_certificate=True)),
+                                     _generic_thetas(0.1)),
+    "logistic_regression/feature+newton": ("logistic_regression",
+                                           dict(layout="feature", n_train=150, n_val=150,
+                                                n_test=100,
+                                                attributes=dict(newton_certificate=True)),
+                                           _logreg_thetas),
     "lipschitz_regression": ("lipschitz_regression",
                              dict(n_train=60, n_val=60, n_test=200, num_knots=11),
                              _generic_thetas(1.0)),
@@ -196,7 +212,11 @@ def run_case(problem, theta, ref, eps, start, gen):
 def run_problem(label, name, params, thetas_of, accuracies, quick, seed, foe_iterations):
     """Every theta, accuracy and start of one instance; (rows, reference notes)."""
     gen = torch.Generator().manual_seed(seed)
+    params = dict(params)
+    attributes = params.pop("attributes", {})  # switches of the contract, not of the spec
     problem = bilevel.make_problem(name, **{**params, "dtype": torch.float64})
+    for key, value in attributes.items():
+        setattr(problem, key, value)
     size = problem.initial_x(problem.initial_theta()).numel()
     if size > MAX_X:
         return [], dict(skipped=f"x has {size} entries (> {MAX_X})")

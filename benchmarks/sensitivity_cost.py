@@ -1,17 +1,20 @@
-"""What the sensitivity by solves buys on a reconstruction: omega, MAID's cost, the final bound.
+"""What the sharper certificates buy on a reconstruction: omega, MAID's cost, the final bound.
 
     python benchmarks/sensitivity_cost.py [--operators blur,mri] [--images 4] [--size 32]
         [--iterations 40] [--quick] [--out results/benchmarks]
 
 ``reconstruction[sensitivity_by_solves=True]`` bounds K >= ||A^{-1} B|| by two CG solves at
-every hypergradient instead of ||B|| / gamma (bilevel.sensitivity, docs/certificates.md).
-For each operator (the registry's presets, ``--images`` images of ``--size``, gamma 1e-3):
+every hypergradient instead of ||B|| / gamma (bilevel.sensitivity); ``newton_certificate``
+certifies the lower level through a Newton step instead of ||grad h|| / gamma
+(bilevel.newton_certificate; docs/certificates.md, sections 1 and 2).  For each operator
+(the registry's presets, ``--images`` images of ``--size``, gamma 1e-3), three ways (plain,
+the solves, the solves and the Newton certificate):
 
-- omega at eps = delta in {1e-4, 1e-6, 1e-8} at theta0, both ways, with the hypergradient's
-  lower + CG iterations;
-- MAID for ``--iterations`` iterations from theta0, both ways: its cost, F at the end;
+- omega at eps = delta in {1e-4, 1e-6, 1e-8} at theta0, with the hypergradient's lower +
+  CG iterations;
+- MAID for ``--iterations`` iterations from theta0: its cost, F at the end;
 - at MAID's theta, one hypergradient at eps = delta = 1e-6: the certified interval
-  ||z|| +- omega for ||grad F||, both ways.
+  ||z|| +- omega for ||grad F|| and the lower-level certificate.
 
 ``--quick``: 2 images of 12 x 12, 3 iterations.  Writes OUT/sensitivity_cost.{json,md}.
 """
@@ -27,30 +30,34 @@ import torch
 import bilevel
 from bilevel.results import RunFolder, command_line, environment
 
-WAYS = {"B_norm / mu": False, "solves": True}
+WAYS = {"B_norm / mu": (False, False), "solves": (True, False),
+        "solves + newton": (True, True)}
 
 
-def problem(operator, images, size, solves):
-    return bilevel.make_problem("reconstruction", operator=operator, n_images=images,
-                                size=size, sensitivity_by_solves=solves)
+def problem(operator, images, size, way):
+    solves, newton = WAYS[way]
+    p = bilevel.make_problem("reconstruction", operator=operator, n_images=images,
+                             size=size, sensitivity_by_solves=solves)
+    p.newton_certificate = newton
+    return p
 
 
 def omega_rows(operator, images, size):
     rows = []
-    for way, solves in WAYS.items():
-        p = problem(operator, images, size, solves)
+    for way in WAYS:
+        p = problem(operator, images, size, way)
         for eps in (1e-4, 1e-6, 1e-8):
             hg = bilevel.hypergradient(p, p.initial_theta(), eps, eps, lower_max_iter=200_000)
             rows.append(dict(operator=operator, way=way, eps=eps, omega=hg.error_bound,
                              grad_norm=float(hg.grad.norm()), K=hg.sensitivity,
-                             cost=hg.cost.total))
+                             lower_bound=hg.lower.error_bound, cost=hg.cost.total))
     return rows
 
 
 def maid_rows(operator, images, size, iterations):
     rows = []
-    for way, solves in WAYS.items():
-        p = problem(operator, images, size, solves)
+    for way in WAYS:
+        p = problem(operator, images, size, way)
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", bilevel.ConvergenceWarning)  # max_iter, meant
@@ -62,28 +69,35 @@ def maid_rows(operator, images, size, iterations):
         rows.append(dict(operator=operator, way=way, iterations=len(result.history),
                          cost=last["cost"], upper_value=last["upper_value"], seconds=seconds,
                          final_z=z, final_omega=hg.error_bound,
-                         final_cost=hg.cost.total))
+                         final_lower_bound=hg.lower.error_bound, final_cost=hg.cost.total))
     return rows
 
 
 def table(omega, maid):
-    lines = ["| operator | eps = delta | norm of z | omega, B_norm / mu | omega, solves | ratio "
-             "| K, solves | cost, B_norm / mu | cost, solves |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    half = len(WAYS) * 3
-    for block in range(0, len(omega), half):
-        plain, solved = omega[block:block + 3], omega[block + 3:block + half]
-        for a, b in zip(plain, solved, strict=True):
-            lines.append(f"| {a['operator']} | {a['eps']:.0e} | {a['grad_norm']:.3g} "
-                         f"| {a['omega']:.3g} | {b['omega']:.3g} | {a['omega'] / b['omega']:.0f} "
-                         f"| {b['K']:.3g} | {a['cost']} | {b['cost']} |")
+    ways = list(WAYS)
+    lines = ["| operator | eps = delta | norm of z | "
+             + " | ".join(f"omega, {w}" for w in ways) + " | K, solves | "
+             + " | ".join(f"cost, {w}" for w in ways) + " |",
+             "|---|---|---|" + "---|" * (2 * len(ways) + 1)]
+    block = len(ways) * 3
+    for first in range(0, len(omega), block):
+        rows = omega[first:first + block]
+        for i in range(3):
+            by_way = [rows[3 * k + i] for k in range(len(ways))]
+            a = by_way[0]
+            lines.append(f"| {a['operator']} | {a['eps']:.0e} | {a['grad_norm']:.3g} | "
+                         + " | ".join(f"{r['omega']:.3g}" for r in by_way)
+                         + f" | {by_way[1]['K']:.3g} | "
+                         + " | ".join(str(r["cost"]) for r in by_way) + " |")
     lines += ["", "| operator | MAID with | iterations | lower + CG iterations | F | s "
-              "| norm of grad F at the end, certified |", "|---|---|---|---|---|---|---|"]
+              "| norm of grad F at the end, certified | lower-level bound there |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in maid:
         z, w = row["final_z"], row["final_omega"]
         lines.append(f"| {row['operator']} | {row['way']} | {row['iterations']} | {row['cost']} "
                      f"| {row['upper_value']:.7g} | {row['seconds']:.1f} "
-                     f"| [{max(z - w, 0):.2e}, {z + w:.2e}] (cost {row['final_cost']}) |")
+                     f"| [{max(z - w, 0):.2e}, {z + w:.2e}] (cost {row['final_cost']}) "
+                     f"| {row['final_lower_bound']:.2e} |")
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ from .contract import check_mu, check_theta, check_x
 from .cost import Cost
 from .linalg import CGResult, conjugate_gradient
 from .lower import LowerSolution
+from .newton_certificate import solve_certified_by_newton
 from .sensitivity import solved_sensitivity
 
 
@@ -83,8 +84,12 @@ class Hypergradient:
 def solve_lower(problem, theta, tol, x0=None, max_iter=10_000, smoothness=None):
     """``problem.solve_lower``, handing on an estimate of L where there is one (an
     override that keeps the four-argument signature never receives one: its
-    solutions carry none)."""
+    solutions carry none); certified through a Newton step where the problem asks for it
+    (``newton_certificate``, :mod:`bilevel.newton_certificate`)."""
     options = {} if smoothness is None else {"smoothness": smoothness}
+    if problem.newton_certificate:
+        return solve_certified_by_newton(problem, theta, tol, x0=x0, max_iter=max_iter,
+                                         **options)
     return problem.solve_lower(theta, tol, x0=x0, max_iter=max_iter, **options)
 
 

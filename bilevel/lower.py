@@ -44,6 +44,9 @@ class LowerSolution:
         FISTA's estimate of L where the problem gives no ``smoothness``: hand it
         to the next solve near this theta (``smoothness=``) and it starts there
         instead of estimating L again.  The outer methods carry it like a warm start.
+    certificate_cost : Cost
+        What a certificate beyond ||grad_x h|| / mu spent (the Newton step's CG:
+        :mod:`bilevel.newton_certificate`).
     """
 
     x: torch.Tensor
@@ -52,10 +55,12 @@ class LowerSolution:
     converged: bool
     evaluations: int = 0
     smoothness: float | None = None
+    certificate_cost: Cost = Cost()
 
     @property
     def cost(self) -> Cost:
-        return Cost(lower_iterations=self.iterations, oracle_calls=self.evaluations)
+        return (Cost(lower_iterations=self.iterations, oracle_calls=self.evaluations)
+                + self.certificate_cost)
 
 
 def _check_tol(problem, tol):

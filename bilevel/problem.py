@@ -57,11 +57,17 @@ class BilevelProblem(abc.ABC):
         (:mod:`bilevel.sensitivity`) instead of ||B|| / mu, where theta is short and mu far
         below the curvature along B's columns (a reconstruction's gamma): a sharper
         omega for dearer hypergradients (``reconstruction[sensitivity_by_solves=True]``).
+    newton_certificate : bool
+        True to certify the lower level by one Newton step (:mod:`bilevel.newton_certificate`:
+        ||A^{-1} grad_x h|| plus a term quadratic in the error) instead of ||grad_x h|| / mu,
+        the solver stopping where that certificate meets the tolerance.  Needs
+        :meth:`hessian_lipschitz_along`.
     """
 
     name: str = "custom"
     upper_convex_in_x: bool = False
     sensitivity_by_solves: bool = False
+    newton_certificate: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
