@@ -10,9 +10,11 @@ Here a learned model (a run folder of ``scripts/train_denoiser.py``) is put on t
 ``--crops`` BSD400 training crops (40 x 40, sigma 25, noise seed 0; one per image) and
 
 - omega is split into its terms at eps = delta in {1e-4, 1e-6, 1e-8} on ``--omega-crops``
-  of them, with the problem's local rates and without them (the global L_Ainv and L_B);
+  of them, with the problem's local rates, without them (the global L_Ainv and L_B), and
+  with them and the lower level certified through a Newton step (``newton_certificate``,
+  docs/certificates.md, section 1);
 - ``maid_sgd`` (batches of 20, rmsprop, alpha0 0.01, no final check) runs ``--iterations``
-  steps from the learned theta, both ways.  Where both take the same decisions (steps
+  steps from the learned theta, the three ways.  Where both take the same decisions (steps
   accepted, backtracks), what differs is the accuracy eps they ask for, hence the lower +
   CG iterations they pay.
 
@@ -35,9 +37,9 @@ import train_denoiser  # noqa: E402  (the training crops)
 
 import bilevel  # noqa: E402
 from bilevel import registry  # noqa: E402
-from bilevel.results import RunFolder, command_line, environment  # noqa: E402
+from bilevel.results import RunFolder  # noqa: E402
 
-WAYS = ("local rates", "global constants")
+WAYS = ("local rates", "global constants", "local rates + newton")
 
 
 def problem_on(spec, crops, way, patch_size=40):
@@ -46,6 +48,8 @@ def problem_on(spec, crops, way, patch_size=40):
     if way == "global constants":
         problem.hessian_lipschitz_along = lambda *args, **kwargs: None
         problem.mixed_lipschitz_along = lambda *args, **kwargs: None
+    # the lower level certified through a Newton step (bilevel.newton_certificate)
+    problem.newton_certificate = way.endswith("newton")
     return problem
 
 
@@ -81,24 +85,28 @@ def training_rows(spec, theta, crops, iterations, patch_size=40):
 
 
 def table(model, omega, training):
-    lines = ["| eps = delta | norm of z | omega, local rates | omega, global constants | ratio |",
-             "|---|---|---|---|---|"]
-    for local, plain in zip(omega[:3], omega[3:], strict=True):
+    lines = ["| eps = delta | norm of z | omega, local rates | omega, global constants | ratio "
+             "| omega, local rates + newton |", "|---|---|---|---|---|---|"]
+    for local, plain, newton in zip(omega[:3], omega[3:6], omega[6:], strict=True):
         lines.append(f"| {local['eps']:.0e} | {local['grad_norm']:.3g} | {local['omega']:.3g} "
-                     f"| {plain['omega']:.3g} | {plain['omega'] / local['omega']:.0f} |")
+                     f"| {plain['omega']:.3g} | {plain['omega'] / local['omega']:.0f} "
+                     f"| {newton['omega']:.3g} |")
     lines += ["", "| maid_sgd | iterations | lower + CG iterations | median eps | s |",
               "|---|---|---|---|---|"]
     for row in training:
         eps = sorted(row["eps"])[len(row["eps"]) // 2]
         lines.append(f"| {row['way']} | {row['iterations']} | {row['cost']:.0f} | {eps:.1e} "
                      f"| {row['seconds']:.0f} |")
-    a, b = training
-    gap = max(abs(x - y) for x, y in zip(a["losses"], b["losses"], strict=False))
-    same = a["decisions"] == b["decisions"]
-    lines += ["", f"Model `{model}`.  The two runs "
-              + ("accepted and backtracked alike at every iteration" if same else
-                 "took different decisions (accepted steps, backtracks)")
-              + f"; their batch losses differ by at most {gap:.1e} (each read at its own x~)."]
+    first = training[0]
+    notes = []
+    for other in training[1:]:
+        gap = max(abs(x - y) for x, y in zip(first["losses"], other["losses"], strict=False))
+        same = first["decisions"] == other["decisions"]
+        notes.append(f"with {other['way']} the run "
+                     + ("accepted and backtracked alike at every iteration" if same else
+                        "took different decisions (accepted steps, backtracks)")
+                     + f", batch losses within {gap:.1e} (each read at its own x~)")
+    lines += ["", f"Model `{model}`.  Against the local rates: " + "; ".join(notes) + "."]
     return "\n".join(lines)
 
 
@@ -119,16 +127,10 @@ def main(argv=None):
     omega = omega_rows(model.spec, model.theta, args.omega_crops, args.patch_size)
     training = training_rows(model.spec, model.theta, args.crops, args.iterations,
                              args.patch_size)
-    folder = RunFolder(Path(args.out))
-    folder.path.mkdir(parents=True, exist_ok=True)
     text = table(args.model, omega, training)
-    env = environment(command_line())
-    folder.write_json("local_rate_cost.json", dict(environment=env, quick=args.quick,
-                                                   model=args.model,
-                                                   omega=omega, training=training))
-    folder.write_text("local_rate_cost.md", f"# The local rates' effect\n\n"
-                      f"`{env['command']}` ({env['cpu']}, torch {env['torch']}, one "
-                      f"thread)\n\n{text}\n")
+    RunFolder(Path(args.out)).write_report(
+        "local_rate_cost", "The local rates' effect",
+        dict(quick=args.quick, model=args.model, omega=omega, training=training), text)
     print(text)
 
 

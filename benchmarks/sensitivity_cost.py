@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import bilevel
-from bilevel.results import RunFolder, command_line, environment
+from bilevel.results import RunFolder
 
 WAYS = {"B_norm / mu": (False, False), "solves": (True, False),
         "solves + newton": (True, True)}
@@ -118,14 +118,9 @@ def main(argv=None):
         omega += omega_rows(operator, args.images, args.size)
         maid += maid_rows(operator, args.images, args.size, args.iterations)
     text = table(omega, maid)
-    folder = RunFolder(Path(args.out))
-    folder.path.mkdir(parents=True, exist_ok=True)
-    env = environment(command_line())
-    folder.write_json("sensitivity_cost.json", dict(environment=env, quick=args.quick,
-                                                    omega=omega, maid=maid))
-    folder.write_text("sensitivity_cost.md", f"# The sensitivity by solves on reconstructions\n\n"
-                      f"`{env['command']}` ({env['cpu']}, torch {env['torch']}, one "
-                      f"thread)\n\n{text}\n")
+    RunFolder(Path(args.out)).write_report(
+        "sensitivity_cost", "Sharper certificates on reconstructions",
+        dict(quick=args.quick, omega=omega, maid=maid), text)
     print(text)
 
 

@@ -150,6 +150,17 @@ class RunFolder:
         _atomic_write_text(self.path / name, text)
         return self.path / name
 
+    def write_report(self, stem, title, data: dict, text: str) -> dict:
+        """STEM.json (``data`` with the environment) and STEM.md (``title``, the command
+        and machine, then ``text``): a one-file benchmark's output.  Returns the
+        environment."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        env = environment(command_line())
+        self.write_json(f"{stem}.json", dict(environment=env, **data))
+        self.write_text(f"{stem}.md", f"# {title}\n\n`{env['command']}` ({env['cpu']}, torch "
+                                      f"{env['torch']}, one thread)\n\n{text}\n")
+        return env
+
     def write_arrays(self, name, **arrays) -> Path:
         """Arrays (tensors too) as one ``.npz`` file: what a figure shows, for ``--replot``."""
         import numpy as np

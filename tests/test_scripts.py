@@ -534,9 +534,11 @@ def test_local_rate_cost_lowers_omega_and_keeps_the_steps(tmp_path):
         ["--quick", "--model", str(ROOT / "results/denoisers/wcrr_tv_sigma25"),
          "--out", str(tmp_path)])
     found = json.loads((tmp_path / "local_rate_cost.json").read_text())
-    local, plain = found["omega"][:3], found["omega"][3:]
+    local, plain = found["omega"][:3], found["omega"][3:6]
     assert all(a["omega"] <= b["omega"] for a, b in zip(local, plain, strict=True))
     runs = found["training"]
+    assert [run["way"] for run in runs] == ["local rates", "global constants",
+                                            "local rates + newton"]
     if runs[0]["decisions"] == runs[1]["decisions"]:
         assert runs[0]["cost"] <= runs[1]["cost"]
     assert no_absolute_paths(found) and (tmp_path / "local_rate_cost.md").stat().st_size > 0
