@@ -52,7 +52,8 @@ operations (an input that requires grad), the chunks run one at a time with
 ``backend`` chooses explicitly.
 
 Certified constants (mu = 1, L, and those of the hypergradient bound) are derived
-in :mod:`.bounds` (:meth:`FieldsOfExperts.smoothness`, :meth:`FieldsOfExperts.bound_constants`).
+in :mod:`.bounds` (:meth:`FieldsOfExperts.smoothness`, :meth:`FieldsOfExperts.bound_constants`),
+the local rates of the bound in :mod:`.local_rates`.
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ from .. import filter_bank, params
 from ..denoising import DenoisingProblem
 from .bounds import CertifiedConstants
 from .gemm import CHUNK_COLUMNS, plan_chunks, run_chunks
+from .local_rates import LocalRates
 
 BACKENDS = ("auto", "gemm", "conv")
 
@@ -77,7 +79,7 @@ class Params(NamedTuple):
     filters: torch.Tensor
 
 
-class FieldsOfExperts(CertifiedConstants, DenoisingProblem):
+class FieldsOfExperts(LocalRates, CertifiedConstants, DenoisingProblem):
     """Bilevel learning of a fields-of-experts denoiser: filters, weights, smoothings.
 
     Parameters
