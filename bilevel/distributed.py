@@ -89,6 +89,10 @@ class Reduction:
     def max(self, value: torch.Tensor) -> torch.Tensor:
         return value if self.group is None else all_reduce(value, "max", self.group)
 
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """<a, b> over all ranks (a 0-d tensor)."""
+        return self.sum(torch.sum(a * b))
+
     def norm(self, t: torch.Tensor) -> float:
         """||t|| over all ranks."""
         return math.sqrt(float(self.sum(torch.sum(t * t))))

@@ -173,7 +173,7 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
     value, gx, gt = problem.upper_grads(x, theta)
     linear = conjugate_gradient(lambda v: problem.lower_hvp(x, theta, v), gx, q0,
                                 tol=delta, max_iter=cg_max_iter,
-                                dot=lambda a, b: problem.parallel.sum(torch.sum(a * b)),
+                                dot=problem.parallel.dot,
                                 preconditioner=problem.lower_preconditioner(theta, x))
     # Over data-parallel ranks, g and the theta-gradient are sums of the ranks' parts.
     grad = problem.parallel.sum(gt - problem.mixed_vjp(x, theta, linear.q))

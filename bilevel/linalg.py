@@ -37,6 +37,27 @@ class CGResult:
         return Cost(cg_iterations=self.iterations, oracle_calls=self.iterations)
 
 
+#: :func:`solve_relative`'s default: the solve's error is at most 5% of its solution's norm.
+RELATIVE_ACCURACY = 0.05
+
+
+def solve_relative(matvec, b, mu, accuracy=RELATIVE_ACCURACY, *, x0=None, max_iter=1000,
+                   dot=None, preconditioner=None) -> CGResult:
+    """CG on A w = b (A >= mu I) to ||A w~ - b|| <= accuracy mu ||b||^3 / <b, A b>.
+
+    By Cauchy-Schwarz ||b||^2 = <A^{1/2} b, A^{-1/2} b> <= (<b, A b> <b, A^{-1} b>)^{1/2}, so
+    ||A^{-1} b|| >= <b, A^{-1} b> / ||b|| >= ||b||^3 / <b, A b>: the tolerance is at most
+    accuracy mu ||A^{-1} b||, and the certified error ||w~ - A^{-1} b|| <= residual / mu at
+    most ``accuracy`` times the solution's norm.  One product with A more than the result
+    counts (the curvature <b, A b>).
+    """
+    _dot = _local_dot if dot is None else dot
+    b_norm2 = float(_dot(b, b))
+    tol = accuracy * mu * b_norm2 ** 1.5 / float(_dot(b, matvec(b)))
+    return conjugate_gradient(matvec, b, x0, tol=tol, max_iter=max_iter, dot=dot,
+                              preconditioner=preconditioner)
+
+
 def _local_dot(a, b):
     return torch.sum(a * b)
 

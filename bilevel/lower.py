@@ -245,8 +245,7 @@ def newton_cg(problem, theta, tol, x0=None, max_iter=10_000) -> LowerSolution:
 
     used = [0]  # gradients and Hessian-vector products: the iterations of the solve
 
-    def dot(a, b):
-        return problem.parallel.sum(torch.sum(a * b))
+    dot = problem.parallel.dot
 
     def gradient(point):
         charge()

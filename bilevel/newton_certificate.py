@@ -28,24 +28,20 @@ import torch
 
 from .contract import check_mu
 from .cost import Cost
-from .linalg import conjugate_gradient
+from .linalg import solve_relative
 
-#: CG stops at t <= ACCURACY mu ||r||^3 / <r, H r> <= ACCURACY mu ||H^{-1} r||: the
-#: residual term then adds at most ACCURACY times the Newton step's norm.
-ACCURACY = 0.05
 #: Passes that recompute M on the smaller ball each bound certifies (each one oracle call).
 REFINEMENTS = 4
 
 
-def newton_bound(problem, theta, x, grad, mu, *, max_iter=10_000, start=None):
+def newton_bound(problem, theta, x, grad, mu, *, max_iter=10_000):
     """(bound, Newton step s~, cost): the certificate of the module docstring at x~ = ``x``.
 
-    ``grad`` is grad_x h(x~); ``start`` warm-starts CG.  The bound is never above the plain
-    ||grad|| / mu (it is returned as is where the problem has no local Hessian rate, or
-    where the quadratic term alone exceeds it).
+    ``grad`` is grad_x h(x~).  The bound is never above the plain ||grad|| / mu, which is
+    returned as is (with no step) where the problem has no local Hessian rate or where the
+    Newton bound does not beat it.
     """
-    dot = lambda a, b: problem.parallel.sum(torch.sum(a * b))  # noqa: E731
-    r_norm = math.sqrt(float(dot(grad, grad)))
+    r_norm = problem.parallel.norm(grad)
     plain = r_norm / mu
     if r_norm == 0.0 or not math.isfinite(plain):
         return plain, None, Cost()
@@ -53,13 +49,15 @@ def newton_bound(problem, theta, x, grad, mu, *, max_iter=10_000, start=None):
     cost = Cost(oracle_calls=1)
     if M is None or not math.isfinite(M) or M * plain / (2 * mu) >= plain:
         return plain, None, cost
-    matvec = lambda v: problem.lower_hvp(x, theta, v)  # noqa: E731
-    tol = ACCURACY * mu * r_norm ** 3 / float(dot(grad, matvec(grad)))
-    step = conjugate_gradient(matvec, grad, start, tol=tol, max_iter=max_iter, dot=dot,
-                              preconditioner=problem.lower_preconditioner(theta, x))
+    # CG's error is at most 5% of ||H^{-1} r|| (linalg.solve_relative).
+    step = solve_relative(lambda v: problem.lower_hvp(x, theta, v), grad, mu,
+                          max_iter=max_iter, dot=problem.parallel.dot,
+                          preconditioner=problem.lower_preconditioner(theta, x))
     cost = cost + step.cost + Cost(oracle_calls=1)
-    newton = math.sqrt(float(dot(step.q, step.q))) + step.residual_norm / mu
-    bound = min(plain, newton + M * plain / (2 * mu))
+    newton = problem.parallel.norm(step.q) + step.residual_norm / mu
+    bound = newton + M * plain / (2 * mu)
+    if bound >= plain:
+        return plain, None, cost
     for _ in range(REFINEMENTS):  # the ball of radius bound holds x* now: M shrinks with it
         M = problem.hessian_lipschitz_along(theta, x, torch.zeros_like(x), bound,
                                             x_radius=bound)

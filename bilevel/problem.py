@@ -60,8 +60,8 @@ class BilevelProblem(abc.ABC):
     newton_certificate : bool
         True to certify the lower level by one Newton step (:mod:`bilevel.newton_certificate`:
         ||A^{-1} grad_x h|| plus a term quadratic in the error) instead of ||grad_x h|| / mu,
-        the solver stopping where that certificate meets the tolerance.  Needs
-        :meth:`hessian_lipschitz_along`.
+        after the solver stopped on ||grad_x h|| / mu <= eps as usual (the sharper bound is
+        reported, not spent).  Needs :meth:`hessian_lipschitz_along`.
     """
 
     name: str = "custom"

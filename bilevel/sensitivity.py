@@ -26,11 +26,7 @@ import math
 import torch
 
 from .cost import Cost
-from .linalg import conjugate_gradient
-
-#: Each solve stops at ||r_j|| <= ACCURACY mu ||b_j||^3 / <b_j, A b_j> <= ACCURACY mu ||w*_j||:
-#: the residual term then adds at most ACCURACY sqrt(dim theta) ||W*|| to K.
-ACCURACY = 0.05
+from .linalg import solve_relative
 
 
 def mixed_columns(problem, x, theta):
@@ -67,35 +63,30 @@ def solved_sensitivity(problem, theta, x, eps, mu, constants, *, max_iter=10_000
     """
     if not math.isfinite(eps):
         return math.inf, Cost()
-    dot = lambda a, b: problem.parallel.sum(torch.sum(a * b))  # noqa: E731
-    matvec = lambda v: problem.lower_hvp(x, theta, v)  # noqa: E731
+    dot = problem.parallel.dot
     preconditioner = problem.lower_preconditioner(theta, x)
     cost = Cost(oracle_calls=1)  # the columns
     # The outer methods call this at nearby (theta, x~) again and again: the last solutions
     # are warm starts (any start is valid; the residual is checked at x~).
-    columns = mixed_columns(problem, x, theta)
-    previous = getattr(problem, "_sensitivity_warm", None)
-    if previous is None or len(previous) != len(columns):
-        previous = [None] * len(columns)
+    warm = problem.__dict__.setdefault("_sensitivity_warm", {})
     solutions, residuals, rates = [], [], []
-    for j, b in enumerate(columns):
-        b_norm2 = float(dot(b, b))
-        if b_norm2 == 0.0:
+    for j, b in enumerate(mixed_columns(problem, x, theta)):
+        if float(dot(b, b)) == 0.0:
             continue  # a hyperparameter that h ignores here: w = 0 exactly
-        curvature = float(dot(b, matvec(b)))
-        tol = ACCURACY * mu * b_norm2 ** 1.5 / curvature
-        start = previous[j] if previous[j] is not None and previous[j].shape == b.shape else None
-        solve = conjugate_gradient(matvec, b, start, tol=tol, max_iter=max_iter, dot=dot,
-                                   preconditioner=preconditioner)
-        previous[j] = solve.q.detach()
+        start = warm.get(j)
+        # Each solve's error is at most 5% of ||w*_j|| (linalg.solve_relative): the residual
+        # term adds at most 0.05 sqrt(dim theta) ||W*|| to K.
+        solve = solve_relative(lambda v: problem.lower_hvp(x, theta, v), b, mu,
+                               x0=start if start is not None and start.shape == b.shape else None,
+                               max_iter=max_iter, dot=dot, preconditioner=preconditioner)
+        warm[j] = solve.q.detach()
         cost = cost + solve.cost + Cost(oracle_calls=1)
-        radius = solve.residual_norm / mu
-        rate = problem.hessian_lipschitz_along(theta, x, solve.q, radius, x_radius=eps)
+        rate = problem.hessian_lipschitz_along(theta, x, solve.q, solve.residual_norm / mu,
+                                               x_radius=eps)
         cost = cost + Cost(oracle_calls=int(rate is not None))
         solutions.append(solve.q)
         residuals.append(solve.residual_norm)
         rates.append(math.inf if rate is None else rate)
-    problem._sensitivity_warm = previous
     if not solutions:
         return 0.0, cost
     gram = torch.tensor([[float(dot(u, v)) for v in solutions] for u in solutions],

@@ -237,3 +237,32 @@ def test_maid_decreases_the_upper_loss(problem):
         history = bilevel.solve(problem, "maid", max_iter=8, alpha0=0.1).history
     assert history[-1]["upper_value"] < history[0]["upper_value"]
     assert all(row["certified"] for row in history)
+
+
+def test_woken_filters_at_a_small_norm_keep_the_learned_floor():
+    """The numbers of ridge_embedding's docstring and the README, on the committed 24x7x7
+    model carried into 48 filters: woken at unit norm the new filters lift the floor -beta
+    = -rho / (alpha Lambda) about 4.6-fold, above the learned concave slopes (refused); at
+    norm 0.2 it rises by 7%, and every learned slope is kept."""
+    from pathlib import Path
+
+    from bilevel_problems.ridge_embedding import embed
+
+    run = Path(__file__).resolve().parents[1] / "results/denoisers/wcrr24x7_rho095_sigma25"
+    source = bilevel.load(run)
+    theta = source.theta.double()
+    images = torch.rand(1, 14, 14, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(0))
+    big = WeaklyConvexRidge(num_filters=48, filter_size=7, num_knots=201, x_range=0.6,
+                            rho=0.95, border=6, start="tv", images=images, noisy=images)
+    alpha, C_source = torch.exp(theta[0]), source.problem.filters(theta).flatten(1)
+    beta_source = float(source.problem.slope_floor(alpha, C_source))
+    with pytest.raises(ValueError, match="at or below the floor"):
+        embed(big, source.problem, theta, wake=0.05)  # unit norm
+    small = embed(big, source.problem, theta, wake=0.05, wake_norm=0.2)
+    C = big.filters(small).flatten(1)
+    assert float(big.slope_floor(alpha, C)) / beta_source == pytest.approx(0.93, abs=0.01)
+    torch.testing.assert_close(big.slopes(small)[:24], source.problem.slopes(theta),
+                               rtol=1e-9, atol=1e-12)
+    unit = torch.cat([C[:24], C[24:] / 0.2])  # the same new filters at unit norm
+    assert beta_source / float(big.slope_floor(alpha, unit)) == pytest.approx(4.6, abs=0.1)
