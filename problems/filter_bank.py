@@ -126,6 +126,38 @@ def symbol_bound(kernels: torch.Tensor) -> torch.Tensor:
     return torch.minimum(fourier, l1)
 
 
+def smooth_symbol_bound(kernel: torch.Tensor, smoothing: float = 0.02) -> torch.Tensor:
+    r"""A bound >= sup sigma, differentiable in ``kernel``, for one autocorrelation-type kernel.
+
+    ``kernel`` (2s - 1, 2s - 1), a sum of autocorrelations, has the symbol sigma(w) =
+    sum_m k_m e^{-i <m, w>} >= 0.  At its maximiser w* the gradient vanishes, and along any
+    unit direction u, t -> sigma(w* + t u) is band-limited with exponential type
+    d (|u_1| + |u_2|) <= sqrt(2) d (d = s - 1), so Bernstein's inequality bounds its second
+    derivative by 2 d^2 sup sigma.  The N x N DFT grid has a point within pi / N of w* along
+    each axis (|w - w*|^2 <= 2 pi^2 / N^2), where sigma >= sup sigma (1 - 2 (pi d / N)^2);
+    so sup sigma <= max_grid sigma / (1 - 2 (pi d / N)^2), with N the power of two >= 32 d
+    (the factor at most 1.02).  The grid's max becomes a log-sum-exp at temperature
+    T = ``smoothing`` k_0 / log(n) over its n values: at least the max, at most ``smoothing``
+    k_0 above it, and k_0 (sigma's mean over the frequencies) is at most sup sigma.  T is
+    linear in the kernel, so the bound is smooth in it, unlike the max or ||k||_1 (whose
+    kink :mod:`bilevel_problems.weakly_convex_ridge` smooths otherwise, at 40% more on
+    learned banks).  A relative 1e-12 of (2s - 1)^2 k_0 >= ||k||_1 covers the FFT's rounding
+    (|k_m| <= k_0 for autocorrelations).
+    """
+    size = kernel.shape[-1]
+    d = (size - 1) // 2
+    k0 = kernel[d, d]
+    if d == 0:
+        return k0
+    n = 1 << max(6, math.ceil(math.log2(32 * d)))
+    # the kernel centred on the origin of the periodic grid: its DFT is sigma, real
+    grid = torch.roll(F.pad(kernel, (0, n - size, 0, n - size)), shifts=(-d, -d), dims=(0, 1))
+    sigma = torch.fft.rfft2(grid).real.flatten()
+    T = smoothing * k0 / math.log(sigma.numel())
+    soft = T * torch.logsumexp(sigma / T, dim=0)
+    return soft / (1 - 2 * (math.pi * d / n) ** 2) + 1e-12 * size ** 2 * k0
+
+
 def operator_norm_bounds(auto: torch.Tensor) -> torch.Tensor:
     """kappa_k >= ||K_k|| from the autocorrelations (K,): sqrt of :func:`symbol_bound`
     (at most sqrt(||a_k||_1))."""

@@ -32,6 +32,14 @@ kink wherever an entry of A vanishes (the DCT start has such zeros), so
 smooth in theta, >= ||A||_1, and <= ||A||_1 + eta A(0) <= (1 + eta) ||A||_1 (A(0) = sum_k
 ||c_k||^2 is A's largest entry).  With rho = 0 this is the convex class exactly.
 
+``floor_bound='symbol'`` bounds ||sum_k K_k^T K_k|| by the sup of A's symbol instead (the
+norm of the convolution with A, which dominates it), certified from a DFT grid and smoothed
+by a log-sum-exp (:func:`bilevel_problems.filter_bank.smooth_symbol_bound`: at most 2% of the
+sup and 2% of A(0) above it).  On the learned 48x7x7 bank Lambda is 20.4 instead of the l1
+bound's 30.2 (the sup itself 20.1): the floor -beta lies 1.48 times deeper for the same
+certified mu >= 1 - rho.  The default stays 'l1', so that the models learned with it keep
+their slopes.
+
 Default rho = 0.9: the potentials may use 90% of the curvature that the data term lends,
 as WCRR does (it stops at 1, where h is merely convex); the price, were every slope at the
 floor, is mu = 0.1, i.e. a lower-level condition number and an error bound
@@ -76,6 +84,10 @@ class WeaklyConvexRidge(RidgeRegularizer):
     rho : float
         The weak-convexity budget in [0, 1): alpha psi_k'' >= -rho / Lambda, so the lower
         level is (1 - rho)-strongly convex (default 0.9).  rho = 0 is the convex class.
+    floor_bound : {'l1', 'symbol'}
+        Lambda >= ||sum_k K_k^T K_k|| from A's smoothed l1 norm (default) or from its
+        symbol's smoothed sup, 1.5 times smaller on learned banks: a deeper floor (module
+        docstring).
     **options
         Those of :class:`~bilevel_problems.ridge_regularizer.RidgeRegularizer`.
         ``slope_init`` is read as fractions f of the slope range at the start:
@@ -90,12 +102,14 @@ class WeaklyConvexRidge(RidgeRegularizer):
     #: eta of the smoothed kernel bound Lambda (module docstring).
     kernel_smoothing = 0.05
 
-    def __init__(self, rho=0.9, **options):
+    def __init__(self, rho=0.9, floor_bound="l1", **options):
         rho = params.number(self.name, "rho", rho, minimum=0.0)
         if rho >= 1:
             raise ValueError(f"{self.name}: rho must be a finite number in [0, 1) (mu = 1 - rho "
                              f"> 0), got {rho!r}")
         self.rho = rho
+        self.floor_bound = params.choice(self.name, "floor_bound", floor_bound,
+                                         ("l1", "symbol"))
         super().__init__(**options)
         if options.get("start") == "tv":
             self.theta0 = self._convex_start(self.theta0)
@@ -118,8 +132,12 @@ class WeaklyConvexRidge(RidgeRegularizer):
 
     # ------------------------------------------------------------ parameters
     def kernel_bound(self, C):
-        r"""Lambda(c) = sum_tau sqrt(A(tau)^2 + eps^2) >= ||sum_k K_k^T K_k|| (differentiable)."""
+        r"""Lambda(c) >= ||sum_k K_k^T K_k||, differentiable: sum_tau sqrt(A(tau)^2 + eps^2)
+        (``floor_bound='l1'``) or the smoothed sup of A's symbol (``'symbol'``,
+        :func:`bilevel_problems.filter_bank.smooth_symbol_bound`)."""
         A = filter_bank.autocorrelations(C, self.s).sum(dim=0)
+        if self.floor_bound == "symbol":
+            return filter_bank.smooth_symbol_bound(A)
         eps = self.kernel_smoothing * A[self.s - 1, self.s - 1] / A.numel()
         return torch.sqrt(A ** 2 + eps ** 2).sum()
 
@@ -211,7 +229,8 @@ class WeaklyConvexRidge(RidgeRegularizer):
 
     # ------------------------------------------------------------------ usage
     def on_images(self, images, theta):
-        return WeaklyConvexRidge(rho=self.rho, images=images, noisy=images, num_filters=self.K,
+        return WeaklyConvexRidge(rho=self.rho, floor_bound=self.floor_bound, images=images,
+                                 noisy=images, num_filters=self.K,
                                  filter_size=self.s, num_knots=self.num_knots,
                                  x_range=self.x_range, s_max=self.s_max, dtype=self.dtype,
                                  device=self.device)

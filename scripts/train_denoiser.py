@@ -3,6 +3,7 @@
     python scripts/train_denoiser.py --model tv|foe|ridge|wcrr --sigma 25
         [--patches 400] [--patch-size 40] [--method maid_sgd] [--batch-size 20]
         [--border B] [--start dct|tv] [--tv-weight W] [--knots N] [--x-range R] [--rho RHO]
+        [--floor-bound l1|symbol]
         [--alpha0 A] [--max-iter 2000]
         [--max-time 7200] [--set KEY=VALUE ...] [--init RUN_DIR [--wake F [--wake-norm R]]]
         [--out results/denoisers/MODEL_sigmaS] [--quick]
@@ -94,6 +95,10 @@ def add_arguments(p):
                    help="ridge / wcrr: the splines' grid [-R, R] in filter-response units (0.3)")
     p.add_argument("--rho", type=float, default=None,
                    help="wcrr: the weak-convexity budget, mu = 1 - rho (0.5)")
+    p.add_argument("--floor-bound", choices=("l1", "symbol"), default=None,
+                   help="wcrr: Lambda >= ||sum_k K_k^T K_k|| behind the concave slopes' floor "
+                        "-rho / (alpha Lambda): A's l1 norm (default) or its symbol's sup, "
+                        "about 1.5 times smaller (a deeper floor)")
     p.add_argument("--alpha0", type=float, default=None,
                    help="first trial step (default: HOAG's sqrt(dim theta)/||z0||, which can be "
                         "far too long for filters: every first search then fails)")
@@ -139,7 +144,9 @@ def spec(args):
                                      ("start", "start", args.start, ("ridge", "wcrr")),
                                      ("knots", "num_knots", args.knots, ("ridge", "wcrr")),
                                      ("x-range", "x_range", args.x_range, ("ridge", "wcrr")),
-                                     ("rho", "rho", args.rho, ("wcrr",))):
+                                     ("rho", "rho", args.rho, ("wcrr",)),
+                                     ("floor-bound", "floor_bound", args.floor_bound,
+                                      ("wcrr",))):
         if value is not None and not (key == "border" and value == 0):  # 0: the default
             if args.model not in models:
                 raise SystemExit(f"--{flag} is for --model {' / '.join(models)}")

@@ -440,11 +440,15 @@ def test_train_denoiser_init_carries_a_field_of_experts_into_a_ridge(tmp_path):
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
     for flags, name in ((["--rho", "0.5"], "--rho"), (["--knots", "41"], "--knots"),
-                        (["--x-range", "0.5"], "--x-range")):
+                        (["--x-range", "0.5"], "--x-range"),
+                        (["--floor-bound", "symbol"], "--floor-bound")):
         with pytest.raises(SystemExit, match=f"{name} is for"):
             train.spec(parser.parse_args(["--model", "foe"] + flags))
     spec = train.spec(parser.parse_args(["--model", "wcrr", "--rho", "0"]))
     assert "rho=0.0" in spec  # 0 is a value, not "unset"
+    spec = train.spec(parser.parse_args(["--model", "wcrr", "--floor-bound", "symbol"]))
+    assert bilevel.make_problem(spec, **bilevel.registry.get_entry(
+        "weakly_convex_ridge").test_params).floor_bound == "symbol"
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

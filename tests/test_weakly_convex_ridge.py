@@ -19,9 +19,10 @@ SMALL = dict(n_images=2, size=12, num_filters=2, filter_size=3, num_knots=5, x_r
 RHO = 0.9
 
 
-@pytest.fixture(scope="module")
-def problem():
-    return WeaklyConvexRidge(rho=RHO, **SMALL)
+@pytest.fixture(scope="module", params=["l1", "symbol"])
+def problem(request):
+    """Both bounds Lambda behind the floor: every certificate must hold with either."""
+    return WeaklyConvexRidge(rho=RHO, floor_bound=request.param, **SMALL)
 
 
 def _theta(problem, log_scale=None, q=None, seed=None):
@@ -89,13 +90,14 @@ def test_mu_reads_how_concave_the_learned_slopes_are(problem, point):
     lam_min = float(torch.linalg.eigvalsh(_dense_hessian(problem, x, theta))[0])
     mu = problem.strong_convexity(theta)
     assert mu <= lam_min * (1 + 1e-10)
-    if "q" in point:
-        C = problem.params(theta)[1]
-        symbol = filter_bank.weighted_kernel_norm(filter_bank.autocorrelations(C, problem.s),
-                                                  torch.ones(problem.K, dtype=torch.float64))
-        assert mu == pytest.approx(1 - RHO * symbol / float(problem.kernel_bound(C)), rel=1e-9)
-    else:
-        assert float(problem.params(theta)[2].min()) < 0 and mu >= 1 - RHO / 2
+    C = problem.params(theta)[1]
+    symbol = filter_bank.weighted_kernel_norm(filter_bank.autocorrelations(C, problem.s),
+                                              torch.ones(problem.K, dtype=torch.float64))
+    depth = 1.0 if "q" in point else 0.5  # n_k / beta
+    # max: with floor_bound='symbol' Lambda may lie below the (first-order) symbol_bound
+    expected = max(1 - RHO, 1 - depth * RHO * symbol / float(problem.kernel_bound(C)))
+    assert mu == pytest.approx(expected, rel=1e-9)
+    assert float(problem.params(theta)[2].min()) < 0 and mu < 1
     convex = _theta(problem, **point)
     convex[1 + problem.K * problem.s ** 2:] = 40.0  # every slope near s_max
     assert problem.strong_convexity(convex) == 1.0
@@ -128,7 +130,11 @@ def test_kernel_bound_is_smooth_and_certified(problem):
     C = problem.params(theta)[1]
     A = filter_bank.autocorrelations(C, problem.s).sum(dim=0)
     l1 = float(A.abs().sum())
-    assert l1 <= float(problem.kernel_bound(C)) <= (1 + problem.kernel_smoothing) * l1
+    if problem.floor_bound == "l1":
+        assert l1 <= float(problem.kernel_bound(C)) <= (1 + problem.kernel_smoothing) * l1
+    else:  # the symbol's sup on a fine grid, a lower estimate of it
+        fine = float(torch.fft.rfft2(A, s=(4096, 4096)).abs().amax())
+        assert fine <= float(problem.kernel_bound(C)) <= min(1.05 * fine, l1)
     # the DCT start has zero lags in A, where ||A||_1 has a kink and Lambda none
     C0 = problem.params(problem.initial_theta())[1]
     assert bool((filter_bank.autocorrelations(C0, problem.s).sum(0).abs() < 1e-14).any())
@@ -229,6 +235,9 @@ def test_registered_and_checked_parameters(problem):
             bilevel.make_problem("weakly_convex_ridge", rho=bad, **SMALL)
     other = problem.on_images(problem.noisy[:1], problem.initial_theta())
     assert type(other) is WeaklyConvexRidge and other.rho == RHO
+    assert other.floor_bound == problem.floor_bound
+    with pytest.raises(ValueError, match="floor_bound"):
+        bilevel.make_problem("weakly_convex_ridge", floor_bound="linf", **SMALL)
 
 
 def test_maid_decreases_the_upper_loss(problem):
@@ -266,3 +275,27 @@ def test_woken_filters_at_a_small_norm_keep_the_learned_floor():
                                rtol=1e-9, atol=1e-12)
     unit = torch.cat([C[:24], C[24:] / 0.2])  # the same new filters at unit norm
     assert beta_source / float(big.slope_floor(alpha, unit)) == pytest.approx(4.6, abs=0.1)
+
+
+def test_the_symbol_floor_is_deeper_on_a_learned_bank():
+    """The committed 24x7x7 model (continued) carried into floor_bound='symbol': the same
+    slopes, filters and alpha, so the same h and mu; Lambda 1.5 times smaller, so the floor
+    -beta 1.5 times deeper (docs: weakly_convex_ridge's module docstring)."""
+    from pathlib import Path
+
+    from bilevel_problems.ridge_embedding import embed
+
+    run = Path(__file__).resolve().parents[1] / "results/denoisers/wcrr24x7_cont_sigma25"
+    source = bilevel.load(run)
+    images = torch.rand(1, 14, 14, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(0))
+    deeper = WeaklyConvexRidge(num_filters=24, filter_size=7, num_knots=201, x_range=0.6,
+                               rho=0.95, border=6, floor_bound="symbol", images=images,
+                               noisy=images)
+    theta = embed(deeper, source.problem, source.theta.double())
+    alpha, C, slopes, _ = deeper.params(theta)
+    torch.testing.assert_close(slopes, source.problem.slopes(source.theta), rtol=0, atol=1e-12)
+    ratio = float(deeper.slope_floor(alpha, C)) / float(source.problem.slope_floor(alpha, C))
+    assert ratio == pytest.approx(1.51, abs=0.01)
+    assert deeper.strong_convexity(theta) == pytest.approx(
+        source.problem.strong_convexity(source.theta), rel=1e-12)
