@@ -105,15 +105,17 @@ def symbol_bound(kernels: torch.Tensor) -> torch.Tensor:
     A kernel k of shape (2s - 1, 2s - 1) that is a nonnegative combination of
     autocorrelations has the symbol sigma(w) = sum_m k_m e^{-i <m, w>} >= 0, a
     trigonometric polynomial of degree d = s - 1 in each frequency, and the
-    convolution with k has norm sup sigma on l2(Z^2).  On the N x N DFT grid
-    (spacing 2 pi / N) every frequency lies within pi / N of a grid point along each
-    axis, and Bernstein's inequality bounds each partial derivative by d sup sigma, so
+    convolution with k has norm sup sigma on l2(Z^2).  At sigma's maximiser w* its
+    gradient vanishes, and along any unit direction sigma is band-limited of type
+    sqrt(2) d, so Bernstein's inequality bounds its second derivative by 2 d^2 sup sigma;
+    the N x N DFT grid has a point within pi / N of w* along each axis, so
 
-        sup sigma <= max_grid sigma / (1 - 2 pi d / N).
+        sup sigma <= max_grid sigma / (1 - 2 (pi d / N)^2)
 
-    N is the power of two >= 16 pi d (the factor is at most 1 / (1 - 1/8)); a
-    relative 1e-12 of ||k||_1 covers the FFT's rounding.  Never above ||k||_1, the
-    bound by Young's inequality (sigma's sup is at most it), whose minimum this returns.
+    (:func:`smooth_symbol_bound` reads the same grid argument).  N is the power of two
+    >= 16 pi d (the factor is at most 1 / (1 - 1/128)); a relative 1e-12 of ||k||_1 covers
+    the FFT's rounding.  Never above ||k||_1, the bound by Young's inequality (sigma's sup
+    is at most it), whose minimum this returns.
     """
     size = kernels.shape[-1]
     d = (size - 1) // 2
@@ -122,7 +124,7 @@ def symbol_bound(kernels: torch.Tensor) -> torch.Tensor:
         return l1
     n = 1 << max(6, math.ceil(math.log2(16 * math.pi * d)))
     grid = torch.stack([torch.fft.rfft2(k, s=(n, n)).abs().amax() for k in kernels.unbind(0)])
-    fourier = grid / (1 - 2 * math.pi * d / n) + 1e-12 * l1
+    fourier = grid / (1 - 2 * (math.pi * d / n) ** 2) + 1e-12 * l1
     return torch.minimum(fourier, l1)
 
 

@@ -48,7 +48,7 @@ lambda_min(grad^2 h) = 1 - rho ||sum_k K_k^T K_k|| / Lambda (about 0.48 on the t
 for rho = 0.9): 1 - rho is pessimistic by Lambda's slack there, and more where the slopes
 stay above the floor.  So :meth:`WeaklyConvexRidge.strong_convexity` certifies
 mu = max(1 - rho, 1 - alpha ||sum_k n_k K_k^T K_k||) with n_k the deepest concave slope of
-psi_k, read through the filters' symbol: 0.54 instead of 0.05 on the learned
+psi_k, read through the filters' symbol: 0.59 instead of 0.05 on the learned
 ``wcrr_rho095_sigma25``.
 
 **The other constants** are the convex class's, which read |psi_k''| and max_j |s_kj| and so
@@ -157,11 +157,11 @@ class WeaklyConvexRidge(RidgeRegularizer):
 
         psi_k'' >= min_j s_kj >= -n_k, so alpha sum_k K_k^T D_k K_k >= -alpha sum_k n_k
         K_k^T K_k, whose norm is certified by the symbol of sum_k n_k c_k \star c_k
-        (:func:`bilevel_problems.filter_bank.weighted_kernel_norm`).  n_k <= beta and that
-        bound is at most Lambda, so this is never below the floor's 1 - rho (module
-        docstring), and far above it where the learned slopes stay off the floor: 0.54
+        (:func:`bilevel_problems.filter_bank.weighted_kernel_norm`).  n_k <= beta, and the
+        max keeps mu at the floor's 1 - rho or above (module docstring) whichever grid bounds
+        the symbol; it is far above it where the learned slopes stay off the floor: 0.59
         instead of 0.05 on ``wcrr_rho095_sigma25`` (slopes down to 0.73 beta, the symbol's
-        sup 0.72 Lambda).
+        sup 0.65 Lambda).
         """
         alpha, C, slopes, _ = self.params(theta.detach())
         concave = (-slopes.amin(dim=1)).clamp(min=0)

@@ -106,14 +106,14 @@ def test_norm_bounds_dominate_the_operators():
 def test_symbol_bound_is_certified_and_sharp():
     """sup of |c^|^2 on a 4096 x 4096 grid (8 to 32 times finer than the bound's; a lower
     estimate of the sup) stays below the certified bound, which exceeds it by at most the
-    grid factor 1 / (1 - 1/8); Young's l1 bound is never beaten by the returned one."""
+    grid factor 1 / (1 - 1/128); Young's l1 bound is never beaten by the returned one."""
     for K, s in ((3, 5), (2, 3), (1, 7)):
         C, _ = _bank(K=K, s=s)
         auto = filter_bank.autocorrelations(C, s)
         bound = filter_bank.symbol_bound(auto)
         fine = torch.stack([torch.fft.rfft2(a, s=(4096, 4096)).abs().amax() for a in auto])
         assert torch.all(fine <= bound)
-        assert torch.all(bound <= fine / (1 - 1 / 8) * (1 + 1e-9))
+        assert torch.all(bound <= fine / (1 - 1 / 128) * (1 + 1e-9))
         assert torch.all(bound <= auto.abs().sum(dim=(1, 2)))
         assert filter_bank.operator_norm_bounds(auto).square() == pytest.approx(bound)
 
@@ -121,15 +121,15 @@ def test_symbol_bound_is_certified_and_sharp():
 def test_smooth_symbol_bound_is_certified_sharp_and_differentiable():
     """The smoothed sup of the symbol of a sum of autocorrelations: above its sup on a
     4096 x 4096 grid and above ||sum_k K_k^T K_k|| on an image (dense), within 5% of the
-    fine sup (grid factor <= 1.02, log-sum-exp <= 2% of k_0 <= sup), below the first-order
-    :func:`symbol_bound`; its gradient matches central differences in float64."""
+    fine sup (grid factor <= 1.02, log-sum-exp <= 2% of k_0 <= sup) and below ||A||_1; its
+    gradient matches central differences in float64."""
     for K, s in ((3, 5), (2, 3), (1, 7), (4, 7)):
         C, _ = _bank(K=K, s=s)
         A = filter_bank.autocorrelations(C, s).sum(dim=0)
         bound = float(filter_bank.smooth_symbol_bound(A))
         fine = float(torch.fft.rfft2(A, s=(4096, 4096)).abs().amax())
         assert fine <= bound <= 1.05 * fine
-        assert bound <= float(filter_bank.symbol_bound(A.unsqueeze(0))[0])
+        assert bound <= float(A.abs().sum())
     C, s = _bank(K=2, s=3)
     x = torch.zeros(9, 10, dtype=torch.float64)
     gram = torch.autograd.functional.jacobian(
