@@ -14,9 +14,10 @@ from bilevel.results import RunFolder
 
 #: TV weights of the oracle: 0.01 to 0.32, a factor 2^(1/8) (9%) apart.
 TV_WEIGHTS = tuple(float(w) for w in 0.01 * 2.0 ** (np.arange(41) / 8))
-#: Published mean PSNRs (dB), {set: {sigma/255: {method: dB}}}.  BSD68: the table of
-#: ../shared/data/README.md (Zhang et al., DnCNN, IEEE TIP 2017, Table II, and the
-#: CRR-NN / WCRR-NN papers); Set12: DnCNN's Table III (average of the 12 images).
+#: Published mean PSNRs (dB), {set: {sigma/255: {method: dB}}}.  BSD68: Zhang et al.,
+#: DnCNN, IEEE TIP 2017, Table II (BM3D, TNRD, DnCNN-S), the CRR-NN and WCRR-NN papers
+#: (Goujon et al.) and Chen, Ranftl, Pock 2014 (FoE, 48 filters 7x7); Set12: DnCNN's
+#: Table III (average of the 12 images).
 PUBLISHED = {
     "Set68": {15: {"BM3D": 31.07, "CRR-NN": 30.55, "WCRR-NN": 31.21, "TNRD": 31.42,
                    "DnCNN-S": 31.73},
@@ -109,5 +110,5 @@ def summarise(folder: RunFolder) -> Path:
                       + ", ".join(f"{k}: {v}" for k, v in entry["learned_from"].items()) + "."]
         lines.append("")
     lines += ["Published: Zhang et al., DnCNN (IEEE TIP 2017), Tables II-III; CRR-NN / "
-              "WCRR-NN: Goujon et al.; FoE: Chen, Ranftl, Pock 2014 (../shared/data/README.md)."]
+              "WCRR-NN: Goujon et al.; FoE (48 filters 7x7): Chen, Ranftl, Pock 2014."]
     return folder.write_text("summary.md", "\n".join(lines) + "\n")
