@@ -3,7 +3,7 @@ r"""Carry a learned (weakly) convex ridge into a larger bank, and wake its switc
 Training from the TV start (``ridge_regularizer[start=tv]``) leaves the filters that start
 switched off (slopes 0.001 s_max) switched off: a filter's gradient is proportional to its
 potential's slopes and the slopes' to sigmoid'(q) = 0.001, so after an hour of L-BFGS the
-learned 16-filter ridges still act through two filters (README, "Training denoisers").
+learned 16-filter ridges still act through two filters (docs/denoisers.md).
 :func:`embed` starts a new run from a learned one instead of from scratch:
 
 - the learned K' filters of side s' go, centred, into the first K' windows of a bank of K >= K'
