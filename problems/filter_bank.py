@@ -99,6 +99,13 @@ def autocorrelations(filters: torch.Tensor, s: int) -> torch.Tensor:
     return F.conv2d(bank, bank.transpose(0, 1), padding=s - 1, groups=K)[0]
 
 
+def fft_rounding(dtype) -> float:
+    """A relative bound on the rounding of a symbol read from an FFT, against the kernel's l1
+    norm: 100 units of roundoff of ``dtype`` (an FFT's error is a few units times log2 N),
+    never below 1e-12, the float64 margin used before."""
+    return max(1e-12, 100 * torch.finfo(dtype).eps)
+
+
 def symbol_bound(kernels: torch.Tensor) -> torch.Tensor:
     r"""Certified sup over frequencies of the symbols of autocorrelation-type kernels (K,).
 
@@ -113,9 +120,9 @@ def symbol_bound(kernels: torch.Tensor) -> torch.Tensor:
         sup sigma <= max_grid sigma / (1 - 2 (pi d / N)^2)
 
     (:func:`smooth_symbol_bound` reads the same grid argument).  N is the power of two
-    >= 16 pi d (the factor is at most 1 / (1 - 1/128)); a relative 1e-12 of ||k||_1 covers
-    the FFT's rounding.  Never above ||k||_1, the bound by Young's inequality (sigma's sup
-    is at most it), whose minimum this returns.
+    >= 16 pi d (the factor is at most 1 / (1 - 1/128)); a relative :func:`fft_rounding` of
+    ||k||_1 covers the FFT's rounding.  Never above ||k||_1, the bound by Young's inequality
+    (sigma's sup is at most it), whose minimum this returns.
     """
     size = kernels.shape[-1]
     d = (size - 1) // 2
@@ -124,7 +131,7 @@ def symbol_bound(kernels: torch.Tensor) -> torch.Tensor:
         return l1
     n = 1 << max(6, math.ceil(math.log2(16 * math.pi * d)))
     grid = torch.stack([torch.fft.rfft2(k, s=(n, n)).abs().amax() for k in kernels.unbind(0)])
-    fourier = grid / (1 - 2 * (math.pi * d / n) ** 2) + 1e-12 * l1
+    fourier = grid / (1 - 2 * (math.pi * d / n) ** 2) + fft_rounding(kernels.dtype) * l1
     return torch.minimum(fourier, l1)
 
 
@@ -143,8 +150,8 @@ def smooth_symbol_bound(kernel: torch.Tensor, smoothing: float = 0.02) -> torch.
     k_0 above it, and k_0 (sigma's mean over the frequencies) is at most sup sigma.  T is
     linear in the kernel, so the bound is smooth in it, unlike the max or ||k||_1 (whose
     kink :mod:`bilevel_problems.weakly_convex_ridge` smooths otherwise, at 40% more on
-    learned banks).  A relative 1e-12 of (2s - 1)^2 k_0 >= ||k||_1 covers the FFT's rounding
-    (|k_m| <= k_0 for autocorrelations).
+    learned banks).  A relative :func:`fft_rounding` of (2s - 1)^2 k_0 >= ||k||_1 covers the
+    FFT's rounding (|k_m| <= k_0 for autocorrelations).
     """
     size = kernel.shape[-1]
     d = (size - 1) // 2
@@ -157,7 +164,8 @@ def smooth_symbol_bound(kernel: torch.Tensor, smoothing: float = 0.02) -> torch.
     sigma = torch.fft.rfft2(grid).real.flatten()
     T = smoothing * k0 / math.log(sigma.numel())
     soft = T * torch.logsumexp(sigma / T, dim=0)
-    return soft / (1 - 2 * (math.pi * d / n) ** 2) + 1e-12 * size ** 2 * k0
+    return (soft / (1 - 2 * (math.pi * d / n) ** 2)
+            + fft_rounding(kernel.dtype) * size ** 2 * k0)
 
 
 def operator_norm_bounds(auto: torch.Tensor) -> torch.Tensor:

@@ -137,6 +137,14 @@ def test_smooth_symbol_bound_is_certified_sharp_and_differentiable():
                                                 C, s).flatten(), x.flatten(), vectorize=True)
     A = filter_bank.autocorrelations(C, s).sum(dim=0)
     assert float(torch.linalg.eigvalsh(gram)[-1]) <= float(filter_bank.smooth_symbol_bound(A))
+    # float32 filters: both bounds, computed in float32, above the float64 sup of their symbol
+    C32, _ = _bank(K=4, s=7)
+    C32 = C32.float()
+    fine = float(torch.fft.rfft2(filter_bank.autocorrelations(C32.double(), 7).sum(0),
+                                 s=(4096, 4096)).abs().amax())
+    A32 = filter_bank.autocorrelations(C32, 7).sum(0)
+    assert fine <= float(filter_bank.symbol_bound(A32.unsqueeze(0))[0]) <= 1.01 * fine
+    assert fine <= float(filter_bank.smooth_symbol_bound(A32)) <= 1.05 * fine
     C = C.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda c: filter_bank.smooth_symbol_bound(filter_bank.autocorrelations(c, s).sum(0)),
