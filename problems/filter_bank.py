@@ -156,7 +156,7 @@ def smooth_symbol_bound(kernel: torch.Tensor, smoothing: float = 0.02) -> torch.
     size = kernel.shape[-1]
     d = (size - 1) // 2
     k0 = kernel[d, d]
-    if d == 0:
+    if d == 0 or not k0 > 0:  # a 1 x 1 kernel, or no filter at all (sigma = 0)
         return k0
     n = 1 << max(6, math.ceil(math.log2(32 * d)))
     # the kernel centred on the origin of the periodic grid: its DFT is sigma, real

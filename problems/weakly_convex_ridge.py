@@ -169,6 +169,24 @@ class WeaklyConvexRidge(RidgeRegularizer):
         curvature = float(alpha) * filter_bank.weighted_kernel_norm(auto, concave)
         return max(1.0 - self.rho, 1.0 - curvature * (1 + 1e-12))
 
+    def concavity(self, theta):
+        r"""How much of the weak-convexity budget ``theta`` uses, as a dict of floats.
+
+        ``floor`` beta, ``kernel_bound`` Lambda and ``symbol`` (a certified sup of the symbol
+        of A = sum_k c_k \star c_k, which bounds ||sum_k K_k^T K_k||); ``depth`` max_k n_k /
+        beta, n_k the deepest concave slope of psi_k (1 = at the floor); ``concave_filters``,
+        how many psi_k have a negative slope; ``mu`` the certified strong convexity
+        (:meth:`strong_convexity`) and ``mu_floor`` = 1 - rho.
+        """
+        alpha, C, slopes, _ = self.params(theta.detach())
+        beta = float(self.slope_floor(alpha, C))
+        concave = (-slopes.amin(dim=1)).clamp(min=0)
+        A = filter_bank.autocorrelations(C, self.s).sum(dim=0)
+        return dict(floor=beta, kernel_bound=float(self.kernel_bound(C)),
+                    symbol=float(filter_bank.symbol_bound(A.unsqueeze(0))[0]),
+                    depth=float(concave.max()) / beta, concave_filters=int((concave > 0).sum()),
+                    mu=self.strong_convexity(theta), mu_floor=1.0 - self.rho)
+
     # ---------------------------------------------------------- bound constants
     def bound_constants(self, theta, x):
         r"""The convex class's constants at frozen beta, plus beta's rank-one term.

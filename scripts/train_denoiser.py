@@ -306,8 +306,22 @@ def summarise(folder):
             f"{meta['train_psnr_start']:.2f} dB).", "",
             f"Command: `{meta['command']}`.", "",
             "Evaluate: `python benchmarks/bsd68.py --model NAME=THIS_FOLDER`.", ""]
+    text[-2:-2] = _concavity_lines(folder)
     folder.write_text("summary.md", "\n".join(text))
     print("\n".join(text))
+
+
+def _concavity_lines(folder):
+    """For a weakly convex ridge: how much of its budget the learned theta uses."""
+    model = bilevel.load(folder.path)
+    if not hasattr(model.problem, "concavity"):
+        return []
+    c = model.problem.concavity(model.theta)
+    return [f"Weak convexity: floor -beta = -{c['floor']:.4g} (Lambda {c['kernel_bound']:.4g}, "
+            f"`floor_bound={model.problem.floor_bound}`; the filters' symbol bound "
+            f"{c['symbol']:.4g}); the deepest concave slope at {c['depth']:.3f} beta, "
+            f"{c['concave_filters']} of {model.problem.K} potentials concave somewhere; "
+            f"certified mu = {c['mu']:.4f} (1 - rho = {c['mu_floor']:.2g}).", ""]
 
 
 def _rows(folder, meta):

@@ -431,6 +431,9 @@ def test_train_denoiser_init_carries_a_field_of_experts_into_a_ridge(tmp_path):
                          "--out", str(wcrr)])
     learned, new = bilevel.load(foe), bilevel.load(wcrr)
     assert (new.problem.num_knots, new.problem.x_range, new.problem.rho) == (41, 0.5, 0.3)
+    concavity = new.problem.concavity(new.theta)
+    assert (f"certified mu = {concavity['mu']:.4f} (1 - rho = 0.7)"
+            in (wcrr / "summary.md").read_text())
     start = from_fields_of_experts(new.problem, learned.problem, learned.theta)
     first = RunFolder(wcrr).read_rows("data.csv")[0]
     clean, noisy, _ = train.training_pairs(8, 16, sigma=25.0)

@@ -299,3 +299,23 @@ def test_the_symbol_floor_is_deeper_on_a_learned_bank():
     assert ratio == pytest.approx(1.51, abs=0.01)
     assert deeper.strong_convexity(theta) == pytest.approx(
         source.problem.strong_convexity(source.theta), rel=1e-12)
+
+
+def test_concavity_reports_the_budget_used(problem):
+    """At the floor every potential is concave down to -beta (depth 1); with every slope near
+    s_max none is (depth 0, mu 1); the symbol bound dominates the dense ||sum K^T K||."""
+    floor = _theta(problem, **FLOOR[1])
+    c = problem.concavity(floor)
+    assert c["depth"] == pytest.approx(1.0, rel=1e-9) and c["concave_filters"] == problem.K
+    assert c["mu"] == problem.strong_convexity(floor) and c["mu_floor"] == pytest.approx(1 - RHO)
+    C = problem.params(floor)[1]
+    x = torch.zeros_like(problem.noisy[:1])
+    gram = torch.autograd.functional.jacobian(
+        lambda v: filter_bank.correlate_adjoint(filter_bank.correlate(v.view_as(x), C, 3), C, 3)
+        .flatten(), x.flatten(), vectorize=True)
+    assert float(torch.linalg.eigvalsh(gram)[-1]) <= c["symbol"]
+    assert c["floor"] == pytest.approx(RHO / (float(torch.exp(floor[0])) * c["kernel_bound"]))
+    convex = floor.clone()
+    convex[1 + problem.K * problem.s ** 2:] = 40.0
+    c = problem.concavity(convex)
+    assert c["depth"] == 0.0 and c["concave_filters"] == 0 and c["mu"] == 1.0
