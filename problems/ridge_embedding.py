@@ -19,6 +19,11 @@ learned 16-filter ridges still act through two filters (docs/denoisers.md).
   weakly convex ridge a small ``wake_norm`` keeps the floor where the learned filters put it:
   24 unit-norm filters woken next to the learned 24x7x7 bank (norms 0.23 to 1.18) would lift
   it 4.6-fold, above the learned concave slopes (refused); at norm 0.2 it rises by 7%.
+  Woken filters learn slowly: on the 48-filter model none of the 24 became concave;
+- ``split=F`` doubles the bank instead: each learned filter and a copy perturbed by F times
+  its norm, each with half of the learned potential, so h is kept up to O(F) and the new
+  filters start as active as the learned ones (the floor halves with the doubled bank,
+  and so do the halved concave slopes).
 
 Both work in slope space: the slopes wanted are mapped to the new problem's parameters, for
 the weakly convex ridge through its floor -beta, which depends on the whole bank (more or
@@ -36,7 +41,8 @@ from .ridge_regularizer import RidgeRegularizer
 OFF = 1e-3  # the slope fraction of a switched-off potential (the TV start's)
 
 
-def embed(problem, source, theta, wake=None, init_width=0.06, wake_norm=1.0):
+def embed(problem, source, theta, wake=None, init_width=0.06, wake_norm=1.0, split=None,
+          seed=0):
     """theta for ``problem`` holding the learned ridge (``source``, ``theta``) (module doc).
 
     Parameters
@@ -52,6 +58,13 @@ def embed(problem, source, theta, wake=None, init_width=0.06, wake_norm=1.0):
         Half-width of the window where a woken potential is steep (the start's 0.06).
     wake_norm : float
         The norm of a woken filter (its direction is the start's or the learned one's).
+    split : float, optional
+        Split every learned filter in two (K = 2 K'): filter k + K' is filter k plus a random
+        zero-mean perturbation of ``split`` times its norm (drawn with ``seed``), and both
+        potentials carry half of psi_k, so that h moves only by the perturbation (not at all
+        with ``split=0``, where the two halves would learn alike).  Unlike woken filters, the
+        new ones start as active as the learned: the same concave tails, at half depth, below
+        a floor that the doubled bank halves too.
     """
     if not isinstance(problem, RidgeRegularizer) or type(source) is not type(problem):
         raise TypeError(f"embed: carries a ridge_regularizer or weakly_convex_ridge into one of "
@@ -71,6 +84,13 @@ def embed(problem, source, theta, wake=None, init_width=0.06, wake_norm=1.0):
         raise ValueError(f"embed: wake must be a fraction in (0, 1), got {wake!r}")
     if not 0 < wake_norm < float("inf"):
         raise ValueError(f"embed: wake_norm must be positive and finite, got {wake_norm!r}")
+    if split is not None:
+        if not 0 <= split < float("inf") or wake is not None:
+            raise ValueError(f"embed: split must be a finite number >= 0, without wake; got "
+                             f"split={split!r}, wake={wake!r}")
+        if problem.K != 2 * source.K:
+            raise ValueError(f"embed: split carries {source.K} filters into twice as many, "
+                             f"got {problem.K}")
     start = problem.theta0.detach().to(torch.float64)
     alpha = torch.exp(theta[0])
     filters = problem.filters(start).clone()
@@ -79,6 +99,8 @@ def embed(problem, source, theta, wake=None, init_width=0.06, wake_norm=1.0):
     # problem's zero-mean projection leaves them as they are.
     _centre(filters, source.filters(theta))
     slopes[:source.K] = source.slopes(theta)
+    if split is not None:
+        _split(filters, slopes, source.K, split, seed)
     if wake is not None:
         asleep = (slopes.max(dim=1).values < wake * problem.s_max).nonzero().flatten()
         grid = knots(problem.num_knots, problem.x_range)
@@ -170,6 +192,19 @@ def from_fields_of_experts(problem, source, theta, peak=0.9, floor=1e-7):
     slopes[:source.K] = torch.clamp(raw / alpha, min=floor * problem.s_max)
     q = torch.logit(problem.slope_fractions(alpha, filters.flatten(1), slopes))
     return torch.cat([alpha.log().view(1), filters.flatten(), q.flatten()]).to(problem.theta0)
+
+
+def _split(filters, slopes, K0, size, seed):
+    """Filters K0..2 K0 - 1 become the first K0 plus zero-mean noise of ``size`` times their
+    norms, and every potential half of the learned one (in place; ``embed``'s ``split``)."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(filters[:K0].shape, generator=gen, dtype=filters.dtype)
+    noise = noise - noise.mean(dim=(1, 2), keepdim=True)
+    noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None]
+    norms = filters[:K0].flatten(1).norm(dim=1)[:, None, None]
+    filters[K0:] = filters[:K0] + size * norms * noise
+    slopes[:K0] = slopes[:K0] / 2
+    slopes[K0:] = slopes[:K0]
 
 
 def _check_fit(name, problem, source):

@@ -5,7 +5,8 @@
         [--border B] [--start dct|tv] [--tv-weight W] [--knots N] [--x-range R] [--rho RHO]
         [--floor-bound l1|symbol]
         [--alpha0 A] [--max-iter 2000]
-        [--max-time 7200] [--set KEY=VALUE ...] [--init RUN_DIR [--wake F [--wake-norm R]]]
+        [--max-time 7200] [--set KEY=VALUE ...]
+        [--init RUN_DIR [--wake F [--wake-norm R] | --split F]]
         [--out results/denoisers/MODEL_sigmaS] [--quick]
 
 ``--patches`` random crops of ``--patch-size``, ``--crops-per-image`` (1) from each of the
@@ -24,7 +25,8 @@ instead of the problem's start: the same model, or a field of experts or (weakly
 ridge carried into a larger bank, or a field of experts carried into a ridge (its experts as
 spline potentials: ``ridge_embedding.from_fields_of_experts``, which needs a grid
 ``--knots`` / ``--x-range`` as fine as the learned kinks), ``--wake`` switching on a ridge's
-sleeping filters (``--wake-norm``: their norm) or setting the new FoE filters' weight
+sleeping filters (``--wake-norm``: their norm) or setting the new FoE filters' weight,
+``--split F`` doubling a ridge's bank with perturbed copies of its filters
 (bilevel_problems.ridge_embedding, foe_embedding); the folder's cost and time are this run's
 only.  The run folder holds what
 ``bilevel.load(OUT)`` needs (meta.json's ``problem`` spec and theta.json), so that
@@ -117,6 +119,10 @@ def add_arguments(p):
     p.add_argument("--wake-norm", type=float, default=None, metavar="R",
                    help="with --wake, ridge / wcrr: the woken filters' norm (1); small norms "
                         "keep the weakly convex ridge's floor where the learned bank put it")
+    p.add_argument("--split", type=float, default=None, metavar="F",
+                   help="with --init, ridge / wcrr: twice the learned filters, each potential "
+                        "halved, the copies perturbed by F times their norm "
+                        "(ridge_embedding.embed's split: the new filters start active)")
     p.add_argument("--init-scale", type=float, default=None, metavar="F",
                    help="with --init, foe / ridge / wcrr: start from F times the learned "
                         "regularizer (foe_embedding / ridge_embedding.rescale; about sigma / "
@@ -184,12 +190,15 @@ def initial_theta(args, problem, problem_spec):
     """theta_0 from ``--init`` (None: the problem's own start)."""
     if args.init is None:
         for flag, value in (("--wake", args.wake), ("--wake-norm", args.wake_norm),
+                            ("--split", args.split),
                             ("--init-scale", args.init_scale)):
             if value is not None:
                 raise SystemExit(f"{flag} is for --init")
         return None
     if args.wake_norm is not None and (args.wake is None or args.model not in ("ridge", "wcrr")):
         raise SystemExit("--wake-norm is for --model ridge / wcrr with --wake")
+    if args.split is not None and (args.wake is not None or args.model not in ("ridge", "wcrr")):
+        raise SystemExit("--split is for --model ridge / wcrr, without --wake")
     if args.init_scale is not None and args.model not in ("foe", "ridge", "wcrr"):
         raise SystemExit("--init-scale is for --model foe / ridge / wcrr")
     theta = _carried_theta(args, problem, problem_spec)
@@ -205,16 +214,19 @@ def initial_theta(args, problem, problem_spec):
 def _carried_theta(args, problem, problem_spec):
     try:
         source = bilevel.load(args.init, device=args.device)
-        if source.spec == problem_spec and args.wake is None:
+        if source.spec == problem_spec and args.wake is None and args.split is None:
             return source.theta.to(problem.theta0)
         if args.model == "foe":
             weight = {} if args.wake is None else dict(weight=args.wake)
             return foe_embedding.embed(problem, source.problem, source.theta, **weight)
         if isinstance(source.problem, FieldsOfExperts):
-            if args.wake is not None:
-                raise SystemExit("--wake is for a ridge or FoE source, not a FoE into a ridge")
+            if args.wake is not None or args.split is not None:
+                raise SystemExit("--wake and --split are for a ridge or FoE source, not a FoE "
+                                 "into a ridge")
             return ridge_embedding.from_fields_of_experts(problem, source.problem, source.theta)
         norm = {} if args.wake_norm is None else dict(wake_norm=args.wake_norm)
+        if args.split is not None:
+            norm["split"] = args.split
         return ridge_embedding.embed(problem, source.problem, source.theta, wake=args.wake,
                                      **norm)
     except (OSError, TypeError, ValueError, bilevel.CorruptRunError) as exc:
@@ -277,7 +289,8 @@ def compute(args, folder):
                 patch_size=args.patch_size, method=args.method,
                 settings=settings, status=result.status, message=result.message,
                 iterations=len(result.history), cost=last.get("cost"), init=args.init,
-                wake=args.wake, wake_norm=args.wake_norm, init_scale=args.init_scale,
+                wake=args.wake, wake_norm=args.wake_norm, split=args.split,
+                init_scale=args.init_scale,
                 device=str(device),
                 final_check=getattr(result.state, "final_check", None),
                 train_psnr_start=datasets.quality(noisy, clean)["psnr"])
@@ -295,6 +308,8 @@ def summarise(folder):
             + (f" (sleeping filters woken at {meta['wake']:g} s_max"
                + (f", norm {meta['wake_norm']:g}" if meta.get("wake_norm") else "") + ")"
                if meta.get("wake") else "")
+            + (f" (its filters split in two, copies perturbed by {meta['split']:g})"
+               if meta.get("split") is not None else "")
             + (f", its regularizer times {meta['init_scale']:g}" if meta.get("init_scale")
                else "")
             + ".", "",

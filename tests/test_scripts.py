@@ -389,6 +389,23 @@ def test_train_denoiser_init_carries_a_run_into_a_larger_bank(tmp_path):
             train.main(args + ["--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no run folder"):
         train.main(common + ["--init", str(tmp_path / "none"), "--out", str(tmp_path / "y")])
+    # --split: twice the learned filters, the run starting at embed(split=F)
+    split = tmp_path / "split"
+    train.main(common + ["--filters", "4", "--filter-size", "3", "--max-iter", "1", "--init",
+                         str(small), "--split", "0.1", "--out", str(split)])
+    meta = json.loads((split / "meta.json").read_text())
+    assert meta["split"] == 0.1 and "split in two" in (split / "summary.md").read_text()
+    doubled = bilevel.load(split)
+    start = embed(doubled.problem, learned.problem, learned.theta, split=0.1)
+    problem = bilevel.make_problem(meta["problem"], images=clean, noisy=noisy, sigma=25 / 255)
+    first = RunFolder(split).read_rows("data.csv")[0]
+    assert first["upper_value"] == pytest.approx(
+        bilevel.hypergradient(problem, start, 1e-8, 1e-8).upper_value, abs=first["eps"])
+    for args, message in ((common + ["--split", "0.1"], "--split is for --init"),
+                          (common + ["--init", str(small), "--split", "0.1", "--wake", "0.05"],
+                           "--split is for --model ridge / wcrr, without --wake")):
+        with pytest.raises(SystemExit, match=message):
+            train.main(args + ["--out", str(tmp_path / "x")])
 
 
 def test_train_denoiser_init_carries_a_field_of_experts_into_a_larger_bank(tmp_path):

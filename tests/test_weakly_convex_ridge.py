@@ -319,3 +319,43 @@ def test_concavity_reports_the_budget_used(problem):
     convex[1 + problem.K * problem.s ** 2:] = 40.0
     c = problem.concavity(convex)
     assert c["depth"] == 0.0 and c["concave_filters"] == 0 and c["mu"] == 1.0
+
+
+@pytest.mark.parametrize("convex", [False, True], ids=["weakly_convex", "convex"])
+def test_split_filters_keep_h_and_start_active(problem, convex):
+    """ridge_embedding.embed(split=F): 2K filters from K, each potential halved, the copies
+    perturbed by F times their filter's norm: h unchanged at F = 0 (and mu with it), moved
+    by O(F) otherwise; refused for another K or with wake."""
+    from bilevel_problems.ridge_embedding import embed
+
+    options = dict(SMALL, num_filters=2 * problem.K)
+    if convex:
+        source, big = RidgeRegularizer(**SMALL), RidgeRegularizer(**options)
+    else:
+        source = problem
+        big = WeaklyConvexRidge(rho=RHO, floor_bound=problem.floor_bound, **options)
+    theta = _theta(source, seed=1)
+    if not convex:  # every slope at -beta / 2: concave, representable after the split
+        alpha, C, slopes, _ = source.params(theta)
+        half = torch.full_like(slopes, -float(source.slope_floor(alpha, C)) / 2)
+        theta[1 + source.K * source.s ** 2:] = torch.logit(
+            source.slope_fractions(alpha, C, half)).flatten()
+    x = _spread_x(source, 4)
+    exact = embed(big, source, theta, split=0.0)
+    assert float(big.lower_objective(x, exact)) == pytest.approx(
+        float(source.lower_objective(x, theta)), rel=1e-12)
+    assert big.strong_convexity(exact) == pytest.approx(source.strong_convexity(theta), rel=1e-9)
+    moved = embed(big, source, theta, split=0.1, seed=3)
+    K, C0 = source.K, source.filters(theta)
+    C = big.filters(moved)
+    torch.testing.assert_close(C[:K], C0, rtol=0, atol=1e-12)
+    gap = (C[K:] - C[:K]).flatten(1).norm(dim=1) / C0.flatten(1).norm(dim=1)
+    torch.testing.assert_close(gap, torch.full_like(gap, 0.1), rtol=1e-9, atol=0)
+    torch.testing.assert_close(big.slopes(moved), torch.cat([source.slopes(theta)] * 2) / 2,
+                               rtol=1e-9, atol=1e-12)
+    for bad, match in ((dict(split=-1.0), "split must be"), (dict(split=0.1, wake=0.05),
+                                                             "without wake")):
+        with pytest.raises(ValueError, match=match):
+            embed(big, source, theta, **bad)
+    with pytest.raises(ValueError, match="twice as many"):
+        embed(source, source, theta, split=0.1)
