@@ -303,7 +303,14 @@ def test_train_denoiser_resume_adds_a_final_check_and_refuses_other_settings(tmp
     meta = json.loads((tmp_path / "meta.json").read_text())
     check = meta["final_check"]
     assert check["samples"] == 8 and not check["refined"]
-    assert check["lower_bound"] <= check["upper_value"] <= check["upper_bound"]
+    # the certified bracket holds F(theta) = g(x*), to the half-width asked (1e-5 relative);
+    # it is second order, so it need not hold g(x~) itself
+    clean, noisy, _ = train.training_pairs(8, 16, sigma=25.0)
+    problem = bilevel.make_problem(meta["problem"], images=clean, noisy=noisy, sigma=25 / 255)
+    F = bilevel.hypergradient(problem, torch.tensor(theta, dtype=torch.float64), 1e-11,
+                              1e-11).upper_value
+    assert check["lower_bound"] <= F <= check["upper_bound"]
+    assert check["upper_bound"] - check["lower_bound"] <= 2e-5 * F
     assert json.loads((tmp_path / "theta.json").read_text()) == theta
     with pytest.raises(SystemExit, match="eps0=0.1 vs 0.5"):
         train.main(run + ["--resume", "--set", "eps0=0.5"])

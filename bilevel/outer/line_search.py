@@ -58,6 +58,9 @@ class LineSearch:
         Everything the search spent.
     smoothness : float or None
         The accepted solve's estimate of L (``LowerSolution.smoothness``).
+    q : torch.Tensor or None
+        The accepted trial's adjoint, where the bounds on F there came from it
+        (``bracket``): the next hypergradient's warm start.
     """
 
     accepted: bool = False
@@ -72,6 +75,7 @@ class LineSearch:
     solved_trials: int = 0
     cost: Cost = Cost()
     smoothness: float | None = None
+    q: torch.Tensor | None = None
 
     @property
     def too_long(self) -> bool:
@@ -120,7 +124,8 @@ def _solve_trial(problem, theta, eps, x0, max_iter, smoothness):
 def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, lam, lower_now,
                           accuracy: Callable[[float], float], L_g, x0=None,
                           lower_max_iter=10_000, smoothness=None,
-                          max_conditioning_growth=MAX_CONDITIONING_GROWTH) -> LineSearch:
+                          max_conditioning_growth=MAX_CONDITIONING_GROWTH,
+                          bracket=None) -> LineSearch:
     """Backtrack along -d from ``first`` by ``rho`` until F provably decreased.
 
     Parameters
@@ -138,6 +143,10 @@ def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, l
     max_conditioning_growth : float
         Trials with L / mu above this times its value at theta are backtracked unsolved
         (module docstring); ``math.inf`` solves every trial.
+    bracket : callable, optional
+        (trial theta, its LowerSolution, step, the bound the test needs) -> (upper bound on
+        F there, Cost, adjoint or None): the bound on F at a trial from elsewhere than g(x~)
+        and ||grad_x g|| alone (MAID's ``value_bounds='adjoint'``: :mod:`bilevel.value_bracket`).
     """
     convex = problem.upper_convex_in_x
     spent, nonfinite, stiff, searched, tried, solved = Cost(), 0, 0, 0, 0, 0
@@ -164,9 +173,14 @@ def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, l
             continue
         if not sol.converged:
             break  # out of iterations at this accuracy: smaller steps will not help
-        value, gx_norm = upper_value(problem, sol.x, trial)
-        spent += Cost(oracle_calls=1)
-        _, upper_next = upper_bounds(value, gx_norm, sol.error_bound, L_g, convex)
+        q = None
+        if bracket is None:
+            value, gx_norm = upper_value(problem, sol.x, trial)
+            spent += Cost(oracle_calls=1)
+            _, upper_next = upper_bounds(value, gx_norm, sol.error_bound, L_g, convex)
+        else:
+            upper_next, cost, q = bracket(trial, sol, step, lower_now - lam * step * slope)
+            spent += cost
         if not finite(upper_next):
             nonfinite += 1
             continue
@@ -174,6 +188,7 @@ def certified_line_search(problem, theta, d, slope, *, first, rho, backtracks, l
             return LineSearch(accepted=True, step=step, backtracks=i, theta=trial, x=sol.x,
                               next_upper_bound=upper_next, nonfinite_trials=nonfinite,
                               stiff_trials=stiff, search_iterations=searched,
-                              solved_trials=solved, cost=spent, smoothness=sol.smoothness)
+                              solved_trials=solved, cost=spent, smoothness=sol.smoothness,
+                              q=q)
     return LineSearch(backtracks=tried, nonfinite_trials=nonfinite, stiff_trials=stiff,
                       search_iterations=searched, solved_trials=solved, cost=spent)

@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from .. import value_bracket
 from ..cost import Cost
 from ..hypergradient import bracket_accuracy, certifiable_accuracy, hypergradient, upper_bounds
 from . import quasi_newton
@@ -145,6 +146,15 @@ class MAID:
         Stop when ||z|| + omega <= tol (then ||grad F(theta)|| <= tol).
     lower_max_iter, cg_max_iter : int
         Budgets of each lower-level solve and each CG solve.
+    value_bounds : {'first_order', 'adjoint'}
+        How the line search bounds F at both ends.  'first_order' (the paper's): g(x~) +-
+        (||grad_x g|| e + L_g e^2 / 2).  'adjoint': the second-order bracket of
+        :mod:`bilevel.value_bracket` (g(x~) - <q~, grad_x h(x~)> +- (rho ||grad_x h|| / mu +
+        (M + L_g) e^2 / 2)), free at theta (the hypergradient's adjoint) and bought at a
+        trial with one CG solve, whose adjoint warm-starts the next hypergradient; the trial's
+        lower level then needs e about sqrt(decrease / (M + L_g)) instead of
+        decrease / ||grad_x g||.  Needs the problem's ``hessian_lipschitz_along`` (else it is
+        the first-order bracket, plus the CG).
     max_conditioning_growth : float
         A trial whose certified L / mu is more than this times its value at theta is
         backtracked without a solve (100; ``math.inf`` solves every trial;
@@ -185,6 +195,7 @@ class MAID:
     lower_max_iter: int = 10_000
     cg_max_iter: int = 10_000
     max_conditioning_growth: float = 100.0
+    value_bounds: str = "first_order"
     adaptive = True  # the fixed-accuracy baseline switches this off
 
     def __post_init__(self):
@@ -198,6 +209,7 @@ class MAID:
             refinement=one_of("halve", "predicted"), trial_accuracy=one_of("same", "matched"),
             direction_test=one_of("always", "after_failure"), direction=one_of("gradient", "lbfgs"),
             memory_size=count(1), eps_min=POSITIVE, tol=NONNEGATIVE,
+            value_bounds=one_of("first_order", "adjoint"),
             lower_max_iter=count(1), cg_max_iter=count(1),
             max_conditioning_growth=(lambda v: v == math.inf or AT_LEAST_ONE[0](v),
                                      "a number >= 1 or math.inf"))
@@ -343,20 +355,28 @@ class MAID:
 
         # Step 2: backtracking with certified bounds on F at both ends.
         L_g = hg.constants.L_g
-        lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm, hg.lower.error_bound,
-                                    L_g, problem.upper_convex_in_x)
         slope = float(torch.dot(z, Hz))  # <z, H z> > 0
+        if self.value_bounds == "adjoint":
+            lower_now, accuracy, bracket = value_bracket.for_search(
+                problem, state.theta, hg, slope, self.cg_max_iter,
+                lambda step: self._trial_accuracy(eps, step * slope, hg))
+        else:
+            lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm,
+                                        hg.lower.error_bound, L_g, problem.upper_convex_in_x)
+            bracket = None
+            accuracy = lambda step: self._trial_accuracy(eps, step * slope, hg)  # noqa: E731
         first = self._first_step(state, memory, z)
         search = certified_line_search(
             problem, state.theta, Hz, slope, first=first,
             rho=self.rho, backtracks=state.max_backtracks, lam=self.sufficient_decrease,
             lower_now=lower_now, L_g=L_g, x0=state.x, lower_max_iter=self.lower_max_iter,
             smoothness=state.smoothness, max_conditioning_growth=self.max_conditioning_growth,
-            accuracy=lambda step: self._trial_accuracy(eps, step * slope, hg))
+            accuracy=accuracy, bracket=bracket)
         row = {**row, **search.row(), "spent": spent + search.cost}
         if search.accepted:
+            q = state.q if search.q is None else search.q
             return dataclasses.replace(
-                handed_on(state, search), theta=search.theta, x=search.x,
+                handed_on(state, search), theta=search.theta, x=search.x, q=q,
                 alpha=state.alpha if memory else self.rho_bar * search.step,
                 eps=self.nu_bar * eps, delta=self.nu_bar * delta,
                 certify_direction=self.direction_test == "always", memory=memory,

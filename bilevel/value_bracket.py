@@ -1,0 +1,121 @@
+r"""Certified brackets on g(x*(theta)) to second order, through the adjoint.
+
+g(x~) is within ||grad_x g(x~)|| e + L_g e^2 / 2 of g(x*) (:func:`bilevel.hypergradient.
+upper_bounds`): first order in the lower-level error e >= ||x~ - x*||, so MAID's certified
+line search asks for e about as small as the decrease it must prove.  The adjoint
+q~ ~ A^{-1} grad_x g (A = grad_xx h(x~), CG residual rho) corrects the value to second
+order, as a dual-weighted residual (docs/certificates.md, section 5):
+
+    g(x*) = g(x~) - <q~, r> + E,   r = grad_x h(x~),
+    |E| <= rho ||r|| / mu + M e^2 / 2 + L_g e^2 / 2,
+
+with M the problem's :meth:`~bilevel.BilevelProblem.hessian_lipschitz_along` on the ball of
+radius e around x~ and of radius rho / mu around q~ (for convex g the lower side needs no
+L_g term).  Proof: with d = x* - x~, 0 = grad h(x*) = r + A d + R, R = int_0^1 (A(x~ + t d) -
+A) d dt; g(x*) = g(x~) + <grad_x g, d> + R_g with |R_g| <= L_g e^2 / 2 (R_g >= 0 for convex g);
+and, q = A^{-1} grad_x g the exact adjoint at x~ (||q - q~|| <= rho / mu),
+<grad_x g, d> = <q, A d> = -<q, r> - <q, R>, where |<q - q~, r>| <= rho ||r|| / mu and
+|<q, R>| <= int_0^1 ||(A(x~ + t d) - A) q|| ||d|| dt <= M e^2 / 2 (A symmetric).
+
+The bracket returned is the intersection with the first-order one, never wider.  Where the
+problem gives no ``hessian_lipschitz_along``, it is the first-order bracket.
+"""
+from __future__ import annotations
+
+import math
+
+from .contract import check_mu
+from .cost import Cost
+from .hypergradient import upper_bounds
+from .linalg import conjugate_gradient
+
+
+def corrected_bounds(problem, theta, x, error_bound, value, gx_norm, q, residual, L_g, mu,
+                     r=None):
+    """(lower, upper) certified bounds on g(x*(theta)) (module docstring).
+
+    ``x``: x~ with ||x~ - x*|| <= ``error_bound``; ``value``, ``gx_norm``: g(x~) and
+    ||grad_x g(x~)|| (summed over data-parallel ranks); ``q``: the adjoint at x~ with
+    certified residual ``residual`` (None: the first-order bracket); ``mu``: the certified
+    strong convexity at theta; ``r``: grad_x h(x~), if at hand.
+    """
+    convex = problem.upper_convex_in_x
+    first = upper_bounds(value, gx_norm, error_bound, L_g, convex)
+    if q is None or not all(math.isfinite(v) for v in (error_bound, residual, value)):
+        return first
+    M = problem.hessian_lipschitz_along(theta, x, q, residual / mu, x_radius=error_bound)
+    if M is None or not math.isfinite(M):
+        return first
+    r = problem.lower_grad(x, theta) if r is None else r
+    parallel = problem.parallel
+    centre = value - float(parallel.dot(q, r))
+    slack = residual * parallel.norm(r) / mu + 0.5 * M * error_bound ** 2
+    quad = 0.5 * L_g * error_bound ** 2
+    lower = centre - slack - (0.0 if convex else quad)
+    upper = centre + slack + quad
+    if not (math.isfinite(lower) and math.isfinite(upper)):
+        return first
+    return max(first[0], lower), min(first[1], upper)
+
+
+def trial_bounds(problem, theta, solution, value, gx, L_g, mu, slack, q0=None,
+                 max_iter=10_000):
+    """(lower, upper, adjoint CG result) at a line-search trial: the adjoint solved to the
+    residual at which its term rho ||r|| / mu is ``slack``, then
+    :func:`corrected_bounds`.  The CG result warm-starts the next hypergradient there."""
+    x, e = solution.x, solution.error_bound
+    r = problem.lower_grad(x, theta)
+    r_norm = problem.parallel.norm(r)
+    tol = slack * mu / r_norm if r_norm > 0 else math.inf
+    tol = min(tol, problem.parallel.norm(gx))  # at least the zero start's residual
+    linear = conjugate_gradient(lambda v: problem.lower_hvp(x, theta, v), gx, q0, tol=tol,
+                                max_iter=max_iter, dot=problem.parallel.dot,
+                                preconditioner=problem.lower_preconditioner(theta, x))
+    lower, upper = corrected_bounds(problem, theta, x, e, value, problem.parallel.norm(gx),
+                                    linear.q, linear.residual_norm, L_g, mu, r=r)
+    return lower, upper, linear
+
+
+#: The share of the first-order decrease step <z, d> that each of a trial's two slack terms
+#: may take (the first-order bracket's 'matched' accuracy gives its one term a quarter).
+SHARE = 1 / 32
+
+
+def for_search(problem, theta, hg, slope, cg_max_iter, first_order_accuracy):
+    """What MAID's line search needs for ``value_bounds='adjoint'``: (the certified lower
+    bound on F(theta), trial accuracy (step -> e), the trial bracket (theta+, solution,
+    step) -> (upper bound on F(theta+), Cost, adjoint)).
+
+    At theta the bracket comes from the hypergradient's own adjoint.  A trial's lower level
+    is solved to the looser of ``first_order_accuracy(step)`` and the e at which
+    (M + L_g) e^2 / 2 is ``SHARE`` of the first-order decrease step <z, d> (M read at
+    theta), its adjoint to the residual at which rho ||r|| / mu is as much.
+    """
+    L_g, lower, linear = hg.constants.L_g, hg.lower, hg.linear
+    mu = check_mu(problem, theta)
+    lower_now, _ = corrected_bounds(problem, theta, lower.x, lower.error_bound, hg.upper_value,
+                                    hg.upper_grad_norm, linear.q, linear.residual_norm, L_g, mu)
+    M = problem.hessian_lipschitz_along(theta, lower.x, linear.q, linear.residual_norm / mu,
+                                        x_radius=lower.error_bound)
+
+    def accuracy(step):
+        e = first_order_accuracy(step)
+        if M is None or not math.isfinite(M) or M + L_g <= 0:
+            return e
+        return max(e, math.sqrt(SHARE * step * slope / (M + L_g)))
+
+    def bracket(trial, solution, step, needed):
+        value, gx, _ = problem.upper_grads(solution.x, trial)
+        value = float(problem.parallel.sum(value.detach()))
+        gx_norm = problem.parallel.norm(gx)
+        _, upper = upper_bounds(value, gx_norm, solution.error_bound, L_g,
+                                problem.upper_convex_in_x)
+        if upper <= needed:  # the first-order bound proves the decrease: no CG needed
+            return upper, Cost(oracle_calls=1), None
+        _, upper, adjoint = trial_bounds(problem, trial, solution, value, gx, L_g,
+                                         check_mu(problem, trial), SHARE * step * slope,
+                                         q0=linear.q, max_iter=cg_max_iter)
+        # g with its gradient, grad_x h, the local rate
+        return upper, adjoint.cost + Cost(oracle_calls=3), adjoint.q
+
+    return lower_now, accuracy, bracket
