@@ -76,6 +76,23 @@ def trial_bounds(problem, theta, solution, value, gx, L_g, mu, slack, q0=None,
     return lower, upper, linear
 
 
+def _local_rate(problem, theta, hg, mu):
+    """M at the hypergradient's x~ and adjoint (None without a local rate)."""
+    M = problem.hessian_lipschitz_along(theta, hg.lower.x, hg.linear.q,
+                                        hg.linear.residual_norm / mu,
+                                        x_radius=hg.lower.error_bound)
+    return M if M is not None and math.isfinite(M) else None
+
+
+def accuracy_for(problem, theta, hg, decrease):
+    """The lower-level accuracy e at which the second-order slack (M + L_g) e^2 / 2 is
+    ``SHARE`` of ``decrease`` (M read at the hypergradient's x~; 0 without a local rate)."""
+    M = _local_rate(problem, theta, hg, check_mu(problem, theta))
+    if M is None or M + hg.constants.L_g <= 0 or decrease <= 0:
+        return 0.0
+    return math.sqrt(SHARE * decrease / (M + hg.constants.L_g))
+
+
 #: The share of the first-order decrease step <z, d> that each of a trial's two slack terms
 #: may take (the first-order bracket's 'matched' accuracy gives its one term a quarter).
 SHARE = 1 / 32
@@ -95,12 +112,11 @@ def for_search(problem, theta, hg, slope, cg_max_iter, first_order_accuracy):
     mu = check_mu(problem, theta)
     lower_now, _ = corrected_bounds(problem, theta, lower.x, lower.error_bound, hg.upper_value,
                                     hg.upper_grad_norm, linear.q, linear.residual_norm, L_g, mu)
-    M = problem.hessian_lipschitz_along(theta, lower.x, linear.q, linear.residual_norm / mu,
-                                        x_radius=lower.error_bound)
+    M = _local_rate(problem, theta, hg, mu)
 
     def accuracy(step):
         e = first_order_accuracy(step)
-        if M is None or not math.isfinite(M) or M + L_g <= 0:
+        if M is None or M + L_g <= 0:
             return e
         return max(e, math.sqrt(SHARE * step * slope / (M + L_g)))
 
@@ -108,9 +124,11 @@ def for_search(problem, theta, hg, slope, cg_max_iter, first_order_accuracy):
         value, gx, _ = problem.upper_grads(solution.x, trial)
         value = float(problem.parallel.sum(value.detach()))
         gx_norm = problem.parallel.norm(gx)
-        _, upper = upper_bounds(value, gx_norm, solution.error_bound, L_g,
-                                problem.upper_convex_in_x)
-        if upper <= needed:  # the first-order bound proves the decrease: no CG needed
+        lower, upper = upper_bounds(value, gx_norm, solution.error_bound, L_g,
+                                    problem.upper_convex_in_x)
+        # No CG where the first-order bracket decides: it proves the decrease, or F there
+        # provably exceeds what the test needs (no bracket inside it could pass).
+        if upper <= needed or lower > needed:
             return upper, Cost(oracle_calls=1), None
         _, upper, adjoint = trial_bounds(problem, trial, solution, value, gx, L_g,
                                          check_mu(problem, trial), SHARE * step * slope,

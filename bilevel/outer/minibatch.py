@@ -46,6 +46,7 @@ import math
 
 import torch
 
+from .. import value_bracket
 from ..cost import Cost
 from ..hypergradient import (
     bracket_accuracy,
@@ -135,6 +136,10 @@ class MinibatchMAID:
     precondition_eps : float
         P's floor, relative to the largest sqrt(v) (default 1e-3): no entry of P exceeds
         1 / (eps max sqrt(v)), so coordinates whose hypergradient has been zero move too.
+    value_bounds : {'first_order', 'adjoint'}
+        The bounds on F_B in the line search, as MAID's (:mod:`bilevel.value_bracket`):
+        with 'adjoint' the batch's hypergradient and its trials are solved only as far as
+        the second-order bracket needs, its adjoint giving the bracket at theta for free.
 
     Rows hold the common columns (``upper_value``: the batch's g; ``error_bound``: its
     omega; ``step``, ``backtracks``, ``accepted``: the search's) and ``epoch`` (epochs
@@ -168,6 +173,7 @@ class MinibatchMAID:
     precondition: str = "none"
     precondition_beta: float = 0.99
     precondition_eps: float = 1e-3
+    value_bounds: str = "first_order"
 
     def __post_init__(self):
         check_settings(
@@ -185,7 +191,7 @@ class MinibatchMAID:
             average=(lambda v: NONNEGATIVE[0](v) and v < 1, "a number in [0, 1)"),
             precondition=one_of("none", "rmsprop"),
             precondition_beta=(lambda v: NONNEGATIVE[0](v) and v < 1, "a number in [0, 1)"),
-            precondition_eps=POSITIVE)
+            precondition_eps=POSITIVE, value_bounds=one_of("first_order", "adjoint"))
 
     # ------------------------------------------------------------------ batches
     def _layout(self, problem):
@@ -280,7 +286,7 @@ class MinibatchMAID:
             target = self.rel_error * margin
             floor = max(self.eps_min, certifiable_accuracy(problem, theta, hg.lower.x))
             need = math.inf if first is None or z_norm == 0 else \
-                _matched(hg, first(d) * slope)
+                self._needed(problem, theta, hg, first(d) * slope)
             descent = not certify or omega <= target
             if (descent and hg.lower.error_bound <= need) or eps <= floor \
                     or not (hg.lower.converged and hg.linear.converged):
@@ -291,6 +297,15 @@ class MinibatchMAID:
                 eps = min(eps, self.nu * need)
             eps = max(eps, floor)
         return hg, eps, delta, refinements, spent
+
+    def _needed(self, problem, theta, hg, decrease):
+        """The lower-level accuracy at theta at which its bound on F leaves the first trial's
+        ``decrease`` visible: MAID's 'matched' one, or with ``value_bounds='adjoint'`` the
+        looser one of the second-order bracket (:func:`bilevel.value_bracket.accuracy_for`)."""
+        need = _matched(hg, decrease)
+        if self.value_bounds == "adjoint":
+            need = max(need, value_bracket.accuracy_for(problem, theta, hg, decrease))
+        return need
 
     # ------------------------------------------------------------------ one step
     def update(self, problem, state):
@@ -373,12 +388,18 @@ class MinibatchMAID:
         or the first one only (step='schedule', alpha0=None: the step found is the
         schedule's alpha0)."""
         L_g = hg.constants.L_g
-        lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm, hg.lower.error_bound,
-                                    L_g, batch.upper_convex_in_x)
+        accuracy = lambda step: max(hg.lower.error_bound, _matched(hg, step * slope))  # noqa: E731
+        bracket = None
+        if self.value_bounds == "adjoint":
+            lower_now, accuracy, bracket = value_bracket.for_search(
+                batch, state.theta, hg, slope, self.cg_max_iter, accuracy)
+        else:
+            lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm,
+                                        hg.lower.error_bound, L_g, batch.upper_convex_in_x)
         search = certified_line_search(
             batch, state.theta, d, slope, first=first, rho=0.5,
             backtracks=self.max_backtracks, lam=self.lam, lower_now=lower_now,
-            accuracy=lambda step: max(hg.lower.error_bound, _matched(hg, step * slope)),
+            accuracy=accuracy, bracket=bracket,
             L_g=L_g, x0=hg.lower.x, lower_max_iter=self.lower_max_iter,
             smoothness=state.smoothness, max_conditioning_growth=self.max_conditioning_growth)
         spent = spent + search.cost
