@@ -88,3 +88,23 @@ def test_maid_with_adjoint_value_bounds_proves_true_decreases(name):
     assert F < F0 and F <= accepted[-1]["next_upper_bound"]
     with pytest.raises(ValueError, match="value_bounds"):
         bilevel.outer.make_method("maid", value_bounds="second")
+
+
+def test_minibatch_with_adjoint_value_bounds_and_its_final_check():
+    """maid_sgd with value_bounds='adjoint': every accepted batch step certified; the final
+    check's second-order bracket holds the reference F at the returned theta, within the
+    relative half-width asked."""
+    problem = bilevel.make_problem(
+        "weakly_convex_ridge", **dict(bilevel.registry.get_entry("weakly_convex_ridge")
+                                      .test_params, n_images=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+        result = bilevel.solve(problem, "maid_sgd", max_iter=6, batch_size=2, alpha0=0.05,
+                               value_bounds="adjoint", final_check="loss")
+    assert any(row["accepted"] for row in result.history)
+    check = result.state.final_check
+    F = reference_solution(problem, result.theta).value
+    assert check["lower_bound"] <= F <= check["upper_bound"]
+    assert check["upper_bound"] - check["lower_bound"] <= 2e-5 * abs(F)
+    with pytest.raises(ValueError, match="value_bounds"):
+        bilevel.outer.make_method("maid_sgd", value_bounds="exact")
