@@ -130,6 +130,14 @@ def upper_value(problem, x, theta):
     return float(problem.parallel.sum(value.detach())), problem.parallel.norm(gx)
 
 
+def adjoint_solve(problem, theta, x, gx, q0=None, *, tol, max_iter=10_000) -> CGResult:
+    """CG on A(x~) q = grad_x g(x~) to ||A q~ - grad_x g|| <= ``tol``: the adjoint, over
+    data-parallel ranks, with the problem's preconditioner."""
+    return conjugate_gradient(lambda v: problem.lower_hvp(x, theta, v), gx, q0, tol=tol,
+                              max_iter=max_iter, dot=problem.parallel.dot,
+                              preconditioner=problem.lower_preconditioner(theta, x))
+
+
 def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_iter=10_000,
                   cg_max_iter=10_000, constants=None, smoothness=None) -> Hypergradient:
     """Inexact hypergradient of F at theta with accuracies (eps, delta).
@@ -171,10 +179,7 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
                       "grad_x h): the lower-level certificate stalled above it",
                       AccuracyWarning, stacklevel=2)
     value, gx, gt = problem.upper_grads(x, theta)
-    linear = conjugate_gradient(lambda v: problem.lower_hvp(x, theta, v), gx, q0,
-                                tol=delta, max_iter=cg_max_iter,
-                                dot=problem.parallel.dot,
-                                preconditioner=problem.lower_preconditioner(theta, x))
+    linear = adjoint_solve(problem, theta, x, gx, q0, tol=delta, max_iter=cg_max_iter)
     # Over data-parallel ranks, g and the theta-gradient are sums of the ranks' parts.
     grad = problem.parallel.sum(gt - problem.mixed_vjp(x, theta, linear.q))
     value = problem.parallel.sum(value.detach())

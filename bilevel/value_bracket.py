@@ -26,25 +26,27 @@ import math
 
 from .contract import check_mu
 from .cost import Cost
-from .hypergradient import upper_bounds
-from .linalg import conjugate_gradient
+from .hypergradient import adjoint_solve, upper_bounds
+
+#: The share of the first-order decrease step <z, d> that each of a trial's two slack terms
+#: may take (the first-order bracket's 'matched' accuracy gives its one term a quarter).
+SHARE = 1 / 32
 
 
-def corrected_bounds(problem, theta, x, error_bound, value, gx_norm, q, residual, L_g, mu,
+def corrected_bounds(problem, theta, x, error_bound, value, gx_norm, q, residual, L_g, mu, M,
                      r=None):
     """(lower, upper) certified bounds on g(x*(theta)) (module docstring).
 
     ``x``: x~ with ||x~ - x*|| <= ``error_bound``; ``value``, ``gx_norm``: g(x~) and
     ||grad_x g(x~)|| (summed over data-parallel ranks); ``q``: the adjoint at x~ with
-    certified residual ``residual`` (None: the first-order bracket); ``mu``: the certified
-    strong convexity at theta; ``r``: grad_x h(x~), if at hand.
+    certified residual ``residual``; ``mu``: the certified strong convexity at theta; ``M``:
+    the problem's ``hessian_lipschitz_along(theta, x, q, residual / mu, x_radius=error_bound)``
+    (None, or ``q`` None: the first-order bracket); ``r``: grad_x h(x~), if at hand.
     """
     convex = problem.upper_convex_in_x
     first = upper_bounds(value, gx_norm, error_bound, L_g, convex)
-    if q is None or not all(math.isfinite(v) for v in (error_bound, residual, value)):
-        return first
-    M = problem.hessian_lipschitz_along(theta, x, q, residual / mu, x_radius=error_bound)
-    if M is None or not math.isfinite(M):
+    if q is None or M is None or not all(math.isfinite(v) for v in (error_bound, residual,
+                                                                     value, M)):
         return first
     r = problem.lower_grad(x, theta) if r is None else r
     parallel = problem.parallel
@@ -58,81 +60,70 @@ def corrected_bounds(problem, theta, x, error_bound, value, gx_norm, q, residual
     return max(first[0], lower), min(first[1], upper)
 
 
+def hypergradient_bounds(problem, theta, hg):
+    """:func:`corrected_bounds` from a hypergradient's own x~, adjoint and local rate M
+    (``hg.hessian_along``, computed for omega at the same balls): no new solve or rate."""
+    return corrected_bounds(problem, theta, hg.lower.x, hg.lower.error_bound, hg.upper_value,
+                            hg.upper_grad_norm, hg.linear.q, hg.linear.residual_norm,
+                            hg.constants.L_g, check_mu(problem, theta), hg.hessian_along)
+
+
 def trial_bounds(problem, theta, solution, value, gx, L_g, mu, slack, q0=None,
                  max_iter=10_000):
     """(lower, upper, adjoint CG result) at a line-search trial: the adjoint solved to the
-    residual at which its term rho ||r|| / mu is ``slack``, then
+    residual at which its term rho ||r|| / mu is ``slack``, its local rate, then
     :func:`corrected_bounds`.  The CG result warm-starts the next hypergradient there."""
     x, e = solution.x, solution.error_bound
     r = problem.lower_grad(x, theta)
-    r_norm = problem.parallel.norm(r)
-    tol = slack * mu / r_norm if r_norm > 0 else math.inf
-    tol = min(tol, problem.parallel.norm(gx))  # at least the zero start's residual
-    linear = conjugate_gradient(lambda v: problem.lower_hvp(x, theta, v), gx, q0, tol=tol,
-                                max_iter=max_iter, dot=problem.parallel.dot,
-                                preconditioner=problem.lower_preconditioner(theta, x))
-    lower, upper = corrected_bounds(problem, theta, x, e, value, problem.parallel.norm(gx),
-                                    linear.q, linear.residual_norm, L_g, mu, r=r)
+    r_norm, gx_norm = problem.parallel.norm(r), problem.parallel.norm(gx)
+    tol = min(slack * mu / r_norm if r_norm > 0 else math.inf,
+              gx_norm)  # at least the zero start's residual
+    linear = adjoint_solve(problem, theta, x, gx, q0, tol=tol, max_iter=max_iter)
+    M = problem.hessian_lipschitz_along(theta, x, linear.q, linear.residual_norm / mu,
+                                        x_radius=e)
+    lower, upper = corrected_bounds(problem, theta, x, e, value, gx_norm, linear.q,
+                                    linear.residual_norm, L_g, mu, M, r=r)
     return lower, upper, linear
 
 
-def _local_rate(problem, theta, hg, mu):
-    """M at the hypergradient's x~ and adjoint (None without a local rate)."""
-    M = problem.hessian_lipschitz_along(theta, hg.lower.x, hg.linear.q,
-                                        hg.linear.residual_norm / mu,
-                                        x_radius=hg.lower.error_bound)
-    return M if M is not None and math.isfinite(M) else None
-
-
-def accuracy_for(problem, theta, hg, decrease):
+def accuracy_for(hg, decrease):
     """The lower-level accuracy e at which the second-order slack (M + L_g) e^2 / 2 is
-    ``SHARE`` of ``decrease`` (M read at the hypergradient's x~; 0 without a local rate)."""
-    M = _local_rate(problem, theta, hg, check_mu(problem, theta))
-    if M is None or M + hg.constants.L_g <= 0 or decrease <= 0:
+    ``SHARE`` of ``decrease``, M the hypergradient's local rate (0 without one)."""
+    M, L_g = hg.hessian_along, hg.constants.L_g
+    if M is None or not math.isfinite(M) or M + L_g <= 0 or decrease <= 0:
         return 0.0
-    return math.sqrt(SHARE * decrease / (M + hg.constants.L_g))
-
-
-#: The share of the first-order decrease step <z, d> that each of a trial's two slack terms
-#: may take (the first-order bracket's 'matched' accuracy gives its one term a quarter).
-SHARE = 1 / 32
+    return math.sqrt(SHARE * decrease / (M + L_g))
 
 
 def for_search(problem, theta, hg, slope, cg_max_iter, first_order_accuracy):
     """What MAID's line search needs for ``value_bounds='adjoint'``: (the certified lower
     bound on F(theta), trial accuracy (step -> e), the trial bracket (theta+, solution,
-    step) -> (upper bound on F(theta+), Cost, adjoint)).
+    step, the bound the test needs) -> (upper bound on F(theta+), Cost, adjoint or None)).
 
-    At theta the bracket comes from the hypergradient's own adjoint.  A trial's lower level
-    is solved to the looser of ``first_order_accuracy(step)`` and the e at which
-    (M + L_g) e^2 / 2 is ``SHARE`` of the first-order decrease step <z, d> (M read at
-    theta), its adjoint to the residual at which rho ||r|| / mu is as much.
+    At theta the bracket comes from the hypergradient (:func:`hypergradient_bounds`).  A
+    trial's lower level is solved to the looser of ``first_order_accuracy(step)`` and
+    :func:`accuracy_for` the first-order decrease step <z, d> (M read at theta), its adjoint
+    to the residual at which rho ||r|| / mu is ``SHARE`` of it too -- only where the
+    first-order bracket does not already decide the test.
     """
-    L_g, lower, linear = hg.constants.L_g, hg.lower, hg.linear
-    mu = check_mu(problem, theta)
-    lower_now, _ = corrected_bounds(problem, theta, lower.x, lower.error_bound, hg.upper_value,
-                                    hg.upper_grad_norm, linear.q, linear.residual_norm, L_g, mu)
-    M = _local_rate(problem, theta, hg, mu)
+    L_g, convex = hg.constants.L_g, problem.upper_convex_in_x
+    lower_now, _ = hypergradient_bounds(problem, theta, hg)
 
     def accuracy(step):
-        e = first_order_accuracy(step)
-        if M is None or M + L_g <= 0:
-            return e
-        return max(e, math.sqrt(SHARE * step * slope / (M + L_g)))
+        return max(first_order_accuracy(step), accuracy_for(hg, step * slope))
 
     def bracket(trial, solution, step, needed):
         value, gx, _ = problem.upper_grads(solution.x, trial)
         value = float(problem.parallel.sum(value.detach()))
-        gx_norm = problem.parallel.norm(gx)
-        lower, upper = upper_bounds(value, gx_norm, solution.error_bound, L_g,
-                                    problem.upper_convex_in_x)
+        lower, upper = upper_bounds(value, problem.parallel.norm(gx), solution.error_bound,
+                                    L_g, convex)
         # No CG where the first-order bracket decides: it proves the decrease, or F there
         # provably exceeds what the test needs (no bracket inside it could pass).
         if upper <= needed or lower > needed:
             return upper, Cost(oracle_calls=1), None
         _, upper, adjoint = trial_bounds(problem, trial, solution, value, gx, L_g,
                                          check_mu(problem, trial), SHARE * step * slope,
-                                         q0=linear.q, max_iter=cg_max_iter)
+                                         q0=hg.linear.q, max_iter=cg_max_iter)
         # g with its gradient, grad_x h, the local rate
         return upper, adjoint.cost + Cost(oracle_calls=3), adjoint.q
 

@@ -106,6 +106,12 @@ def fft_rounding(dtype) -> float:
     return max(1e-12, 100 * torch.finfo(dtype).eps)
 
 
+def grid_factor(d, n) -> float:
+    """sup sigma <= max over the n x n DFT grid times this, for a nonnegative symbol of
+    degree d in each frequency (the second-order argument of :func:`symbol_bound`)."""
+    return 1.0 / (1.0 - 2.0 * (math.pi * d / n) ** 2)
+
+
 def symbol_bound(kernels: torch.Tensor) -> torch.Tensor:
     r"""Certified sup over frequencies of the symbols of autocorrelation-type kernels (K,).
 
@@ -131,7 +137,7 @@ def symbol_bound(kernels: torch.Tensor) -> torch.Tensor:
         return l1
     n = 1 << max(6, math.ceil(math.log2(16 * math.pi * d)))
     grid = torch.stack([torch.fft.rfft2(k, s=(n, n)).abs().amax() for k in kernels.unbind(0)])
-    fourier = grid / (1 - 2 * (math.pi * d / n) ** 2) + fft_rounding(kernels.dtype) * l1
+    fourier = grid * grid_factor(d, n) + fft_rounding(kernels.dtype) * l1
     return torch.minimum(fourier, l1)
 
 
@@ -164,8 +170,7 @@ def smooth_symbol_bound(kernel: torch.Tensor, smoothing: float = 0.02) -> torch.
     sigma = torch.fft.rfft2(grid).real.flatten()
     T = smoothing * k0 / math.log(sigma.numel())
     soft = T * torch.logsumexp(sigma / T, dim=0)
-    return (soft / (1 - 2 * (math.pi * d / n) ** 2)
-            + fft_rounding(kernel.dtype) * size ** 2 * k0)
+    return soft * grid_factor(d, n) + fft_rounding(kernel.dtype) * size ** 2 * k0
 
 
 def operator_norm_bounds(auto: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from bilevel.contract import check_mu
 from bilevel.hypergradient import upper_bounds
 from bilevel.linalg import conjugate_gradient
 from bilevel.reference import reference_solution
-from bilevel.value_bracket import corrected_bounds, trial_bounds
+from bilevel.value_bracket import corrected_bounds, hypergradient_bounds, trial_bounds
 
 PROBLEMS = ["tv_denoising", "weakly_convex_ridge", "ridge_regularizer", "fields_of_experts",
             "logistic_regression", "reconstruction", "quadratic"]
@@ -37,9 +37,11 @@ def test_bracket_holds_the_true_value_and_is_never_wider(case, eps, residual):
                          problem.upper_convex_in_x)
     cg = conjugate_gradient(lambda v: problem.lower_hvp(sol.x, theta, v), gx,
                             tol=residual * float(gx.norm()), max_iter=10_000)
+    mu = check_mu(problem, theta)
+    M = problem.hessian_lipschitz_along(theta, sol.x, cg.q, cg.residual_norm / mu,
+                                        x_radius=sol.error_bound)
     low, high = corrected_bounds(problem, theta, sol.x, sol.error_bound, value,
-                                 float(gx.norm()), cg.q, cg.residual_norm, L_g,
-                                 check_mu(problem, theta))
+                                 float(gx.norm()), cg.q, cg.residual_norm, L_g, mu, M)
     assert low <= F <= high
     assert first[0] <= low and high <= first[1]
     if problem.name != "quadratic" and eps == 1e-4 and residual == 1e-4:
@@ -60,7 +62,7 @@ def test_trial_bounds_solve_the_adjoint_to_the_slack(case):
     assert linear.residual_norm * float(r.norm()) / mu <= slack * (1 + 1e-9)
 
 
-def test_without_a_local_rate_or_adjoint_it_is_the_first_order_bracket():
+def test_without_an_adjoint_or_a_local_rate_it_is_the_first_order_bracket():
     problem = bilevel.make_problem("tv_denoising",
                                    **bilevel.registry.get_entry("tv_denoising").test_params)
     theta = problem.initial_theta()
@@ -69,8 +71,27 @@ def test_without_a_local_rate_or_adjoint_it_is_the_first_order_bracket():
     args = (problem, theta, sol.x, sol.error_bound, float(value), float(gx.norm()))
     first = upper_bounds(float(value), float(gx.norm()), sol.error_bound, 1.0,
                          problem.upper_convex_in_x)
-    assert corrected_bounds(*args, None, 0.0, 1.0, 1.0) == first
-    assert corrected_bounds(*args, gx, math.inf, 1.0, 1.0) == first
+    assert corrected_bounds(*args, None, 0.0, 1.0, 1.0, 5.0) == first  # no adjoint
+    assert corrected_bounds(*args, gx, math.inf, 1.0, 1.0, 5.0) == first  # no residual
+    assert corrected_bounds(*args, gx, 0.0, 1.0, 1.0, None) == first  # no local rate
+
+
+@pytest.mark.parametrize("eps", [1e-2, 1e-5])
+def test_a_hypergradient_brackets_F_with_its_own_adjoint_and_rate(case, eps):
+    """hypergradient_bounds reads hg's x~, adjoint and hessian_along (no new rate): it holds
+    the reference F and matches the bracket built from a freshly computed rate."""
+    problem, theta, F = case
+    hg = bilevel.hypergradient(problem, theta, eps, eps)
+    low, high = hypergradient_bounds(problem, theta, hg)
+    assert low <= F <= high
+    mu = check_mu(problem, theta)
+    M = problem.hessian_lipschitz_along(theta, hg.lower.x, hg.linear.q,
+                                        hg.linear.residual_norm / mu,
+                                        x_radius=hg.lower.error_bound)
+    fresh = corrected_bounds(problem, theta, hg.lower.x, hg.lower.error_bound, hg.upper_value,
+                             hg.upper_grad_norm, hg.linear.q, hg.linear.residual_norm,
+                             hg.constants.L_g, mu, M)
+    assert (low, high) == pytest.approx(fresh, rel=1e-12, abs=1e-15)
 
 
 @pytest.mark.parametrize("name", ["tv_denoising", "weakly_convex_ridge"])

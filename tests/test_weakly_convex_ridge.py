@@ -359,3 +359,27 @@ def test_split_filters_keep_h_and_start_active(problem, convex):
             embed(big, source, theta, **bad)
     with pytest.raises(ValueError, match="twice as many"):
         embed(source, source, theta, split=0.1)
+
+
+def test_the_numbers_the_docs_quote_for_the_floor_bounds():
+    """On the committed models: the 48x7x7 bank's Lambda is 30.2 (l1) against 20.4 for the
+    smoothed symbol bound, whose sup on a 4096^2 grid is 20.1 (docs/problems.md); on
+    wcrr_rho095_sigma25 the certified mu is 0.59 and the symbol's sup 0.65 Lambda
+    (WeaklyConvexRidge.strong_convexity's docstring)."""
+    from pathlib import Path
+
+    runs = Path(__file__).resolve().parents[1] / "results/denoisers"
+    big = bilevel.load(runs / "wcrr48x7_rho095_sigma25")
+    C = big.problem.filters(big.theta).flatten(1)
+    A = filter_bank.autocorrelations(C, 7).sum(dim=0)
+    assert float(big.problem.kernel_bound(C)) == pytest.approx(30.2, abs=0.05)
+    assert float(filter_bank.smooth_symbol_bound(A)) == pytest.approx(20.4, abs=0.05)
+    assert float(torch.fft.rfft2(A, s=(4096, 4096)).abs().amax()) == pytest.approx(20.1,
+                                                                                   abs=0.05)
+    model = bilevel.load(runs / "wcrr_rho095_sigma25")
+    C = model.problem.filters(model.theta).flatten(1)
+    A = filter_bank.autocorrelations(C, 5).sum(dim=0)
+    ratio = float(filter_bank.symbol_bound(A.unsqueeze(0))[0]) / float(
+        model.problem.kernel_bound(C))
+    assert model.problem.strong_convexity(model.theta) == pytest.approx(0.59, abs=0.005)
+    assert ratio == pytest.approx(0.65, abs=0.005)

@@ -27,10 +27,9 @@ import time
 
 import torch
 
-from ..contract import check_mu
 from ..cost import Cost
 from ..hypergradient import certifiable_accuracy, hypergradient, upper_value
-from ..value_bracket import corrected_bounds
+from ..value_bracket import hypergradient_bounds
 from .base import degenerate, finite, norm, warm
 
 #: The first accuracy of the 'loss' check, as a multiple of the first-order guess
@@ -99,7 +98,7 @@ def _check(method, problem, state, theta):
                                              state.smoothness, True, None)
     else:
         hg, spent = _bracketed(method, problem, theta, scale * method.eps0, state)
-    low, high = _bracket(problem, theta, hg)
+    low, high = hypergradient_bounds(problem, theta, hg)
     return dict(upper_value=hg.upper_value, lower_bound=low, upper_bound=high,
                 grad_norm=norm(hg.grad), error_bound=hg.error_bound,
                 certified=hg.certified, refined=refine, eps=hg.lower.error_bound,
@@ -118,12 +117,6 @@ def _reported(progress, name, check, *args):
           f"{bounds['upper_bound']:.6g}], {spent.total} lower + CG iterations, "
           f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return bounds, spent
-
-
-def _bracket(problem, theta, hg):
-    return corrected_bounds(problem, theta, hg.lower.x, hg.lower.error_bound, hg.upper_value,
-                            hg.upper_grad_norm, hg.linear.q, hg.linear.residual_norm,
-                            hg.constants.L_g, check_mu(problem, theta))
 
 
 def _bracketed(method, problem, theta, loosest, state):
@@ -145,7 +138,7 @@ def _bracketed(method, problem, theta, loosest, state):
                            lower_max_iter=method.lower_max_iter, cg_max_iter=method.cg_max_iter)
         spent, L = spent + hg.cost, hg.lower.smoothness or L
         x0, q0 = warm(hg.lower.x), warm(hg.linear.q)
-        low, high = _bracket(problem, theta, hg)
+        low, high = hypergradient_bounds(problem, theta, hg)
         budget = method.final_loss_rtol * abs(hg.upper_value)
         floor = max(method.eps_min, certifiable_accuracy(problem, theta, hg.lower.x))
         if 0.5 * (high - low) <= budget or not finite(high - low) or eps <= floor \

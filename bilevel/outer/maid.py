@@ -356,15 +356,14 @@ class MAID:
         # Step 2: backtracking with certified bounds on F at both ends.
         L_g = hg.constants.L_g
         slope = float(torch.dot(z, Hz))  # <z, H z> > 0
+        accuracy = lambda step: self._trial_accuracy(eps, step * slope, hg)  # noqa: E731
+        bracket = None
         if self.value_bounds == "adjoint":
             lower_now, accuracy, bracket = value_bracket.for_search(
-                problem, state.theta, hg, slope, self.cg_max_iter,
-                lambda step: self._trial_accuracy(eps, step * slope, hg))
+                problem, state.theta, hg, slope, self.cg_max_iter, accuracy)
         else:
             lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm,
                                         hg.lower.error_bound, L_g, problem.upper_convex_in_x)
-            bracket = None
-            accuracy = lambda step: self._trial_accuracy(eps, step * slope, hg)  # noqa: E731
         first = self._first_step(state, memory, z)
         search = certified_line_search(
             problem, state.theta, Hz, slope, first=first,

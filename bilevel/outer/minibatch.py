@@ -286,7 +286,7 @@ class MinibatchMAID:
             target = self.rel_error * margin
             floor = max(self.eps_min, certifiable_accuracy(problem, theta, hg.lower.x))
             need = math.inf if first is None or z_norm == 0 else \
-                self._needed(problem, theta, hg, first(d) * slope)
+                self._needed(hg, first(d) * slope)
             descent = not certify or omega <= target
             if (descent and hg.lower.error_bound <= need) or eps <= floor \
                     or not (hg.lower.converged and hg.linear.converged):
@@ -298,13 +298,13 @@ class MinibatchMAID:
             eps = max(eps, floor)
         return hg, eps, delta, refinements, spent
 
-    def _needed(self, problem, theta, hg, decrease):
+    def _needed(self, hg, decrease):
         """The lower-level accuracy at theta at which its bound on F leaves the first trial's
         ``decrease`` visible: MAID's 'matched' one, or with ``value_bounds='adjoint'`` the
         looser one of the second-order bracket (:func:`bilevel.value_bracket.accuracy_for`)."""
         need = _matched(hg, decrease)
         if self.value_bounds == "adjoint":
-            need = max(need, value_bracket.accuracy_for(problem, theta, hg, decrease))
+            need = max(need, value_bracket.accuracy_for(hg, decrease))
         return need
 
     # ------------------------------------------------------------------ one step
