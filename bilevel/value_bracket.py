@@ -95,8 +95,8 @@ def accuracy_for(hg, decrease):
     return math.sqrt(SHARE * decrease / (M + L_g))
 
 
-def for_search(problem, theta, hg, slope, cg_max_iter, first_order_accuracy):
-    """What MAID's line search needs for ``value_bounds='adjoint'``: (the certified lower
+def for_search(problem, theta, hg, slope, cg_max_iter, first_order_accuracy, way="adjoint"):
+    """What the certified line search needs (MAID's and maid_sgd's): (the certified lower
     bound on F(theta), trial accuracy (step -> e), the trial bracket (theta+, solution,
     step, the bound the test needs) -> (upper bound on F(theta+), Cost, adjoint or None)).
 
@@ -104,9 +104,15 @@ def for_search(problem, theta, hg, slope, cg_max_iter, first_order_accuracy):
     trial's lower level is solved to the looser of ``first_order_accuracy(step)`` and
     :func:`accuracy_for` the first-order decrease step <z, d> (M read at theta), its adjoint
     to the residual at which rho ||r|| / mu is ``SHARE`` of it too -- only where the
-    first-order bracket does not already decide the test.
+    first-order bracket does not already decide the test.  ``way='first_order'`` (the
+    outer methods' ``value_bounds``): the first-order lower bound, ``first_order_accuracy``
+    and no bracket (the search's own first-order bound).
     """
     L_g, convex = hg.constants.L_g, problem.upper_convex_in_x
+    if way == "first_order":
+        lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm, hg.lower.error_bound,
+                                    L_g, convex)
+        return lower_now, first_order_accuracy, None
     lower_now, _ = hypergradient_bounds(problem, theta, hg)
 
     def accuracy(step):

@@ -21,7 +21,7 @@ import torch
 
 from .. import value_bracket
 from ..cost import Cost
-from ..hypergradient import bracket_accuracy, certifiable_accuracy, hypergradient, upper_bounds
+from ..hypergradient import bracket_accuracy, certifiable_accuracy, hypergradient
 from . import quasi_newton
 from .base import (
     AT_LEAST_ONE,
@@ -356,14 +356,9 @@ class MAID:
         # Step 2: backtracking with certified bounds on F at both ends.
         L_g = hg.constants.L_g
         slope = float(torch.dot(z, Hz))  # <z, H z> > 0
-        accuracy = lambda step: self._trial_accuracy(eps, step * slope, hg)  # noqa: E731
-        bracket = None
-        if self.value_bounds == "adjoint":
-            lower_now, accuracy, bracket = value_bracket.for_search(
-                problem, state.theta, hg, slope, self.cg_max_iter, accuracy)
-        else:
-            lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm,
-                                        hg.lower.error_bound, L_g, problem.upper_convex_in_x)
+        lower_now, accuracy, bracket = value_bracket.for_search(
+            problem, state.theta, hg, slope, self.cg_max_iter,
+            lambda step: self._trial_accuracy(eps, step * slope, hg), self.value_bounds)
         first = self._first_step(state, memory, z)
         search = certified_line_search(
             problem, state.theta, Hz, slope, first=first,

@@ -52,7 +52,6 @@ from ..hypergradient import (
     bracket_accuracy,
     certifiable_accuracy,
     hypergradient,
-    upper_bounds,
 )
 from ..problem import NOT_SAMPLE_SEPARABLE, BilevelProblem
 from . import final_check as _final
@@ -388,14 +387,10 @@ class MinibatchMAID:
         or the first one only (step='schedule', alpha0=None: the step found is the
         schedule's alpha0)."""
         L_g = hg.constants.L_g
-        accuracy = lambda step: max(hg.lower.error_bound, _matched(hg, step * slope))  # noqa: E731
-        bracket = None
-        if self.value_bounds == "adjoint":
-            lower_now, accuracy, bracket = value_bracket.for_search(
-                batch, state.theta, hg, slope, self.cg_max_iter, accuracy)
-        else:
-            lower_now, _ = upper_bounds(hg.upper_value, hg.upper_grad_norm,
-                                        hg.lower.error_bound, L_g, batch.upper_convex_in_x)
+        lower_now, accuracy, bracket = value_bracket.for_search(
+            batch, state.theta, hg, slope, self.cg_max_iter,
+            lambda step: max(hg.lower.error_bound, _matched(hg, step * slope)),
+            self.value_bounds)
         search = certified_line_search(
             batch, state.theta, d, slope, first=first, rho=0.5,
             backtracks=self.max_backtracks, lam=self.lam, lower_now=lower_now,
