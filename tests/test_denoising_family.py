@@ -79,6 +79,27 @@ def test_filters_are_zero_mean_and_the_adjoint_is_exact():
     assert torch.equal(cols, torch.nn.functional.unfold(x.unsqueeze(1), s))
 
 
+def test_the_bank_image_by_image_equals_one_batched_call():
+    """On the CPU the bank runs one image at a time (speed); the responses, the adjoint and
+    their derivatives in the filters are those of one batched conv2d / conv_transpose2d."""
+    C, s = _bank(K=4, s=5)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 12, 10, generator=gen, dtype=torch.float64)
+    z = torch.randn(3, 4, 8, 6, generator=gen, dtype=torch.float64)
+    conv = torch.nn.functional
+    for ours, batched, data in [
+            (filter_bank.correlate, lambda d, c: conv.conv2d(d[:, None], c.view(-1, 1, s, s)), x),
+            (filter_bank.correlate_adjoint,
+             lambda d, c: conv.conv_transpose2d(d, c.view(-1, 1, s, s))[:, 0], z)]:
+        weights = C.clone().requires_grad_(True)
+        out, ref = ours(data, weights, s), batched(data, weights)
+        assert torch.equal(out, ref)
+        probe = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+        (g_ours,) = torch.autograd.grad(torch.sum(out * probe), weights)
+        (g_ref,) = torch.autograd.grad(torch.sum(ref * probe), weights)
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-13, atol=1e-13)
+
+
 def test_norm_bounds_dominate_the_operators():
     C, s = _bank(K=2, s=4)
     auto = filter_bank.autocorrelations(C, s)
