@@ -75,7 +75,8 @@ def _image_by_image(op, batch: torch.Tensor, weight: torch.Tensor) -> torch.Tens
     # On the CPU, float64 conv2d / conv_transpose2d over a batch of N images ran 2 to 4 times
     # slower than N calls on one image each for 9x9 to 13x13 filters on 56x56 to 64x64
     # crops (torch 2.13; benchmarks/filter_bank_speed.py): the batch's im2col buffer falls
-    # out of cache.  On a GPU one batched call is the fast path.
+    # out of cache.  Elsewhere the batch stays one call: on a GPU a loop would serialise
+    # N small launches (not measured: no GPU was lent to the stop that made this change).
     if batch.device.type != "cpu" or batch.shape[0] == 1:
         return op(batch, weight)
     return torch.cat([op(one, weight) for one in batch.split(1)])
