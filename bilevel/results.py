@@ -253,7 +253,7 @@ def load_run(run_dir) -> tuple[list, dict, torch.Tensor]:
 
 def _load_rows(path: Path) -> list[dict]:
     if not path.is_file():
-        raise CorruptRunError(path.parent, "no data.csv")
+        raise CorruptRunError(path.parent, f"no {path.name}")
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)

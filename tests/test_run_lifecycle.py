@@ -26,7 +26,7 @@ from bilevel.checkpoint import (
     problem_fingerprint,
     save_checkpoint,
 )
-from bilevel.results import CorruptRunError, load_run, plot_run, write_csv
+from bilevel.results import CorruptRunError, RunFolder, load_run, plot_run, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = "quadratic[n=60,m=3,distribution=normal]"
@@ -351,3 +351,11 @@ def test_d15_data_csv_is_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_csv(path, [dict(a=3, b=4)])
     assert path.read_text().splitlines() == ["a,b", "1,2"]
+
+
+def test_a_missing_table_is_named_in_the_error(tmp_path):
+    """Reading a table a folder lacks names that table, whichever it is (per_image.csv of
+    an evaluation once read 'no data.csv')."""
+    folder = RunFolder(tmp_path)
+    with pytest.raises(CorruptRunError, match="no per_image.csv"):
+        folder.read_rows("per_image.csv")
