@@ -82,6 +82,26 @@ def _image_by_image(op, batch: torch.Tensor, weight: torch.Tensor) -> torch.Tens
     return torch.cat([op(one, weight) for one in batch.split(1)])
 
 
+#: On the CPU, terms over a bank's responses go through groups of samples whose responses
+#: fill about this many entries (4 MiB of float64): the group's responses then stay in cache.
+#: A Hessian-vector product of the 24x11x11 ridge on 800 crops of 60x60 took 3.8 ms a crop
+#: in one piece, 2.4 to 2.7 in groups of 2 to 20 (torch 2.13, this project's CPU).
+CPU_RESPONSES = 2 ** 19
+
+
+def by_samples(fn, K: int, s: int, *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn(*tensors)``, computed on groups of samples (dim 0 of each tensor, images (N, H, W)
+    first) and concatenated: the same values where each sample's term is computed alone, as
+    the bank's are.  Elsewhere than on the CPU, one call."""
+    first = tensors[0]
+    n, h, w = first.shape
+    step = max(1, CPU_RESPONSES // (K * max(h - s + 1, 1) * max(w - s + 1, 1)))
+    if first.device.type != "cpu" or n <= step:
+        return fn(*tensors)
+    groups = zip(*(t.split(step) for t in tensors), strict=True)
+    return torch.cat([fn(*group) for group in groups])
+
+
 def correlate(x: torch.Tensor, filters: torch.Tensor, s: int) -> torch.Tensor:
     """K x: the responses (N, K, H - s + 1, W - s + 1) of images x (N, H, W)."""
     return _image_by_image(F.conv2d, x.unsqueeze(1), filters.view(-1, 1, s, s))

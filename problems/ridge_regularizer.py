@@ -205,8 +205,12 @@ class RidgeRegularizer(RidgeBounds, DenoisingProblem):
         """grad_x h as a torch function of theta (differentiable in theta)."""
         alpha, C, slopes, _ = self.params(theta)
         tables = potential_tables(slopes, self.x_range)
-        (d1,) = evaluate_potential(self._conv(x, C), tables, self.x_range, (1,))
-        return x - self.noisy + alpha * self._conv_adjoint(d1, C)
+
+        def regularizer_grad(xs):
+            (d1,) = evaluate_potential(self._conv(xs, C), tables, self.x_range, (1,))
+            return self._conv_adjoint(d1, C)
+        return x - self.noisy + alpha * filter_bank.by_samples(regularizer_grad, self.K,
+                                                               self.s, x)
 
     # ------------------------------------------------------------ the contract
     def lower_objective(self, x, theta):
@@ -241,8 +245,11 @@ class RidgeRegularizer(RidgeBounds, DenoisingProblem):
         with torch.no_grad():
             alpha, C, slopes, _ = self.params(theta)
             tables = potential_tables(slopes, self.x_range)
-            (d2,) = evaluate_potential(self._conv(x, C), tables, self.x_range, (2,))
-            return v + alpha * self._conv_adjoint(d2 * self._conv(v, C), C)
+
+            def curvature(xs, vs):
+                (d2,) = evaluate_potential(self._conv(xs, C), tables, self.x_range, (2,))
+                return self._conv_adjoint(d2 * self._conv(vs, C), C)
+            return v + alpha * filter_bank.by_samples(curvature, self.K, self.s, x, v)
 
     def mixed_vjp(self, x, theta, w):
         with torch.enable_grad():

@@ -221,3 +221,22 @@ def test_denoise_pads_by_mirroring(spec):
     torch.testing.assert_close(x, full[:, 2:-2, 2:-2], rtol=0, atol=4e-8)
     with pytest.raises(ValueError, match="pad"):
         p.denoise(y, theta, pad=10)
+
+
+def test_the_ridge_in_groups_of_samples_equals_one_piece(monkeypatch):
+    """On the CPU the ridge's gradient and Hessian product go through groups of samples
+    (speed): the same values as in one piece, and the same mixed product to rounding."""
+    gen = torch.Generator().manual_seed(3)
+    problem = RidgeRegularizer(n_images=5, size=12, num_filters=3, filter_size=5, seed=1)
+    theta = problem.theta0 + 0.1 * torch.randn(problem.theta0.shape, generator=gen,
+                                               dtype=torch.float64)
+    x = problem.noisy + 0.05 * torch.randn(problem.noisy.shape, generator=gen,
+                                           dtype=torch.float64)
+    v, w = (torch.randn(x.shape, generator=gen, dtype=torch.float64) for _ in range(2))
+    monkeypatch.setattr(filter_bank, "CPU_RESPONSES", 10 ** 9)
+    whole = problem.lower_grad(x, theta), problem.lower_hvp(x, theta, v)
+    mixed = problem.mixed_vjp(x, theta, w)
+    monkeypatch.setattr(filter_bank, "CPU_RESPONSES", 2 * 3 * 8 * 8)  # groups of 2 images
+    assert torch.equal(problem.lower_grad(x, theta), whole[0])
+    assert torch.equal(problem.lower_hvp(x, theta, v), whole[1])
+    torch.testing.assert_close(problem.mixed_vjp(x, theta, w), mixed, rtol=1e-12, atol=1e-14)
