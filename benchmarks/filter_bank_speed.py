@@ -1,7 +1,8 @@
-"""The ridge's filter bank on a training batch: image by image against one batched call.
+"""The ridge's filter bank on the CPU: image by image, and in groups of samples.
 
     python benchmarks/filter_bank_speed.py [--sizes 5,7,9,11,13] [--batch 20] [--patch 40]
-        [--filters 24] [--repeats 7] [--out results/benchmarks]
+        [--filters 24] [--repeats 7] [--check-crops 800] [--check-size 11]
+        [--out results/benchmarks]
 
 Writes ``filter_bank_speed.json`` and ``filter_bank_speed.md`` to ``--out``.  For each
 filter size s the batch is that of ``scripts/train_denoiser.py`` with ``--border s - 1``:
@@ -9,8 +10,12 @@ filter size s the batch is that of ``scripts/train_denoiser.py`` with ``--border
 and K^T z by :func:`bilevel_problems.filter_bank.correlate` and ``correlate_adjoint``
 (on the CPU one ``conv2d`` / ``conv_transpose2d`` per image) and by one batched call on the
 whole batch (what they were before), with the largest difference between the two results.
-The minimum over ``--repeats`` calls after a warm-up, so that other processes on a shared
-machine inflate it as little as possible; the load average is recorded.
+Then the ridge's gradient and Hessian-vector product (24 filters of ``--check-size``, 201
+knots) on ``--check-crops`` crops, as a final check computes them: in groups of samples
+(:func:`bilevel_problems.filter_bank.by_samples`) and in one piece.
+The minimum over ``--repeats`` rounds after a warm-up, the two ways alternating, so that
+other processes on a shared machine inflate them as little and as alike as possible; the
+load average is recorded.
 """
 from __future__ import annotations
 
@@ -24,16 +29,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from bilevel_problems import filter_bank
+from bilevel_problems.ridge_regularizer import RidgeRegularizer
 
 
-def best_time(fn, repeats):
-    fn()
-    times = []
+def best_times(first, second, repeats):
+    """The minimum time of each of two calls over ``repeats`` alternating rounds, so that a
+    change in the machine's load falls on both."""
+    first(), second()
+    times = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for fn, spent in zip((first, second), times, strict=True):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return min(times[0]), min(times[1])
 
 
 def measure(s, batch, patch, filters, repeats):
@@ -52,11 +61,43 @@ def measure(s, batch, patch, filters, repeats):
     rows = []
     for op, (library, batched) in pairs.items():
         diff = float((library() - batched()).abs().max())
-        t_lib, t_batch = best_time(library, repeats), best_time(batched, repeats)
+        t_lib, t_batch = best_times(library, batched, repeats)
         rows.append({"filter_size": s, "crop": side, "operation": op,
                      "image_by_image_ms": 1e3 * t_lib, "batched_ms": 1e3 * t_batch,
                      "speedup": t_batch / t_lib, "max_difference": diff})
     return rows
+
+
+def measure_groups(crops, s, patch, filters, repeats):
+    gen = torch.Generator().manual_seed(crops)
+    side = patch + 2 * (s - 1)
+    images = torch.rand(crops, side, side, generator=gen, dtype=torch.float64)
+    problem = RidgeRegularizer(images=images, noisy=images, num_filters=filters,
+                               filter_size=s, num_knots=201, x_range=0.6)
+    theta, x = problem.theta0, images + 0.1
+    v = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    operations = {"gradient": lambda: problem.lower_grad(x, theta),
+                  "Hessian product": lambda: problem.lower_hvp(x, theta, v)}
+    saved = filter_bank.CPU_RESPONSES
+
+    def in_one_piece(fn):
+        def call():
+            filter_bank.CPU_RESPONSES = 1 << 62
+            try:
+                return fn()
+            finally:
+                filter_bank.CPU_RESPONSES = saved
+        return call
+    grouped, whole = {}, {}
+    for op, fn in operations.items():
+        times = best_times(fn, in_one_piece(fn), repeats)
+        grouped[op], whole[op] = (fn(), times[0]), (in_one_piece(fn)(), times[1])
+    return [{"filter_size": s, "crops": crops, "crop": side, "operation": op,
+             "grouped_ms_per_crop": 1e3 * grouped[op][1] / crops,
+             "one_piece_ms_per_crop": 1e3 * whole[op][1] / crops,
+             "speedup": whole[op][1] / grouped[op][1],
+             "max_difference": float((grouped[op][0] - whole[op][0]).abs().max())}
+            for op in operations]
 
 
 def main():
@@ -66,30 +107,43 @@ def main():
     parser.add_argument("--patch", type=int, default=40)
     parser.add_argument("--filters", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--check-crops", type=int, default=800)
+    parser.add_argument("--check-size", type=int, default=11)
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     rows = [row for s in map(int, args.sizes.split(","))
             for row in measure(s, args.batch, args.patch, args.filters, args.repeats)]
+    groups = measure_groups(args.check_crops, args.check_size, args.patch, args.filters,
+                            max(2, args.repeats // 3))
     record = {"settings": {k: v for k, v in vars(args).items() if k != "out"},
               "machine": {"processor": platform.processor() or platform.machine(),
                           "cpus": os.cpu_count(), "torch": torch.__version__, "threads": 1,
                           "load_average_before": load_before,
                           "load_average_after": os.getloadavg()},
-              "rows": rows}
+              "rows": rows, "groups": groups}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "filter_bank_speed.json").write_text(json.dumps(record, indent=1) + "\n")
-    lines = ["# The ridge's filter bank: image by image against one batched call", "",
+    lines = ["# The ridge's filter bank on the CPU: image by image, and in groups of samples", "",
              f"{args.batch} crops of ({args.patch} + 2 (s - 1))^2, {args.filters} filters, "
              f"float64, one thread, torch {torch.__version__}; minimum of {args.repeats} "
-             f"calls (`python benchmarks/filter_bank_speed.py`).  Load average "
+             f"alternating rounds (`python benchmarks/filter_bank_speed.py`).  Load average "
              f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after.", "",
              "| s | crop | operation | image by image (ms) | batched (ms) | speedup | max diff |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['filter_size']} | {r['crop']} | {r['operation']} | "
               f"{r['image_by_image_ms']:.2f} | {r['batched_ms']:.2f} | {r['speedup']:.2f}x | "
               f"{r['max_difference']:.1e} |" for r in rows]
+    lines += ["", f"The ridge ({args.filters} filters of {args.check_size}x{args.check_size}, 201 "
+              f"knots) on {args.check_crops} crops, as a final check: in groups of samples "
+              f"(`filter_bank.by_samples`, about {filter_bank.CPU_RESPONSES:,} responses a "
+              "group) and in one piece.", "",
+              "| operation | grouped (ms a crop) | one piece (ms a crop) | speedup | max diff |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['operation']} | {r['grouped_ms_per_crop']:.2f} | "
+              f"{r['one_piece_ms_per_crop']:.2f} | {r['speedup']:.2f}x | "
+              f"{r['max_difference']:.1e} |" for r in groups]
     (args.out / "filter_bank_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -72,8 +72,8 @@ def zero_mean(raw: torch.Tensor) -> torch.Tensor:
 
 
 def _image_by_image(op, batch: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    # On the CPU, float64 conv2d / conv_transpose2d over a batch of N images ran 2 to 4 times
-    # slower than N calls on one image each for 9x9 to 13x13 filters on 56x56 to 64x64
+    # On the CPU, float64 conv2d / conv_transpose2d over a batch of 20 images ran 1.2 to 3.8
+    # times slower than 20 calls on one image each for 9x9 to 13x13 filters on 56x56 to 64x64
     # crops (torch 2.13; benchmarks/filter_bank_speed.py): the batch's im2col buffer falls
     # out of cache.  Elsewhere the batch stays one call: on a GPU a loop would serialise
     # N small launches (not measured: no GPU was lent to the stop that made this change).
@@ -84,8 +84,8 @@ def _image_by_image(op, batch: torch.Tensor, weight: torch.Tensor) -> torch.Tens
 
 #: On the CPU, terms over a bank's responses go through groups of samples whose responses
 #: fill about this many entries (4 MiB of float64): the group's responses then stay in cache.
-#: A Hessian-vector product of the 24x11x11 ridge on 800 crops of 60x60 took 3.8 ms a crop
-#: in one piece, 2.4 to 2.7 in groups of 2 to 20 (torch 2.13, this project's CPU).
+#: A Hessian-vector product of the 24x11x11 ridge on 800 crops of 60x60 took 4.3 ms a crop
+#: in one piece, 2.5 in groups (torch 2.13, this project's CPU; benchmarks/filter_bank_speed.py).
 CPU_RESPONSES = 2 ** 19
 
 
