@@ -265,12 +265,26 @@ def weighted_patch_grams(cols, weights):
     return torch.stack(grams)
 
 
-def weighted_patch_norms(cols, weights):
-    """||diag(w_k) X(x) P|| for each k (K,): the exact norm, on zero-mean filters, of
-    c -> w_k o (K_c x): sqrt of the largest eigenvalue of :func:`weighted_patch_grams`
-    (enlarged by a relative 1e-10, as :func:`top_singular_value`).  At most
-    max_p |w_kp| ||X(x) P||."""
-    return top_singular_values(weighted_patch_grams(cols, weights))
+def patch_grams(images, s, weights=None):
+    """(G, G_w): the Gram matrix of :func:`centred_patch_gram` of the s x s patches of images
+    (N, H, W) and, given weights (N, K, H - s + 1, W - s + 1), the :func:`weighted_patch_grams`
+    (K, s^2, s^2) (else None), both in float64.  sqrt(lambda_max) of G is ||X(x) P||, of
+    G_w[k] ||diag(w_k) X(x) P|| (:func:`top_singular_value`, :func:`top_singular_values`).
+
+    On the CPU, a few images at a time (patches of about CPU_RESPONSES entries): the patches
+    of all images at once (2 GB for 800 crops at 11 x 11) made each weighted Gram one more
+    pass through memory.  At 24 x 11 x 11 on the 800 crops of a final check, 67 s a call in
+    one piece, 29 s in groups (benchmarks/filter_bank_speed.py)."""
+    n, h, w = images.shape
+    size = s * s * max(h - s + 1, 1) * max(w - s + 1, 1)
+    step = n if images.device.type != "cpu" else max(1, CPU_RESPONSES // size)
+    gram, grams = 0.0, None if weights is None else 0.0
+    for start in range(0, n, step):
+        cols, part = centred_patch_gram(patches(images[start:start + step], s))
+        gram = gram + part
+        if weights is not None:
+            grams = grams + weighted_patch_grams(cols, weights[start:start + step])
+    return gram, grams
 
 
 def top_singular_values(grams):

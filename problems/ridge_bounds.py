@@ -75,9 +75,9 @@ class RidgeBounds:
         grad_reg = alpha * self._conv_adjoint(d1, C)
         e = float(torch.linalg.vector_norm(x - self.noisy + grad_reg)) / mu
 
-        cols, gram = filter_bank.centred_patch_gram(filter_bank.patches(x, s))
+        gram, grams = filter_bank.patch_grams(x, s, d2)
         X_norm = filter_bank.top_singular_value(gram)
-        E_norm = filter_bank.weighted_patch_norms(cols, d2).double().cpu()
+        E_norm = filter_bank.top_singular_values(grams).double()
 
         auto = filter_bank.autocorrelations(C, s)
         kappa = filter_bank.operator_norm_bounds(auto).double().cpu()
@@ -220,9 +220,9 @@ class RidgeBounds:
         smax, dsmax = slopes.abs().amax(dim=1), dslopes.amax(dim=1)
         r = torch.sqrt(self.parallel.sum(torch.sum(Kq ** 2, dim=(0, 2, 3)))) + kappa * radius
         X_x = filter_bank.top_singular_value(self.parallel.sum(
-            filter_bank.centred_patch_gram(filter_bank.patches(x, s))[1]))
+            filter_bank.patch_grams(x, s)[0]))
         X_q = filter_bank.top_singular_value(self.parallel.sum(
-            filter_bank.centred_patch_gram(filter_bank.patches(q, s))[1])) + s * radius
+            filter_bank.patch_grams(q, s)[0])) + s * radius
         n_0 = math.sqrt(Lambda * float(torch.sum((smax * r) ** 2)))
         n_r = s * smax * r + X_x * moves + smax * kappa * X_q
         n_q = dsmax * kappa * r

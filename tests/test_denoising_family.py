@@ -183,17 +183,23 @@ def test_patch_map_norm_is_exact():
     assert exact <= filter_bank.top_singular_value(gram) <= exact * (1 + 1e-9)
 
 
-def test_weighted_patch_map_norm_is_exact():
-    """weighted_patch_norms: ||diag(w_k) X(x) P|| from the dense matrix, below the crude
-    max |w_k| ||X(x) P||."""
+@pytest.mark.parametrize("group", [None, 1, 2])
+def test_weighted_patch_map_norm_is_exact(monkeypatch, group):
+    """patch_grams: ||X(x) P|| and ||diag(w_k) X(x) P|| from the dense matrix, in one piece
+    and a group of 1 or 2 images at a time (CPU_RESPONSES forced down)."""
     s = 3
     gen = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 7, 8, generator=gen, dtype=torch.float64)
-    w = torch.randn(2, 3, 5, 6, generator=gen, dtype=torch.float64)
-    cols, gram = filter_bank.centred_patch_gram(filter_bank.patches(x, s))
-    norms = filter_bank.weighted_patch_norms(cols, w)
+    x = torch.randn(3, 7, 8, generator=gen, dtype=torch.float64)
+    w = torch.randn(3, 3, 5, 6, generator=gen, dtype=torch.float64)
+    if group is not None:
+        monkeypatch.setattr(filter_bank, "CPU_RESPONSES", group * s * s * 5 * 6)
+    gram, grams = filter_bank.patch_grams(x, s, w)
+    norms = filter_bank.top_singular_values(grams)
     X = filter_bank.patches(x, s).transpose(1, 2).reshape(-1, s * s)
     P = torch.eye(s * s, dtype=torch.float64) - 1.0 / s ** 2
+    exact = float(torch.linalg.matrix_norm(X @ P, ord=2))
+    assert exact <= filter_bank.top_singular_value(gram) <= exact * (1 + 1e-9)
+    assert torch.equal(gram, filter_bank.patch_grams(x, s)[0])
     for k in range(3):
         weights = w[:, k].reshape(-1, 1)  # image by image, row-major: the patches' order
         exact = float(torch.linalg.matrix_norm(weights * (X @ P), ord=2))

@@ -146,7 +146,7 @@ class LocalRates:
         peak, spread = filter_bank.weighted_responses(c3, Kq.abs(), kappa, c2, radius, *sums)
         r = torch.sqrt(self.parallel.sum(torch.sum(Kq ** 2, dim=(0, 2, 3)))) + kappa * radius
         X_x, X_q = (filter_bank.top_singular_value(self.parallel.sum(
-            filter_bank.centred_patch_gram(filter_bank.patches(v, s))[1])) for v in (x, q))
+            filter_bank.patch_grams(v, s)[0])) for v in (x, q))
         b_top = self.parallel.max(b.amax(dim=(0, 2, 3)))
         a = p.alpha
         col_0 = math.sqrt(Lambda) * float(torch.linalg.vector_norm(a * m))
