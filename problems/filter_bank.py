@@ -278,7 +278,7 @@ def patch_grams(images, s, weights=None):
     n, h, w = images.shape
     size = s * s * max(h - s + 1, 1) * max(w - s + 1, 1)
     step = n if images.device.type != "cpu" else max(1, CPU_RESPONSES // size)
-    gram, grams = 0.0, None if weights is None else 0.0
+    gram, grams = 0.0, (None if weights is None else 0.0)
     for start in range(0, n, step):
         cols, part = centred_patch_gram(patches(images[start:start + step], s))
         gram = gram + part
