@@ -89,14 +89,21 @@ def _image_by_image(op, batch: torch.Tensor, weight: torch.Tensor) -> torch.Tens
 CPU_RESPONSES = 2 ** 19
 
 
+def _group_size(images: torch.Tensor, per_response: int, s: int) -> int:
+    """How many of images (N, H, W) make a group of about CPU_RESPONSES entries, with
+    ``per_response`` entries to each of their responses; all N off the CPU."""
+    n, h, w = images.shape
+    if images.device.type != "cpu":
+        return n
+    return max(1, CPU_RESPONSES // (per_response * max(h - s + 1, 1) * max(w - s + 1, 1)))
+
+
 def by_samples(fn, K: int, s: int, *tensors: torch.Tensor) -> torch.Tensor:
     """``fn(*tensors)``, computed on groups of samples (dim 0 of each tensor, images (N, H, W)
     first) and concatenated: the same values where each sample's term is computed alone, as
     the bank's are.  Elsewhere than on the CPU, one call."""
-    first = tensors[0]
-    n, h, w = first.shape
-    step = max(1, CPU_RESPONSES // (K * max(h - s + 1, 1) * max(w - s + 1, 1)))
-    if first.device.type != "cpu" or n <= step:
+    step = _group_size(tensors[0], K, s)
+    if tensors[0].shape[0] <= step:
         return fn(*tensors)
     groups = zip(*(t.split(step) for t in tensors), strict=True)
     return torch.cat([fn(*group) for group in groups])
@@ -275,9 +282,7 @@ def patch_grams(images, s, weights=None):
     of all images at once (2 GB for 800 crops at 11 x 11) made each weighted Gram one more
     pass through memory.  At 24 x 11 x 11 on the 800 crops of a final check, 67 s a call in
     one piece, 29 s in groups (benchmarks/filter_bank_speed.py)."""
-    n, h, w = images.shape
-    size = s * s * max(h - s + 1, 1) * max(w - s + 1, 1)
-    step = n if images.device.type != "cpu" else max(1, CPU_RESPONSES // size)
+    n, step = images.shape[0], _group_size(images, s * s, s)
     gram, grams = 0.0, (None if weights is None else 0.0)
     for start in range(0, n, step):
         cols, part = centred_patch_gram(patches(images[start:start + step], s))

@@ -77,7 +77,7 @@ class RidgeBounds:
 
         gram, grams = filter_bank.patch_grams(x, s, d2)
         X_norm = filter_bank.top_singular_value(gram)
-        E_norm = filter_bank.top_singular_values(grams).double()
+        E_norm = filter_bank.top_singular_values(grams)  # float64, on the CPU
 
         auto = filter_bank.autocorrelations(C, s)
         kappa = filter_bank.operator_norm_bounds(auto).double().cpu()
