@@ -252,6 +252,34 @@ def test_the_final_check_reports_its_progress(capsys):
         assert f"final check at the {name}: F in [{bounds['lower_bound']:.6g}, " in err
 
 
+def test_the_second_candidate_starts_at_the_accuracy_the_first_ended_at(monkeypatch):
+    """The 'loss' check's candidates lie close: the average's first solve asks for the
+    last iterate's final accuracy, and its bracket still holds F within the budget."""
+    from bilevel.outer import final_check
+
+    asked = []
+
+    def recorded(problem, theta, eps, delta, **kwargs):
+        asked.append((theta.clone(), eps))
+        return bilevel.hypergradient(problem, theta, eps, delta, **kwargs)
+
+    monkeypatch.setattr(final_check, "hypergradient", recorded)
+    p = tv(6, size=10)
+    result = quiet_solve(p, "maid_sgd", batch_size=2, max_iter=6, average=0.5,
+                         final_check="loss")
+    candidates = result.state.final_check["candidates"]
+    assert list(candidates) == ["last iterate", "average"]
+    last, average = result.state.theta, result.state.theta_average
+    first = [eps for theta, eps in asked if torch.equal(theta, last)]
+    second = [eps for theta, eps in asked if torch.equal(theta, average)]
+    assert len(first) + len(second) == len(asked) and first and second
+    assert second[0] == candidates["last iterate"]["eps"] < first[0]
+    assert len(second) <= len(first)
+    for theta, bounds in ((last, candidates["last iterate"]), (average, candidates["average"])):
+        assert bounds["lower_bound"] <= loss(p, theta) <= bounds["upper_bound"]
+        assert bounds["upper_bound"] - bounds["lower_bound"] <= 2e-5 * bounds["upper_value"]
+
+
 def test_resume_refuses_a_final_check_for_a_method_without_one(tmp_path):
     path = tmp_path / "ck.pt"
     quiet_solve(tv(3), "maid", max_iter=2, checkpoint_path=path)

@@ -13,7 +13,9 @@ solves the lower level only as far as F's certified bracket needs to have relati
 half-width ``final_loss_rtol`` (1e-5: enough to choose between the iterate and the average,
 whose F differ by 1e-3 to 1e-4 on the runs of results/denoisers): it starts at the accuracy
 30 rtol |g| / ||grad_x g|| read at the warm starts (the first-order guess, 30 times looser),
-and tightens it only if the solved bracket is wider.  The bracket is the second-order one
+and tightens it only if the solved bracket is wider.  The second candidate starts at the
+accuracy the first ended at (their F differ by 1e-3 or less, so the first-order guess would
+pay the same tightenings again).  The bracket is the second-order one
 of :mod:`bilevel.value_bracket`, read from the hypergradient's own adjoint (its width
 falls like e^2, not e, so the tightening is by the square root of the shortfall).  Its
 bounds are as certified; the one on ||grad F|| may then read [0, ||z|| + omega].
@@ -52,9 +54,14 @@ def finish(method, problem, result, progress=False):
     if average is not None and not torch.equal(average, state.theta) \
             and degenerate(problem, average) is None:
         candidates["average"] = average
+    checked, start = {}, None
     try:
-        checked = {name: _reported(progress, name, _check, method, problem, state, theta)
-                   for name, theta in candidates.items()}
+        for name, theta in candidates.items():
+            checked[name] = _reported(progress, name, _check, method, problem, state, theta,
+                                      start)
+            # The candidates lie close (F within 1e-3): the next starts at the accuracy
+            # this one ended at, not at the first-order guess that took it two tightenings.
+            start = checked[name][0]["eps"]
     except KeyboardInterrupt:  # the run itself is complete: keep it
         return dataclasses.replace(result, message=f"{result.message}; the final check "
                                    "was interrupted (KeyboardInterrupt)")
@@ -85,9 +92,10 @@ def finish(method, problem, result, progress=False):
     return dataclasses.replace(result, theta=chosen(state), state=state, message=message)
 
 
-def _check(method, problem, state, theta):
+def _check(method, problem, state, theta, start=None):
     """One full-batch certified hypergradient at ``theta``: (bounds on F and its
-    gradient, with the check's own cost, the cost)."""
+    gradient, with the check's own cost, the cost); ``start``: the 'loss' check's first
+    lower-level accuracy (None: the first-order guess)."""
     _, n_all, b, world, _ = method._layout(problem)
     # The batches' accuracy per sample: over all samples the norm is sqrt(N / B) larger.
     scale = math.sqrt(n_all / (b * world))
@@ -97,7 +105,7 @@ def _check(method, problem, state, theta):
                                              scale * state.delta, state.x, state.q,
                                              state.smoothness, True, None)
     else:
-        hg, spent = _bracketed(method, problem, theta, scale * method.eps0, state)
+        hg, spent = _bracketed(method, problem, theta, scale * method.eps0, state, start)
     low, high = hypergradient_bounds(problem, theta, hg)
     return dict(upper_value=hg.upper_value, lower_bound=low, upper_bound=high,
                 grad_norm=norm(hg.grad), error_bound=hg.error_bound,
@@ -119,16 +127,19 @@ def _reported(progress, name, check, *args):
     return bounds, spent
 
 
-def _bracketed(method, problem, theta, loosest, state):
-    """The full-batch hypergradient at a lower-level accuracy (at most ``loosest``) at
-    which F's certified bracket has half-width final_loss_rtol |g| (module docstring):
-    (hg, cost)."""
+def _bracketed(method, problem, theta, loosest, state, start=None):
+    """The full-batch hypergradient at a lower-level accuracy (at most ``loosest``; the
+    first one ``start``, or the first-order guess) at which F's certified bracket has
+    half-width final_loss_rtol |g| (module docstring): (hg, cost)."""
     spent, x0, q0, L = Cost(), state.x, state.q, state.smoothness
-    # A guess from the warm starts (solutions at earlier thetas); the solve's own bracket
-    # decides.
-    value, grad_norm = upper_value(problem, x0, theta)
-    eps = method.final_loss_rtol * abs(value) / grad_norm if grad_norm > 0 else math.inf
-    eps = min(SECOND_ORDER_START * eps, loosest)
+    if start is None or not 0 < start < math.inf:
+        # A guess from the warm starts (solutions at earlier thetas); the solve's own
+        # bracket decides.
+        value, grad_norm = upper_value(problem, x0, theta)
+        start = method.final_loss_rtol * abs(value) / grad_norm if grad_norm > 0 \
+            else math.inf
+        start *= SECOND_ORDER_START
+    eps = min(start, loosest)
     for _ in range(method.max_refinements + 1):
         # CG at the lower level's accuracy (in the ratio of the first accuracies), not at
         # the batches' last delta: that was 3e-11 on 2000 crops, half an hour of CG for a
