@@ -40,3 +40,12 @@ def test_a_folder_with_two_learned_models_needs_one_named(tmp_path):
     assert bench.main([f"{a}:other", f"{a}:m"])[1] == pytest.approx(1.0)
     with pytest.raises(SystemExit, match="no model 'absent'"):
         bench.main([f"{a}:absent", f"{a}:m"])
+
+
+def test_the_plot_is_drawn_from_the_same_pairs(tmp_path):
+    bench = module("benchmarks", "paired_images")
+    a = _evaluation(tmp_path / "a", [("m", 28.0), ("m", 27.5), ("m", 30.25)])
+    b = _evaluation(tmp_path / "b", [("n", 27.75), ("n", 27.5), ("n", 30.5)])
+    out = tmp_path / "diff.png"
+    assert bench.main([a, b, "--plot", str(out)]) == bench.main([a, b])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
