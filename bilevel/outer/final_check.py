@@ -14,7 +14,7 @@ half-width ``final_loss_rtol`` (1e-5: enough to choose between the iterate and t
 whose F differ by 1e-3 to 1e-4 on the runs of results/denoisers): it starts at the accuracy
 30 rtol |g| / ||grad_x g|| read at the warm starts (the first-order guess, 30 times looser),
 and tightens it only if the solved bracket is wider.  The second candidate starts at the
-accuracy the first ended at (their F differ by 1e-3 or less, so the first-order guess would
+accuracy the first ended at (their F lie a few 1e-3 apart, so the first-order guess would
 pay the same tightenings again).  The bracket is the second-order one
 of :mod:`bilevel.value_bracket`, read from the hypergradient's own adjoint (its width
 falls like e^2, not e, so the tightening is by the square root of the shortfall).  Its
@@ -59,8 +59,8 @@ def finish(method, problem, result, progress=False):
         for name, theta in candidates.items():
             checked[name] = _reported(progress, name, _check, method, problem, state, theta,
                                       start)
-            # The candidates lie close (F within 1e-3): the next starts at the accuracy
-            # this one ended at, not at the first-order guess that took it two tightenings.
+            # The candidates lie close (F a few 1e-3 apart): the next starts at the
+            # accuracy this one ended at, not at a first-order guess that needs tightening.
             start = checked[name][0]["eps"]
     except KeyboardInterrupt:  # the run itself is complete: keep it
         return dataclasses.replace(result, message=f"{result.message}; the final check "
