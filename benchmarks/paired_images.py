@@ -12,6 +12,7 @@ the images at either end named (where A loses and wins most).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -27,12 +28,7 @@ NAMED = 4  # images named at each end of the plot
 
 
 def psnrs(spec):
-    """{(set, sigma, image): PSNR} of ``FOLDER`` or ``FOLDER:MODEL``."""
-    return _model_psnrs(spec)[1]
-
-
-def _model_psnrs(spec):
-    """(the model's name, :func:`psnrs`)."""
+    """(the model's name, {(set, sigma, image): PSNR}) of ``FOLDER`` or ``FOLDER:MODEL``."""
     folder, _, model = spec.partition(":")
     rows = RunFolder(Path(folder)).read_rows("per_image.csv")
     if not model:
@@ -49,20 +45,22 @@ def _model_psnrs(spec):
 
 
 def paired(a, b):
-    """(images, mean, min, max of a - b, images where a > b) over the images both hold."""
+    """(images, mean, median, min, max of a - b, images where a > b) over the images both
+    hold."""
     common = sorted(a.keys() & b.keys())
     if not common:
         raise SystemExit("paired_images: the two evaluations share no image")
     diff = [a[k] - b[k] for k in common]
-    return len(diff), sum(diff) / len(diff), min(diff), max(diff), sum(d > 0 for d in diff)
+    return (len(diff), sum(diff) / len(diff), statistics.median(diff), min(diff), max(diff),
+            sum(d > 0 for d in diff))
 
 
-def plot(a, b, names, path):
+def plot(a, b, names, mean, ahead, path):
     """The differences a - b over the images both hold, sorted, as bars (ahead / behind in
-    two colours), their mean as a line, the NAMED images at each end labelled."""
+    two colours), their ``mean`` (:func:`paired`'s) as a line, the NAMED images at each end
+    labelled."""
     common = sorted(a.keys() & b.keys(), key=lambda k: a[k] - b[k])
     diff = [a[k] - b[k] for k in common]
-    mean = sum(diff) / len(diff)
     plt = _figure.pyplot()
     fig, ax = plt.subplots(figsize=(9, 3.6))
     ax.bar(range(len(diff)), diff, color=["tab:blue" if d > 0 else "tab:red" for d in diff])
@@ -74,7 +72,6 @@ def plot(a, b, names, path):
         ax.annotate(Path(common[i][2]).stem, (i, pad if diff[i] < 0 else -pad), rotation=90,
                     fontsize=7, ha="center", va="bottom" if diff[i] < 0 else "top")
     sets = sorted({f"{k[0]}, sigma {float(k[1]):g}/255" for k in common})
-    ahead = sum(d > 0 for d in diff)
     ax.set(xlabel=f"image, sorted ({'; '.join(sets)}; {names[0]} ahead on {ahead} of "
                   f"{len(diff)})", ylabel="PSNR difference (dB)", xticks=[],
            title=f"{names[0]} minus {names[1]}, image by image")
@@ -89,14 +86,14 @@ def main(argv=None):
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="draw the differences image by image, sorted")
     args = p.parse_args(argv)
-    (name_a, a), (name_b, b) = _model_psnrs(args.a), _model_psnrs(args.b)
-    n, mean, low, high, ahead = paired(a, b)
-    print(f"{n} images: A - B = {mean:+.4f} dB (from {low:+.3f} to {high:+.3f}); "
-          f"A ahead on {ahead} of {n}")
+    (name_a, a), (name_b, b) = psnrs(args.a), psnrs(args.b)
+    n, mean, median, low, high, ahead = paired(a, b)
+    print(f"{n} images: A - B = {mean:+.4f} dB (median {median:+.4f}, from {low:+.3f} to "
+          f"{high:+.3f}); A ahead on {ahead} of {n}")
     if args.plot:
-        plot(a, b, (name_a, name_b), args.plot)
+        plot(a, b, (name_a, name_b), mean, ahead, args.plot)
         print(f"wrote {args.plot}")
-    return n, mean, low, high, ahead
+    return n, mean, median, low, high, ahead
 
 
 if __name__ == "__main__":
