@@ -25,7 +25,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "scripts"))
 import train_denoiser  # noqa: E402  (the training crops)
 
-from bilevel import registry  # noqa: E402
 from bilevel.checkpoint import load_checkpoint  # noqa: E402
 from bilevel.outer import final_check  # noqa: E402
 from bilevel.results import RunFolder  # noqa: E402
@@ -39,11 +38,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     meta = RunFolder(args.run).read_json("meta.json")
-    clean, noisy, _ = train_denoiser.training_pairs(
-        meta["patches"], meta["patch_size"], meta["sigma"], meta["seed"],
-        crops_per_image=meta["crops_per_image"])
-    problem = registry.make_problem(meta["problem"], images=clean, noisy=noisy,
-                                    sigma=meta["sigma"] / 255)
+    problem = train_denoiser.training_problem(meta)
     method, state, _, _ = load_checkpoint(args.run / "checkpoint.pt", problem)
     theta = state.theta if args.candidate == "last" else state.theta_average
     if theta is None:

@@ -47,8 +47,8 @@ class Hypergradient:
         The CG solve (q~ and its residual).
     upper_grad_norm : float
         ||grad_x g(x~, theta)||, used by the bounds on g(x*).
-    constants : BoundConstants
-        The constants that entered omega.
+    constants : BoundConstants or None
+        The constants that entered omega (None where none was computed).
     hessian_along : float or None
         The problem's bound M on ||(A(x') - A(x~)) q|| / ||x' - x~||, if it has one
         (:meth:`~bilevel.BilevelProblem.hessian_lipschitz_along`).
@@ -139,7 +139,8 @@ def adjoint_solve(problem, theta, x, gx, q0=None, *, tol, max_iter=10_000) -> CG
 
 
 def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_iter=10_000,
-                  cg_max_iter=10_000, constants=None, smoothness=None) -> Hypergradient:
+                  cg_max_iter=10_000, constants=None, smoothness=None,
+                  bound=True) -> Hypergradient:
     """Inexact hypergradient of F at theta with accuracies (eps, delta).
 
     Parameters
@@ -158,6 +159,11 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
     smoothness : float, optional
         A previous lower solution's estimate of L (``LowerSolution.smoothness``),
         for problems without a ``smoothness``: the solve starts from it.
+    bound : bool
+        Compute omega (default).  False skips the constants and local rates behind it
+        (on a filter bank's batch they can cost as much as the solves): omega is then
+        inf, ``certified`` False and ``constants`` None -- for a caller whose decisions
+        never read omega (:class:`bilevel.outer.MinibatchMAID`'s ``batch_bounds``).
 
     Returns
     -------
@@ -183,6 +189,11 @@ def hypergradient(problem, theta, eps, delta, *, x0=None, q0=None, lower_max_ite
     # Over data-parallel ranks, g and the theta-gradient are sums of the ranks' parts.
     grad = problem.parallel.sum(gt - problem.mixed_vjp(x, theta, linear.q))
     value = problem.parallel.sum(value.detach())
+    if not bound:
+        return Hypergradient(grad=grad, upper_value=float(value), error_bound=math.inf,
+                             certified=False, lower=lower, linear=linear,
+                             upper_grad_norm=problem.parallel.norm(gx), constants=None,
+                             cost=lower.cost + linear.cost + Cost(oracle_calls=2))
     new_constants = constants is None
     if new_constants:
         constants = problem.bound_constants(theta, x)

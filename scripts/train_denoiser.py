@@ -186,6 +186,15 @@ def training_pairs(patches, patch_size, sigma, seed=0, data=None, crops_per_imag
     return clean, datasets.add_noise(clean, sigma / 255, seed), folder or "skimage"
 
 
+def training_problem(meta, data=None):
+    """The problem a finished or running run trained on, rebuilt from its meta.json (its
+    ``problem``, ``patches``, ``patch_size``, ``crops_per_image``, ``sigma``, ``seed``)."""
+    clean, noisy, _ = training_pairs(meta["patches"], meta["patch_size"], meta["sigma"],
+                                     meta["seed"], data, meta["crops_per_image"])
+    return registry.make_problem(meta["problem"], images=clean, noisy=noisy,
+                                 sigma=meta["sigma"] / 255)
+
+
 def initial_theta(args, problem, problem_spec):
     """theta_0 from ``--init`` (None: the problem's own start)."""
     if args.init is None:

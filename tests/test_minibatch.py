@@ -298,6 +298,39 @@ def test_schedules_set_the_step_and_the_accuracy():
         t = row["epoch"]
 
 
+@pytest.mark.parametrize("member", ["tv", "ridge"])
+def test_scheduled_steps_without_batch_bounds_are_the_same_steps(member):
+    """batch_bounds=False changes what a row says (no omega), never a step: the same
+    thetas, batches and solves, fewer oracle calls; the final check still certifies F."""
+    p = MEMBERS[member]()
+    common = dict(batch_size=2, max_iter=6, step="schedule", accuracy="schedule",
+                  alpha0=0.05, eps0=1e-3, delta0=1e-4, precondition="rmsprop",
+                  final_check="loss", seed=3)
+    with_bounds = quiet_solve(p, "maid_sgd", **common)
+    without = quiet_solve(p, "maid_sgd", batch_bounds=False, **common)
+    assert torch.equal(with_bounds.theta, without.theta)
+    for a, b in zip(with_bounds.history, without.history, strict=True):
+        assert math.isfinite(a["error_bound"]) and a["certified"]
+        assert b["error_bound"] == math.inf and not b["certified"]
+        assert (a["upper_value"], a["step"], a["lower_iterations"], a["cg_iterations"]) == \
+            (b["upper_value"], b["step"], b["lower_iterations"], b["cg_iterations"])
+        assert b["oracle_calls"] < a["oracle_calls"]
+    check = without.state.final_check
+    assert check["certified"] and check["lower_bound"] <= loss(p, without.theta) \
+        <= check["upper_bound"]
+
+
+def test_a_hypergradient_without_its_bound_is_the_same_hypergradient():
+    p = MEMBERS["ridge"]()
+    theta = p.initial_theta()
+    full = bilevel.hypergradient(p, theta, 1e-6, 1e-8)
+    bare = bilevel.hypergradient(p, theta, 1e-6, 1e-8, bound=False)
+    assert torch.equal(full.grad, bare.grad) and full.upper_value == bare.upper_value
+    assert math.isfinite(full.error_bound) and full.certified
+    assert bare.error_bound == math.inf and not bare.certified and bare.constants is None
+    assert bare.cost.total == full.cost.total and bare.cost.oracle_calls < full.cost.oracle_calls
+
+
 def test_adaptive_accuracy_certifies_each_batch_direction():
     result = quiet_solve(tv(6), "maid_sgd", batch_size=2, max_iter=6, accuracy="adaptive",
                          rel_error=0.3, final_check=False)
@@ -419,6 +452,13 @@ def test_a_preconditioned_run_resumed_reproduces_the_run(tmp_path):
 
 
 def test_invalid_settings_are_refused():
+    for settings in (dict(), dict(step="schedule", alpha0=0.1),
+                     dict(accuracy="schedule", alpha0=0.1),
+                     dict(step="schedule", accuracy="schedule")):  # alpha0 None: a search
+        with pytest.raises(ValueError, match="batch_bounds=False needs"):
+            bilevel.outer.make_method("maid_sgd", batch_bounds=False, **settings)
+    with pytest.raises(ValueError, match="batch_bounds"):
+        bilevel.outer.make_method("maid_sgd", batch_bounds="no")
     with pytest.raises(ValueError, match="batch_size"):
         bilevel.outer.make_method("maid_sgd", batch_size=0)
     with pytest.raises(ValueError, match="accuracy"):

@@ -139,6 +139,13 @@ class MinibatchMAID:
         The bounds on F_B in the line search, as MAID's (:mod:`bilevel.value_bracket`):
         with 'adjoint' the batch's hypergradient and its trials are solved only as far as
         the second-order bracket needs, its adjoint giving the bracket at theta for free.
+    batch_bounds : bool
+        Compute each batch's omega (default).  With a scheduled step and accuracy
+        (``step='schedule'``, ``accuracy='schedule'``, ``alpha0`` given) no decision reads
+        it: False skips its constants and local rates (a third of a loose batch
+        hypergradient's time on a 24x13x13 ridge, docs/denoisers.md), and the rows then
+        say ``error_bound`` inf, ``certified`` False.  The final check certifies F as
+        before.  Refused with a search or another accuracy, which need omega.
 
     Rows hold the common columns (``upper_value``: the batch's g; ``error_bound``: its
     omega; ``step``, ``backtracks``, ``accepted``: the search's) and ``epoch`` (epochs
@@ -173,6 +180,7 @@ class MinibatchMAID:
     precondition_beta: float = 0.99
     precondition_eps: float = 1e-3
     value_bounds: str = "first_order"
+    batch_bounds: bool = True
 
     def __post_init__(self):
         check_settings(
@@ -190,7 +198,15 @@ class MinibatchMAID:
             average=(lambda v: NONNEGATIVE[0](v) and v < 1, "a number in [0, 1)"),
             precondition=one_of("none", "rmsprop"),
             precondition_beta=(lambda v: NONNEGATIVE[0](v) and v < 1, "a number in [0, 1)"),
-            precondition_eps=POSITIVE, value_bounds=one_of("first_order", "adjoint"))
+            precondition_eps=POSITIVE, value_bounds=one_of("first_order", "adjoint"),
+            batch_bounds=(lambda v: v is True or v is False, "True or False"))
+        if not self.batch_bounds and (self.step, self.accuracy) != ("schedule", "schedule"):
+            raise ValueError("MinibatchMAID: batch_bounds=False needs step='schedule' and "
+                             "accuracy='schedule' (the search and the other accuracies read "
+                             f"omega), got step={self.step!r}, accuracy={self.accuracy!r}")
+        if not self.batch_bounds and self.alpha0 is None:
+            raise ValueError("MinibatchMAID: batch_bounds=False needs alpha0 (without it the "
+                             "first step comes from a search, which reads omega)")
 
     # ------------------------------------------------------------------ batches
     def _layout(self, problem):
@@ -274,12 +290,13 @@ class MinibatchMAID:
         spent, refinements = Cost(), 0
         for refinements in range(self.max_refinements + 1):  # noqa: B007 - returned
             hg = hypergradient(problem, theta, eps, delta, x0=x0, q0=q0, smoothness=L,
-                               lower_max_iter=self.lower_max_iter, cg_max_iter=self.cg_max_iter)
+                               lower_max_iter=self.lower_max_iter, cg_max_iter=self.cg_max_iter,
+                               bound=self.batch_bounds)
             spent, L = spent + hg.cost, hg.lower.smoothness or L
             x0, q0 = warm(hg.lower.x), warm(hg.linear.q)
             z_norm, omega = norm(hg.grad), hg.error_bound
-            if not finite(z_norm, omega):
-                break
+            if not (finite(z_norm, omega) and self.batch_bounds):
+                break  # not finite, or nothing to refine on
             d = hg.grad if direction is None else direction(hg.grad)
             slope, margin = _slope_and_margin(hg.grad, d)
             target = self.rel_error * margin
@@ -345,7 +362,7 @@ class MinibatchMAID:
                                   iteration=state.iteration + 1, epoch=epoch, position=position,
                                   smoothness=hg.lower.smoothness or state.smoothness,
                                   final_check=None)
-        if not finite(z_norm, omega):
+        if not finite(z_norm, omega if self.batch_bounds else 0.0):
             new = dataclasses.replace(new, status="diverged", message=(
                 f"the hypergradient of batch {index.tolist()} is not finite"))
         elif z_norm > 0 and searching:
