@@ -41,7 +41,7 @@ import train_denoiser  # noqa: E402  (the training crops)
 
 from bilevel.checkpoint import load_checkpoint  # noqa: E402
 from bilevel.hypergradient import hypergradient  # noqa: E402
-from bilevel.results import RunFolder, environment  # noqa: E402
+from bilevel.results import RunFolder, command_line, environment  # noqa: E402
 
 
 def accuracies(text):
@@ -135,7 +135,8 @@ def main(argv=None):
     method, state, _, _ = load_checkpoint(args.run / "checkpoint.pt", problem)
     rows, directions = measure(problem, method, state, args.batches, args.accuracies,
                                args.reference[0])
-    text = report(rows, directions, args.reference[0], args.run.name, environment())
+    text = report(rows, directions, args.reference[0], args.run.name,
+                  environment(command_line(argv, "benchmarks/accuracy_cost.py")))
     print(text)
     if args.out:
         args.out.write_text(text)
