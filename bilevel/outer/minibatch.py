@@ -142,8 +142,8 @@ class MinibatchMAID:
     batch_bounds : bool
         Compute each batch's omega (default).  With a scheduled step and accuracy
         (``step='schedule'``, ``accuracy='schedule'``, ``alpha0`` given) no decision reads
-        it: False skips its constants and local rates (a third of a loose batch
-        hypergradient's time on a 24x13x13 ridge, docs/denoisers.md), and the rows then
+        it: False skips its constants and local rates (half of a loose batch
+        hypergradient's time on a 24x13x13 ridge, docs/certificates.md), and the rows then
         say ``error_bound`` inf, ``certified`` False.  The final check certifies F as
         before.  Refused with a search or another accuracy, which need omega.
 
