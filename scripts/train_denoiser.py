@@ -18,7 +18,8 @@ certified check of the returned theta; ``maid`` / ``maid_lbfgs``: full batch, ev
 certified) under the budgets given. A checkpoint is written every ``--checkpoint-every``
 iterations to OUT/checkpoint.pt; the same command with ``--resume`` goes on from it (budgets
 count from the start of the run; the method's settings are the checkpoint's, except a new
-``--set final_check=loss|True|False``, which changes only how the run ends). ``kill PID``
+``--set final_check=loss|True|False`` or ``--set batch_bounds=True|False``, which change how
+the run ends and what its rows record, never an iterate). ``kill PID``
 (SIGTERM) or Ctrl-C stops a run as its budget would: the folder is written with the last
 iterate and the checkpoint resumes it. ``--init RUN_DIR`` starts from a learned model
 instead of the problem's start: the same model, or a field of experts or (weakly) convex
@@ -280,10 +281,12 @@ def compute(args, folder):
             if not checkpoint.is_file():
                 raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
             # The command's settings must be the checkpoint's (a mismatch is refused), bar
-            # a new final check.
+            # those that change no iterate (a new final check, batch bounds on or off).
+            changes = {name: settings.get(name) for name in
+                       getattr(type(method), "resumable_settings", ())}
             try:
                 result = bilevel.resume(problem, checkpoint, **budgets, method=method,
-                                        final_check=settings.get("final_check"))
+                                        **changes)
             except bilevel.CheckpointMismatchError as exc:
                 raise SystemExit(f"--resume: {exc}") from None
         else:

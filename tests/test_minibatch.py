@@ -283,8 +283,17 @@ def test_the_second_candidate_starts_at_the_accuracy_the_first_ended_at(monkeypa
 def test_resume_refuses_a_final_check_for_a_method_without_one(tmp_path):
     path = tmp_path / "ck.pt"
     quiet_solve(tv(3), "maid", max_iter=2, checkpoint_path=path)
-    with pytest.raises(ValueError, match="has no final check"):
+    with pytest.raises(ValueError, match="final_check: not a setting that a resumed MAID"):
         bilevel.resume(tv(3), path, max_iter=2, final_check="loss")
+
+
+def test_resume_refuses_a_change_of_what_the_iterates_depend_on(tmp_path):
+    path = tmp_path / "ck.pt"
+    quiet_solve(tv(3), "maid_sgd", batch_size=1, max_iter=2, checkpoint_path=path,
+                final_check=False)
+    with pytest.raises(ValueError, match=r"batch_size: .* \(those it may: batch_bounds, "
+                                         r"final_check\)"):
+        bilevel.resume(tv(3), path, max_iter=2, batch_size=2)
 
 
 def test_schedules_set_the_step_and_the_accuracy():
@@ -318,6 +327,28 @@ def test_scheduled_steps_without_batch_bounds_are_the_same_steps(member):
     check = without.state.final_check
     assert check["certified"] and check["lower_bound"] <= loss(p, without.theta) \
         <= check["upper_bound"]
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_resumed_run_may_switch_its_batch_bounds(tmp_path, first):
+    """Switching batch_bounds midway leaves the steps of an unbroken run."""
+    p, path = MEMBERS["tv"](), tmp_path / "ck.pt"
+    common = dict(batch_size=2, step="schedule", accuracy="schedule", alpha0=0.05,
+                  eps0=1e-3, delta0=1e-4, final_check=False, seed=3)
+    unbroken = quiet_solve(p, "maid_sgd", max_iter=6, batch_bounds=first, **common)
+    quiet_solve(p, "maid_sgd", max_iter=3, batch_bounds=first, checkpoint_path=path, **common)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+        switched = bilevel.resume(p, path, max_iter=6, batch_bounds=not first)
+    assert torch.equal(switched.theta, unbroken.theta)
+    for a, b in zip(switched.history, unbroken.history, strict=True):
+        assert (a["upper_value"], a["step"], a["cost"]) == (b["upper_value"], b["step"], b["cost"])
+    assert [math.isfinite(row["error_bound"]) for row in switched.history[3:]] == \
+        [not first] * 3
+    quiet_solve(p, "maid_sgd", max_iter=3, checkpoint_path=tmp_path / "search.pt",
+                batch_size=2, alpha0=0.05, final_check=False)
+    with pytest.raises(ValueError, match="batch_bounds=False needs"):  # still validated
+        bilevel.resume(p, tmp_path / "search.pt", max_iter=6, batch_bounds=False)
 
 
 def test_a_hypergradient_without_its_bound_is_the_same_hypergradient():

@@ -107,7 +107,7 @@ _REOPENED = frozenset({"interrupted", "max_iter", "max_cost", "max_time", "callb
 
 def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=None,
            callback=None, progress=False, checkpoint_every=0, method=None,
-           final_check=None) -> SolveResult:
+           **changes) -> SolveResult:
     """Continue a run from its checkpoint.
 
     ``max_iter``, ``max_cost`` and ``max_time`` count from the start of the original
@@ -122,26 +122,33 @@ def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=No
     :class:`~bilevel.checkpoint.CheckpointMismatchError` saying what differs, an
     unreadable file a :class:`~bilevel.checkpoint.CorruptCheckpointError`.
 
-    ``final_check`` (the minibatch method's: True, 'loss' or False) replaces the run's
-    own setting: it changes how the run ends, not its iterates, so a run trained without
-    a check (or whose check was interrupted) can be given one.
+    ``changes`` replace settings that the run's method lets a resumed run change,
+    those that change how it ends or what its rows record but never an iterate (the
+    class's ``resumable_settings``: the minibatch method's ``final_check`` -- so that a
+    run trained without a check, or whose check was interrupted, can be given one --
+    and ``batch_bounds`` -- so that a run can stop paying for bounds no step reads).
+    A change the method does not allow is a ValueError; None leaves a setting as saved.
     """
     from ..checkpoint import CheckpointMismatchError, load_checkpoint, method_differences
 
-    if final_check is None:
+    changes = {name: value for name, value in changes.items() if value is not None}
+    if not changes:
         saved, state, history, _ = load_checkpoint(checkpoint_path, problem, method=method)
-    else:  # ``method`` is compared with the saved settings as the new check makes them
+    else:  # ``method`` is compared with the saved settings as the changes make them
         saved, state, history, _ = load_checkpoint(checkpoint_path, problem)
-        if not hasattr(saved, "final_check"):
-            raise ValueError(f"final_check={final_check!r}: the run's method "
-                             f"{type(saved).__name__} has no final check")
-        saved = dataclasses.replace(saved, final_check=final_check)  # validated here
+        allowed = getattr(type(saved), "resumable_settings", frozenset())
+        refused = sorted(set(changes) - set(allowed))
+        if refused:
+            raise ValueError(f"{', '.join(refused)}: not a setting that a resumed "
+                             f"{type(saved).__name__} run may change (those it may: "
+                             f"{', '.join(sorted(allowed)) or 'none'})")
+        saved = dataclasses.replace(saved, **changes)  # validated here
         differences = [] if method is None else method_differences(
             type(saved).__name__, dataclasses.asdict(saved), method)
         if differences:
             raise CheckpointMismatchError(f"checkpoint {checkpoint_path} was written with "
                                           f"other method settings: {'; '.join(differences)} "
-                                          "(saved, with the new final_check, vs asked)")
+                                          "(saved, with the changes, vs asked)")
     if state.status in _REOPENED:
         # run() returns at once on a state with a status; this one may go on.
         state = dataclasses.replace(state, status=None, message="")

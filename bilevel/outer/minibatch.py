@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import torch
 
@@ -145,7 +146,8 @@ class MinibatchMAID:
         it: False skips its constants and local rates (half of a loose batch
         hypergradient's time on a 24x13x13 ridge, docs/certificates.md), and the rows then
         say ``error_bound`` inf, ``certified`` False.  The final check certifies F as
-        before.  Refused with a search or another accuracy, which need omega.
+        before.  Refused with a search or another accuracy, which need omega.  A resumed
+        run may switch it (``bilevel.resume(..., batch_bounds=False)``).
 
     Rows hold the common columns (``upper_value``: the batch's g; ``error_bound``: its
     omega; ``step``, ``backtracks``, ``accepted``: the search's) and ``epoch`` (epochs
@@ -153,6 +155,9 @@ class MinibatchMAID:
     ``refinements`` and ``work`` (cumulative lower + CG iterations, each weighted by
     batch / all samples: full-batch iterations' worth, what the time follows).
     """
+
+    #: What a resumed run may change (:func:`bilevel.resume`): how it ends, what it records.
+    resumable_settings: ClassVar[frozenset] = frozenset({"final_check", "batch_bounds"})
 
     batch_size: int = 8
     step: str = "line_search"
