@@ -32,7 +32,11 @@ class RidgeBounds:
         zero-mean c, ||X(x)|| from the s^2 x s^2 Gram matrix of the patches
         (exact), and ||X(v)|| <= s ||v||; e = ||grad_x h(x)|| / mu >= ||x - x*||.
 
-        - L_g = 1 / N.
+        - L_g = 1 / N, N the images of all ranks.
+
+        Sharded over ranks (:mod:`bilevel.distributed`), every norm and patch Gram over the
+        images sums over all ranks (``self.parallel``), so the constants are the global
+        problem's.
         - ||B(x)||^2 <= sum of the squared norms of its column blocks:
           * theta_0: the vector b_0 = grad_x h - (x - y), exact;
           * filter k: delta -> alpha [K_{P delta}^T psi_k'(z_k) + K_k^T E_k delta],
@@ -73,11 +77,12 @@ class RidgeBounds:
         z = self._conv(x, C)
         d1, d2 = evaluate_potential(z, tables, self.x_range, (1, 2))
         grad_reg = alpha * self._conv_adjoint(d1, C)
-        e = float(torch.linalg.vector_norm(x - self.noisy + grad_reg)) / mu
+        total = self.parallel.sum
+        e = self.parallel.norm(x - self.noisy + grad_reg) / mu
 
         gram, grams = filter_bank.patch_grams(x, s, d2)
-        X_norm = filter_bank.top_singular_value(gram)
-        E_norm = filter_bank.top_singular_values(grams)  # float64, on the CPU
+        X_norm = filter_bank.top_singular_value(total(gram))
+        E_norm = filter_bank.top_singular_values(total(grams))  # float64, on the CPU
 
         auto = filter_bank.autocorrelations(C, s)
         kappa = filter_bank.operator_norm_bounds(auto).double().cpu()
@@ -85,10 +90,10 @@ class RidgeBounds:
         smax = slopes.abs().amax(dim=1).double().cpu()  # |.|: see the docstring
         dsmax = dslopes.amax(dim=1).double().cpu()
         jmp = self._slope_jumps(slopes).double().cpu()
-        d1_norm = torch.linalg.vector_norm(d1, dim=(0, 2, 3)).double().cpu()
-        z_norm = torch.linalg.vector_norm(z, dim=(0, 2, 3)).double().cpu()
+        d1_norm = total(torch.sum(d1 ** 2, dim=(0, 2, 3))).sqrt().double().cpu()
+        z_norm = total(torch.sum(z ** 2, dim=(0, 2, 3))).sqrt().double().cpu()
 
-        block_0 = float(torch.sum(grad_reg.double() ** 2))
+        block_0 = float(total(torch.sum(grad_reg.double() ** 2)))
         bank = math.sqrt(filter_bank.weighted_kernel_norm(auto, torch.ones_like(slopes[:, 0])))
         first = alpha * s * d1_norm
         block_r = min(float(torch.sum((first + alpha * kappa * E_norm) ** 2)),
@@ -104,7 +109,7 @@ class RidgeBounds:
         l_q = alpha * kappa ** 2 * dsmax
         L_B = math.sqrt(col_0 ** 2 + float(torch.sum(l_r ** 2)) + float(torch.sum(l_q ** 2)))
         L_A = alpha * float(torch.sum(kappa ** 2 * jmp * c2))
-        return BoundConstants(L_g=1.0 / self.n_images, B_norm=B_here + 2 * L_B * e, L_B=L_B,
+        return BoundConstants(L_g=1.0 / self.n_total, B_norm=B_here + 2 * L_B * e, L_B=L_B,
                               L_Ainv=L_A / mu ** 2, L_gtheta=0.0, certified=True, cost=2)
 
     def hessian_lipschitz_along(self, theta, x, q, radius, x_radius=math.inf):

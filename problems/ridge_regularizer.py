@@ -96,7 +96,7 @@ class RidgeRegularizer(RidgeBounds, DenoisingProblem):
         Train on the noisy images mirrored by ``border`` pixels, g on the crop
         (:class:`~bilevel_problems.denoising.DenoisingProblem`; s - 1 is what
         :meth:`denoise` uses on new images).  Default 0.
-    n_images, size, sigma, seed, source, images, noisy, dtype, device
+    n_images, size, sigma, seed, source, images, noisy, shard, dtype, device
         The training images (:class:`~bilevel_problems.denoising.DenoisingProblem`):
         4 of 32 x 32 by default, float64 on the CPU; ``seed`` also draws random
         filters beyond the DCT basis.
@@ -108,8 +108,8 @@ class RidgeRegularizer(RidgeBounds, DenoisingProblem):
     def __init__(self, n_images=4, size=32, sigma=0.1, seed=0, num_filters=4, filter_size=5,
                  num_knots=11, x_range=0.3, s_max=1.0, log_scale=-1.0,
                  slope_init=(0.9, 0.05), init_width=0.06, start="dct", tv_weight=0.07,
-                 border=0, source=None, images=None, noisy=None, dtype=torch.float64,
-                 device="cpu"):
+                 border=0, source=None, images=None, noisy=None, shard=None,
+                 dtype=torch.float64, device="cpu"):
         to = dict(dtype=dtype, device=device)
         name = self.name
         self.K, self.s = filter_bank.check_bank(name, num_filters, filter_size)
@@ -132,7 +132,8 @@ class RidgeRegularizer(RidgeBounds, DenoisingProblem):
         if start == "tv" and self.K < 2:
             raise ValueError(f"{name}: start='tv' needs num_filters >= 2, got {self.K}")
         super().__init__(n_images=n_images, size=size, sigma=sigma, seed=seed, source=source,
-                         images=images, noisy=noisy, min_size=self.s, border=border, **to)
+                         images=images, noisy=noisy, shard=shard, min_size=self.s, border=border,
+                         **to)
         self.num_knots, self.x_range, self.s_max = int(num_knots), float(x_range), float(s_max)
         self.M = self.num_knots - 1
         self.T = 2 * self.x_range / self.M

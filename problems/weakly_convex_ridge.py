@@ -208,11 +208,11 @@ class WeaklyConvexRidge(RidgeRegularizer):
         g_norm, alpha, C, rest = self._floor_gradient(theta)
         tables = potential_tables(rest, self.x_range)
         (d1,) = evaluate_potential(self._conv(x, C), tables, self.x_range, (1,))
-        u_norm = alpha * float(torch.linalg.vector_norm(self._conv_adjoint(d1, C)))
+        u_norm = alpha * self.parallel.norm(self._conv_adjoint(d1, C))
         auto = filter_bank.autocorrelations(C, self.s)
         l_u = alpha * filter_bank.weighted_kernel_norm(auto, rest.amax(dim=1))
         mu = self.strong_convexity(theta)
-        e = float(torch.linalg.vector_norm(self.lower_grad(x, theta))) / mu
+        e = self.parallel.norm(self.lower_grad(x, theta)) / mu
         return dataclasses.replace(
             frozen, B_norm=frozen.B_norm + u_norm * g_norm * (1 + 1e-12) + 2 * e * l_u * g_norm,
             L_B=frozen.L_B + l_u * g_norm)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,58 @@ def test_data_parallel_needs_a_process_group():
         pytest.skip("a process group is already active")
     with pytest.raises(RuntimeError, match="initialised"):
         bilevel.distributed.data_parallel("quadratic")
+
+
+RIDGE = dict(n_images=4, size=12, seed=2, num_filters=3, filter_size=3, num_knots=7,
+             x_range=0.2, rho=0.9, border=2)
+
+RIDGE_DRIVER = textwrap.dedent("""
+    import json, sys, torch
+    import bilevel, bilevel.distributed as bd
+    sys.path.insert(0, {tests!r})
+    from test_distributed import ridge_numbers
+    rank, world = bd.init("gloo")
+    problem = bd.data_parallel("weakly_convex_ridge", **{params})
+    json.dump(ridge_numbers(problem), open(sys.argv[1] + f".{{rank}}", "w"))
+    bd.finish()
+""")
+
+
+def ridge_numbers(problem):
+    """The weakly convex ridge's certified constants and local rates at a fixed (theta, x,
+    q), and a short MAID trajectory: what a sharded problem must give as one process does."""
+    theta = problem.initial_theta()
+    x = problem.noisy + 0.05 * torch.sin(3 * problem.noisy)
+    q = torch.cos(5 * problem.noisy) / problem.n_total
+    constants = problem.bound_constants(theta, x)
+    numbers = dict(B_norm=constants.B_norm, L_B=constants.L_B, L_g=constants.L_g,
+                   L_Ainv=constants.L_Ainv, mu=problem.strong_convexity(theta),
+                   hessian=problem.hessian_lipschitz_along(theta, x, q, 0.01, 0.02),
+                   mixed=problem.mixed_lipschitz_along(theta, x, q, 0.01, 0.02))
+    thetas = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+        bilevel.solve(problem, "maid", max_iter=5, tol=0,
+                      callback=lambda s, r: thetas.append(s.theta.tolist()) and False)
+    return dict(numbers=numbers, thetas=thetas)
+
+
+def test_a_sharded_weakly_convex_ridge_has_the_global_constants(tmp_path):
+    """Every norm and patch Gram of the ridge's bound constants sums over the ranks: two
+    gloo processes holding two images each give one process's constants, local rates
+    and MAID steps."""
+    script = tmp_path / "driver.py"
+    script.write_text(RIDGE_DRIVER.format(params=RIDGE, tests=str(ROOT / "tests")))
+    done = _torchrun([str(script), str(tmp_path / "out")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # every rank holds the global numbers
+    one = ridge_numbers(bilevel.make_problem("weakly_convex_ridge", **RIDGE))
+    for name, value in one["numbers"].items():
+        assert ranks[0]["numbers"][name] == pytest.approx(value, rel=1e-10), name
+    assert one["numbers"]["L_g"] == 0.25  # 1 / (all images), not this rank's 2
+    reference, parallel = (torch.tensor(t["thetas"], dtype=torch.float64)
+                           for t in (one, ranks[0]))
+    assert parallel.shape == reference.shape == (5, reference.shape[1])
+    assert float((parallel - reference).abs().max()) <= 1e-10
+    assert float(reference[-1].sub(reference[0]).abs().max()) > 1e-4  # theta did move
