@@ -198,6 +198,48 @@ def save_checkpoint(path, method, state, history, extra: dict | None = None, *,
     return path
 
 
+def rank_path(path, problem) -> Path:
+    """This process's checkpoint file: ``path`` itself in one process; in a data-parallel
+    run ``STEM.rank{r}of{w}SUFFIX`` beside it, since each rank's state holds the warm
+    starts of its own samples (theta and the history are the same on every rank)."""
+    path = Path(path)
+    parallel = getattr(problem, "parallel", None)
+    if parallel is None or not parallel.active:
+        return path
+    rank, world = parallel.rank_and_world()
+    return path.with_name(f"{path.stem}.rank{rank}of{world}{path.suffix}")
+
+
+def rank_file(path, problem) -> Path:
+    """:func:`rank_path` of a checkpoint to read; in a data-parallel run every rank refuses
+    alike when any rank's file is missing (so that none waits for the others)."""
+    mine = rank_path(path, problem)
+    parallel = getattr(problem, "parallel", None)
+    if parallel is not None and parallel.active:
+        here = torch.tensor(0.0 if mine.is_file() else 1.0, dtype=torch.float64)
+        if float(parallel.max(here)):
+            world = parallel.rank_and_world()[1]
+            raise FileNotFoundError(f"no checkpoint of each of {world} ranks beside {path} "
+                                    f"(such as {mine.name}); one written by another number "
+                                    "of ranks holds other samples' warm starts")
+    return mine
+
+
+def check_ranks_agree(problem, path, history) -> None:
+    """Refuse, on every rank alike, a data-parallel resume whose ranks' checkpoints were
+    written at different iterations (a run stopped while its ranks were writing)."""
+    parallel = getattr(problem, "parallel", None)
+    if parallel is None or not parallel.active:
+        return
+    n = len(history)
+    most, least = (int(v) for v in parallel.max(torch.tensor([n, -n], dtype=torch.float64)))
+    if most != -least:
+        raise CheckpointMismatchError(f"checkpoints beside {path} hold {-least} to {most} "
+                                      "iterations across the ranks: the run stopped while "
+                                      "they were being written; resume from a copy taken "
+                                      "at one iteration or start again")
+
+
 # -------------------------------------------------------------------------- read
 def load_checkpoint(path, problem=None, *, method=None):
     """Read a checkpoint: ``(method, state, history, extra)``.

@@ -97,6 +97,13 @@ class Reduction:
         """||t|| over all ranks."""
         return math.sqrt(float(self.sum(torch.sum(t * t))))
 
+    def rank_and_world(self) -> tuple[int, int]:
+        """(this process's rank, the number of ranks) in the group; (0, 1) in one process."""
+        if self.group is None:
+            return 0, 1
+        group = None if self.group is _DEFAULT else self.group
+        return dist.get_rank(group), dist.get_world_size(group)
+
     def __repr__(self):
         return "Reduction(one process)" if self.group is None else "Reduction(data parallel)"
 

@@ -134,3 +134,55 @@ def test_a_sharded_weakly_convex_ridge_has_the_global_constants(tmp_path):
     assert parallel.shape == reference.shape == (5, reference.shape[1])
     assert float((parallel - reference).abs().max()) <= 1e-10
     assert float(reference[-1].sub(reference[0]).abs().max()) > 1e-4  # theta did move
+
+
+CHECKPOINT_DRIVER = textwrap.dedent("""
+    import json, shutil, sys, warnings
+    from pathlib import Path
+    import bilevel, bilevel.distributed as bd
+    rank, world = bd.init("gloo")
+    problem = bd.data_parallel("tv_denoising", n_images=6, size=8, seed=1)
+    out = Path(sys.argv[1])
+    common = dict(batch_size=2, final_check=False)
+    errors = {{}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unbroken = bilevel.solve(problem, "maid_sgd", max_iter=6, **common)
+        bilevel.solve(problem, "maid_sgd", max_iter=3, checkpoint_path=out / "ck.pt",
+                      checkpoint_every=1, **common)
+        early = out / f"ck.rank{{rank}}of{{world}}.pt"
+        shutil.copy(early, out / f"early.{{rank}}.pt")
+        resumed = bilevel.resume(problem, out / "ck.pt", max_iter=6)
+        files = sorted(p.name for p in out.glob("ck*"))
+        if rank == 0:  # rank 0's file goes back to iteration 3, rank 1's stays at 6
+            shutil.copy(out / "early.0.pt", early)
+            shutil.copy(out / "early.0.pt", out / "lonely.rank0of2.pt")
+        bd.all_reduce(__import__("torch").zeros(1), "sum", None)  # the copies are in place
+        for name in ("ck.pt", "lonely.pt"):
+            try:
+                bilevel.resume(problem, out / name, max_iter=8)
+            except Exception as exc:
+                errors[name] = f"{{type(exc).__name__}}: {{exc}}"
+    json.dump(dict(unbroken=unbroken.theta.tolist(), resumed=resumed.theta.tolist(),
+                   iterations=len(resumed.history), files=files, errors=errors),
+              open(out / f"out.{{rank}}.json", "w"))
+    bd.finish()
+""")
+
+
+def test_data_parallel_checkpoints_are_one_file_per_rank(tmp_path):
+    """Each rank writes and resumes its own samples' warm starts; a run resumed midway ends
+    where the unbroken one does; ranks whose files disagree or are missing all refuse."""
+    script = tmp_path / "driver.py"
+    script.write_text(CHECKPOINT_DRIVER.format())
+    done = _torchrun([str(script), str(tmp_path)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{r}.json").read_text()) for r in (0, 1)]
+    for out in ranks:
+        assert out["files"] == ["ck.rank0of2.pt", "ck.rank1of2.pt"]
+        assert out["iterations"] == 6 and out["resumed"] == out["unbroken"]
+        assert out["errors"]["ck.pt"].startswith("CheckpointMismatchError")
+        assert "3 to 6 iterations across the ranks" in out["errors"]["ck.pt"]
+        assert out["errors"]["lonely.pt"].startswith("FileNotFoundError: no checkpoint of "
+                                                     "each of 2 ranks")
+    assert ranks[0]["unbroken"] == ranks[1]["unbroken"]

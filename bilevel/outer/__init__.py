@@ -84,6 +84,8 @@ def solve(problem, method="maid", *, theta0=None, max_iter=100, max_cost=None, m
     checkpoint_path : str or Path, optional
         Write a checkpoint (state, warm starts, history) here every
         ``checkpoint_every`` iterations and at the end; continue with :func:`resume`.
+        In a data-parallel run (:mod:`bilevel.distributed`) each rank writes its own,
+        ``STEM.rank{r}of{w}SUFFIX`` beside it, and resumes from it with the same ranks.
     **settings
         The method's settings (e.g. ``eps0``, ``alpha0``, ``tol``); with a method
         object they override the object's.
@@ -129,8 +131,15 @@ def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=No
     and ``batch_bounds`` -- so that a run can stop paying for bounds no step reads).
     A change the method does not allow is a ValueError; None leaves a setting as saved.
     """
-    from ..checkpoint import CheckpointMismatchError, load_checkpoint, method_differences
+    from ..checkpoint import (
+        CheckpointMismatchError,
+        check_ranks_agree,
+        load_checkpoint,
+        method_differences,
+        rank_file,
+    )
 
+    given, checkpoint_path = checkpoint_path, rank_file(checkpoint_path, problem)
     changes = {name: value for name, value in changes.items() if value is not None}
     if not changes:
         saved, state, history, _ = load_checkpoint(checkpoint_path, problem, method=method)
@@ -149,10 +158,11 @@ def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=No
             raise CheckpointMismatchError(f"checkpoint {checkpoint_path} was written with "
                                           f"other method settings: {'; '.join(differences)} "
                                           "(saved, with the changes, vs asked)")
+    check_ranks_agree(problem, given, history)
     if state.status in _REOPENED:
         # run() returns at once on a state with a status; this one may go on.
         state = dataclasses.replace(state, status=None, message="")
-    return _run_with_checkpoints(saved, problem, None, checkpoint_path, checkpoint_every,
+    return _run_with_checkpoints(saved, problem, None, given, checkpoint_every,
                                  state=state, history=history, max_iter=max_iter,
                                  max_cost=max_cost, max_time=max_time, callback=callback,
                                  progress=progress)
@@ -167,8 +177,9 @@ def _run_with_checkpoints(method, problem, theta0, path, every, **kwargs):
     if path is None:
         result = run(method, problem, theta0, **kwargs)
         return result if finish is None else finish(problem, result, kwargs.get("progress"))
-    from ..checkpoint import problem_fingerprint, save_checkpoint
+    from ..checkpoint import problem_fingerprint, rank_path, save_checkpoint
 
+    path = rank_path(path, problem)
     fingerprint = problem_fingerprint(problem)  # once per run: it hashes the data
     options = {key: kwargs.get(key) for key in ("max_iter", "max_cost", "max_time")}
 
