@@ -143,7 +143,7 @@ def data_parallel(spec: str, group=None, **params):
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     try:
         problem = make_problem(spec, shard=(rank, world), **params)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # the factory's own, or the registry's check
         if "shard" not in str(exc):
             raise
         raise TypeError(f"problem {spec!r} does not support data-parallel solves: its "

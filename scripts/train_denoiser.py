@@ -29,7 +29,10 @@ spline potentials: ``ridge_embedding.from_fields_of_experts``, which needs a gri
 sleeping filters (``--wake-norm``: their norm) or setting the new FoE filters' weight,
 ``--split F`` doubling a ridge's bank with perturbed copies of its filters
 (bilevel_problems.ridge_embedding, foe_embedding); the folder's cost and time are this run's
-only.  The run folder holds what
+only.  ``torchrun --nproc-per-node N scripts/train_denoiser.py ... --distributed`` trains one
+model on N processes (tv / ridge / wcrr, CPU): each rank solves its share of every batch and
+of the final check, the same decisions on every rank, one checkpoint per rank
+(OUT/checkpoint.rank{r}of{N}.pt; ``--resume`` with the same N).  The run folder holds what
 ``bilevel.load(OUT)`` needs (meta.json's ``problem`` spec and theta.json), so that
 
     model = bilevel.load("results/denoisers/foe_sigma25"); x = model.denoise(y)
@@ -46,6 +49,7 @@ from __future__ import annotations
 import math
 import sys
 import textwrap
+from pathlib import Path
 
 import _figure
 import numpy as np
@@ -69,7 +73,8 @@ MODELS = {
 }
 FILES = {"data.csv": "one row per outer iteration: cost, batch or full upper value, omega, step",
          "theta.json": "the learned theta (bilevel.load reads it with meta.json's problem)",
-         "checkpoint.pt": "state, warm starts and history: --resume goes on from it"}
+         "checkpoint.pt": "state, warm starts and history: --resume goes on from it "
+                          "(--distributed: checkpoint.rank{r}of{w}.pt, one per rank)"}
 
 
 def add_arguments(p):
@@ -133,6 +138,10 @@ def add_arguments(p):
     p.add_argument("--checkpoint-every", type=int, default=10)
     p.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint.pt")
     p.add_argument("--data", default=None, help="the BSD400 training folder (docs/data.md)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data parallel over torchrun's ranks (tv / ridge / wcrr, on the CPU): "
+                        "each rank solves its share of every batch and of the final check "
+                        "and writes its own checkpoint; rank 0 writes the folder")
     p.add_argument("--device", default="cpu",
                    help="where the lower level is solved (cuda; the crops, theta and the "
                         "method's state live there; the run folder reads the same on any "
@@ -266,32 +275,23 @@ def compute(args, folder):
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("this torch sees no CUDA device")
+        if device.type == "cuda" and args.distributed:
+            raise RuntimeError("--distributed runs on the CPU (one device per rank is not "
+                               "wired here)")
     except RuntimeError as exc:
         raise SystemExit(f"--device {args.device}: {exc}") from None
-    problem = registry.make_problem(problem_spec, images=clean, noisy=noisy,
-                                    sigma=args.sigma / 255, device=device)
-    theta0 = None if args.resume else initial_theta(args, problem, problem_spec)
-    checkpoint = folder / "checkpoint.pt"
-    budgets = dict(max_iter=args.max_iter, max_time=args.max_time, progress=not quick,
-                   checkpoint_every=args.checkpoint_every)
-    print(f"{problem_spec}: {tuple(clean.shape)} patches from {source}, sigma {args.sigma}/255,"
-          f" {args.method} {settings}", flush=True)
-    with interrupts.sigterm_interrupts():
-        if args.resume:
-            if not checkpoint.is_file():
-                raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
-            # The command's settings must be the checkpoint's (a mismatch is refused), bar
-            # those that change no iterate (a new final check, batch bounds on or off).
-            changes = {name: settings.get(name) for name in
-                       getattr(type(method), "resumable_settings", ())}
-            try:
-                result = bilevel.resume(problem, checkpoint, **budgets, method=method,
-                                        **changes)
-            except bilevel.CheckpointMismatchError as exc:
-                raise SystemExit(f"--resume: {exc}") from None
-        else:
-            result = bilevel.solve(problem, method, theta0=theta0, checkpoint_path=checkpoint,
-                                   **budgets)
+    problem = _training_problem(args, problem_spec, clean, noisy, device)
+    rank, ranks = problem.parallel.rank_and_world()
+    budgets = dict(max_iter=args.max_iter, max_time=args.max_time,
+                   progress=not quick and rank == 0, checkpoint_every=args.checkpoint_every)
+    if rank == 0:
+        print(f"{problem_spec}: {tuple(clean.shape)} patches from {source}, sigma "
+              f"{args.sigma}/255, {args.method} {settings}"
+              + (f", {ranks} data-parallel ranks" if ranks > 1 else ""), flush=True)
+    result = _train(args, problem, problem_spec, method, settings, budgets,
+                    Path(args.out) / "checkpoint.pt")
+    if rank != 0:
+        return {}  # rank 0 writes the folder: theta and the history are the same here
     print(f"{result.status}: {result.message}", flush=True)
     folder.write_rows("data.csv", result.history)
     folder.write_json("theta.json", result.theta.detach().cpu().tolist())
@@ -303,9 +303,39 @@ def compute(args, folder):
                 iterations=len(result.history), cost=last.get("cost"), init=args.init,
                 wake=args.wake, wake_norm=args.wake_norm, split=args.split,
                 init_scale=args.init_scale,
-                device=str(device),
+                device=str(device), ranks=ranks,
                 final_check=getattr(result.state, "final_check", None),
                 train_psnr_start=datasets.quality(noisy, clean)["psnr"])
+
+
+def _training_problem(args, problem_spec, clean, noisy, device):
+    """The problem on the crops; with --distributed this rank's share of them."""
+    data = dict(images=clean, noisy=noisy, sigma=args.sigma / 255, device=device)
+    if not args.distributed:
+        return registry.make_problem(problem_spec, **data)
+    try:
+        return bilevel.distributed.data_parallel(problem_spec, **data)
+    except (RuntimeError, TypeError) as exc:
+        raise SystemExit(f"--distributed: {exc} (launch with torchrun --nproc-per-node N "
+                         "scripts/train_denoiser.py ... --distributed)") from None
+
+
+def _train(args, problem, problem_spec, method, settings, budgets, checkpoint):
+    """Solve, or with --resume go on from the checkpoint (each rank's own with
+    --distributed, :func:`bilevel.checkpoint.rank_path`)."""
+    with interrupts.sigterm_interrupts():
+        if not args.resume:
+            theta0 = initial_theta(args, problem, problem_spec)
+            return bilevel.solve(problem, method, theta0=theta0, checkpoint_path=checkpoint,
+                                 **budgets)
+        # The command's settings must be the checkpoint's (a mismatch is refused), bar
+        # those that change no iterate (a new final check, batch bounds on or off).
+        changes = {name: settings.get(name) for name in
+                   getattr(type(method), "resumable_settings", ())}
+        try:
+            return bilevel.resume(problem, checkpoint, **budgets, method=method, **changes)
+        except (FileNotFoundError, bilevel.CheckpointMismatchError) as exc:
+            raise SystemExit(f"--resume: {exc}") from None
 
 
 def summarise(folder):
@@ -316,6 +346,7 @@ def summarise(folder):
             f"Problem `{meta['problem']}` on {meta['patches']} patches "
             f"{meta['patch_size']}x{meta['patch_size']} from {meta['source']}; method "
             f"`{meta['method']}` {meta['settings']}, on {meta.get('device', 'cpu')}"
+            + (f" ({meta['ranks']} data-parallel ranks)" if meta.get("ranks", 1) > 1 else "")
             + (f", from the learned `{meta['init']}`" if meta.get("init") else "")
             + (f" (sleeping filters woken at {meta['wake']:g} s_max"
                + (f", norm {meta['wake_norm']:g}" if meta.get("wake_norm") else "") + ")"
@@ -331,11 +362,19 @@ def summarise(folder):
             f"from its start): {meta['message']}", "",
             f"Last upper value {last.get('upper_value', math.nan):.6g} (noisy patches: "
             f"{meta['train_psnr_start']:.2f} dB).", "",
-            f"Command: `{meta['command']}`.", "",
+            f"Command: `{_launch(meta)}`.", "",
             "Evaluate: `python benchmarks/bsd68.py --model NAME=THIS_FOLDER`.", ""]
     text[-2:-2] = _concavity_lines(folder)
     folder.write_text("summary.md", "\n".join(text))
     print("\n".join(text))
+
+
+def _launch(meta):
+    """The command that reproduces the run: torchrun's for a data-parallel one."""
+    ranks, command = meta.get("ranks", 1), meta["command"]
+    if ranks > 1 and command.startswith("python "):
+        return f"torchrun --nproc-per-node {ranks} " + command.removeprefix("python ")
+    return command
 
 
 def _concavity_lines(folder):
@@ -436,8 +475,24 @@ def main(argv=None):
         pre.add_argument("--sigma", type=float, default=25.0)
         known, _ = pre.parse_known_args(argv)
         argv += ["--out", f"results/denoisers/{known.model}_sigma{known.sigma:g}"]
-    return experiment.main(__doc__, "train_denoiser", compute, summarise=summarise, plot=plot,
-                           argv=argv, add_arguments=add_arguments, files=FILES)
+    if "--distributed" not in argv:
+        return experiment.main(__doc__, "train_denoiser", compute, summarise=summarise,
+                               plot=plot, argv=argv, add_arguments=add_arguments, files=FILES)
+    rank, _ = bilevel.distributed.init()
+    try:
+        if rank == 0:
+            return experiment.main(__doc__, "train_denoiser", compute, summarise=summarise,
+                                   plot=plot, argv=argv, add_arguments=add_arguments,
+                                   files=FILES)
+        # The other ranks train their share and write only their checkpoints.
+        p = experiment.parser(__doc__)
+        add_arguments(p)
+        args = p.parse_args(argv)
+        torch.set_num_threads(args.threads)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        compute(args, None)
+    finally:
+        bilevel.distributed.finish()
 
 
 if __name__ == "__main__":

@@ -316,6 +316,36 @@ def test_train_denoiser_resume_adds_a_final_check_and_refuses_other_settings(tmp
         train.main(run + ["--resume", "--set", "eps0=0.5"])
 
 
+def test_train_denoiser_trains_one_model_on_two_ranks_and_resumes(tmp_path):
+    """--distributed under torchrun: each rank its share of every batch and its own
+    checkpoint, rank 0 the folder; --resume goes on from the ranks' checkpoints, and the
+    final check brackets F at the saved theta as one process solves it."""
+    from test_distributed import _torchrun
+
+    train = module("scripts", "train_denoiser")
+    run = [str(ROOT / "scripts" / "train_denoiser.py"), "--quick", "--model", "wcrr",
+           "--distributed", "--no-plot", "--checkpoint-every", "1", "--set",
+           "final_check=loss", "--out", str(tmp_path)]
+    for extra in (["--max-iter", "2"], ["--max-iter", "3", "--resume"]):
+        done = _torchrun(run + extra)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint*")) == \
+        ["checkpoint.rank0of2.pt", "checkpoint.rank1of2.pt"]
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["ranks"] == 2 and meta["iterations"] == 3
+    assert all(r["batch_size"] == 4 for r in RunFolder(tmp_path).read_rows("data.csv"))
+    assert "Command: `torchrun --nproc-per-node 2 " in (tmp_path / "summary.md").read_text()
+    clean, noisy, _ = train.training_pairs(8, 16, sigma=25.0)
+    problem = bilevel.make_problem(meta["problem"], images=clean, noisy=noisy, sigma=25 / 255)
+    theta = torch.tensor(json.loads((tmp_path / "theta.json").read_text()), dtype=torch.float64)
+    F = bilevel.hypergradient(problem, theta, 1e-11, 1e-11).upper_value
+    check = meta["final_check"]
+    assert check["samples"] == 8 and check["lower_bound"] <= F <= check["upper_bound"]
+    one = _torchrun(run[:1] + ["--quick", "--model", "foe", "--distributed", "--out",
+                               str(tmp_path / "foe")])
+    assert one.returncode != 0 and "does not support data-parallel solves" in one.stderr
+
+
 def test_train_denoiser_stops_on_sigterm_with_its_folder_written(tmp_path):
     """``kill PID`` ends a background run as Ctrl-C does: status 'interrupted', the rows
     and theta written, a checkpoint to resume."""
