@@ -62,6 +62,7 @@ class _Plan:
     out: Path | None
     source: Path | None = None  # the checkpoint a resumed run continues
     new_folder: bool = True  # out is a new run folder, not the resumed one
+    writer: bool = True  # writes the folder: rank 0 of a data-parallel run
 
     @property
     def meta(self) -> dict:
@@ -99,9 +100,9 @@ def _resume_plan(args) -> _Plan:
     meta = load_meta(run_dir, required=("problem", "method", "settings", "max_iter",
                                         "max_cost"))
     source = run_dir / "checkpoint.pt"
-    if not source.is_file():
-        raise ValueError(f"--resume {run_dir}: no checkpoint.pt there (a --distributed run, "
-                         "or one written by an older version without --checkpoint-every)")
+    if not source.is_file() and not any(run_dir.glob("checkpoint.rank*of*.pt")):
+        raise ValueError(f"--resume {run_dir}: no checkpoint.pt there (a run written without "
+                         "--checkpoint-every) and no data-parallel ranks' checkpoints")
     _check_saved_run(run_dir, meta)
     spec, method_name, settings = meta["problem"], meta["method"], dict(meta["settings"])
     if args.problem is not None and registry.parse_spec(args.problem) != \
@@ -170,20 +171,27 @@ def _check_out(out, overwrite) -> Path | None:
     return path
 
 
-def _open_out(plan: _Plan) -> Path | None:
-    """Create the run folder, mark it 'running'; the checkpoint the run writes there."""
+def _open_out(plan: _Plan, problem) -> Path | None:
+    """Create the run folder, mark it 'running'; the checkpoint the run writes there (in a
+    data-parallel run each rank its own, :func:`bilevel.checkpoint.rank_path`)."""
+    import torch
+
+    from .checkpoint import rank_path
     from .results import RUN_FILES, write_meta
 
     if plan.out is None:
         return None
-    plan.out.mkdir(parents=True, exist_ok=True)
     checkpoint = plan.out / "checkpoint.pt"
-    if plan.new_folder:  # --overwrite was checked: the old run's files must not linger
-        for name in RUN_FILES:
-            (plan.out / name).unlink(missing_ok=True)
-        if plan.source is not None:  # a resumed run written elsewhere starts as a copy
-            shutil.copyfile(plan.source, checkpoint)
-    write_meta(plan.out, dict(plan.meta, status="running"))
+    if plan.writer:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        if plan.new_folder:  # --overwrite was checked: the old run's files must not linger
+            for path in [plan.out / name for name in RUN_FILES] + \
+                    list(plan.out.glob("checkpoint.rank*of*.pt")):
+                path.unlink(missing_ok=True)
+        write_meta(plan.out, dict(plan.meta, status="running"))
+    problem.parallel.sum(torch.zeros(1))  # every rank waits until the folder is ready
+    if plan.new_folder and plan.source is not None:  # resumed elsewhere: starts as a copy
+        shutil.copyfile(rank_path(plan.source, problem), rank_path(checkpoint, problem))
     return checkpoint
 
 
@@ -198,8 +206,6 @@ def cmd_list(args):
 
 
 def cmd_run(args):
-    if args.distributed and (args.checkpoint_every or args.resume):
-        raise ValueError("--checkpoint-every / --resume are not supported with --distributed")
     if args.checkpoint_every and not args.out and not args.resume:
         raise ValueError("--checkpoint-every needs --out DIR (the checkpoint lives there)")
     plan = _resume_plan(args) if args.resume else _fresh_plan(args)
@@ -216,10 +222,9 @@ def cmd_run(args):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if plan.source is not None:  # refuse another problem before touching a file
-                from .checkpoint import load_checkpoint
-                load_checkpoint(plan.source, problem, method=plan.method)
-            if rank != 0:
-                plan.out = None  # rank 0 writes the run folder
+                from .checkpoint import load_checkpoint, rank_file
+                load_checkpoint(rank_file(plan.source, problem), problem, method=plan.method)
+            plan.writer = rank == 0  # rank 0 writes the run folder, each rank its checkpoint
             result = _execute(args, plan, problem)
         if result is None:
             return INTERRUPTED
@@ -242,9 +247,7 @@ def _execute(args, plan: _Plan, problem):
                   progress=not args.quiet,
                   checkpoint_every=args.checkpoint_every)
     try:
-        checkpoint = _open_out(plan)
-        if args.distributed:
-            checkpoint = None  # checkpoints are not supported there (yet)
+        checkpoint = _open_out(plan, problem)
         with sigterm_interrupts():
             if plan.source is not None:
                 return resume(problem, checkpoint, method=plan.method, **common)
@@ -262,7 +265,7 @@ def _execute(args, plan: _Plan, problem):
 
 def _mark(plan: _Plan, status, message) -> None:
     """Record in meta.json how a run ended that left no result to save."""
-    if plan.out is not None and (plan.out / "meta.json").exists():
+    if plan.writer and plan.out is not None and (plan.out / "meta.json").exists():
         from .results import write_meta
         write_meta(plan.out, dict(plan.meta, status=status, message=message))
 
@@ -289,7 +292,10 @@ def _report(args, plan: _Plan, problem, result, caught):
             out = save_run(plan.out, result, plan.meta, warnings=messages)
         print(f"  wrote {out}/data.csv, meta.json, theta.json")
         if result.status == "interrupted":
-            print(f"  continue with: python -m bilevel run --resume {out}")
+            ranks = problem.parallel.rank_and_world()[1]
+            launch = (f"torchrun --nproc-per-node {ranks} -m bilevel run --distributed"
+                      if ranks > 1 else "python -m bilevel run")
+            print(f"  continue with: {launch} --resume {out}")
     if result.status == "interrupted":
         return INTERRUPTED
     return 0 if result.status in ("converged", "max_iter", "max_cost", "max_time",
@@ -328,7 +334,8 @@ def _parser():
                      help="replace the run that --out already holds")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--checkpoint-every", type=_count, default=0, metavar="K",
-                     help="also write OUT/checkpoint.pt every K iterations (atomically)")
+                     help="also write OUT/checkpoint.pt every K iterations (atomically; "
+                          "--distributed: OUT/checkpoint.rank{r}of{N}.pt, one per rank)")
     run.add_argument("--distributed", action="store_true",
                      help="data-parallel over the processes of torchrun (gloo on CPU, "
                           "nccl on GPU): torchrun --nproc-per-node N -m bilevel run ...")

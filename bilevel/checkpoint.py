@@ -215,6 +215,12 @@ def rank_file(path, problem) -> Path:
     alike when any rank's file is missing (so that none waits for the others)."""
     mine = rank_path(path, problem)
     parallel = getattr(problem, "parallel", None)
+    if mine == Path(path) and not mine.is_file():
+        ranks = sorted(mine.parent.glob(f"{mine.stem}.rank*of*{mine.suffix}"))
+        if ranks:
+            raise FileNotFoundError(f"no checkpoint at {mine}: the run was written by "
+                                    f"data-parallel ranks ({ranks[0].name}, ...); resume it "
+                                    "with as many ranks (bilevel.distributed)")
     if parallel is not None and parallel.active:
         here = torch.tensor(0.0 if mine.is_file() else 1.0, dtype=torch.float64)
         if float(parallel.max(here)):

@@ -72,6 +72,31 @@ def test_distributed_command_line(tmp_path):
     assert thetas[0] == pytest.approx(thetas[1], abs=1e-10)
 
 
+def test_distributed_command_line_checkpoints_and_resumes(tmp_path):
+    """--checkpoint-every under --distributed: one file per rank; --resume (in place, and
+    into a new folder) ends where an unbroken data-parallel run does."""
+    spec = "tv_denoising[n_images=4,size=16,seed=3]"
+    common = ["-m", "bilevel", "run", "--distributed", "--quiet"]
+    for args in ([spec, "--max-iter", "10", "--out", str(tmp_path / "whole")],
+                 [spec, "--max-iter", "4", "--checkpoint-every", "2", "--out",
+                  str(tmp_path / "part")],
+                 ["--resume", str(tmp_path / "part"), "--max-iter", "7", "--out",
+                  str(tmp_path / "copy")],
+                 ["--resume", str(tmp_path / "copy"), "--max-iter", "10"]):
+        done = _torchrun(common + args)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "part").glob("checkpoint*")) == \
+        ["checkpoint.rank0of2.pt", "checkpoint.rank1of2.pt"]
+    thetas = [json.loads((tmp_path / d / "theta.json").read_text()) for d in ("whole", "copy")]
+    assert thetas[0] == thetas[1]
+    assert json.loads((tmp_path / "copy" / "meta.json").read_text())["iterations"] == 10
+    one = subprocess.run([sys.executable, "-m", "bilevel", "run", "--resume",
+                          str(tmp_path / "part"), "--quiet", "--max-iter", "6"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert one.returncode != 0
+    assert "the run was written by data-parallel ranks (checkpoint.rank0of2.pt" in one.stderr
+
+
 def test_data_parallel_needs_a_process_group():
     import torch.distributed as dist
 
