@@ -2,7 +2,7 @@
 
     python benchmarks/bsd68.py [--set Set68,Set12] [--sigma 15,25] [--n-images N]
                                [--model NAME=RUN_DIR ...] [--tol T] [--data DIR]
-                               [--out results/bsd68] [--resume]
+                               [--out results/bsd68] [--resume] [--workers N]
     python benchmarks/bsd68.py --merge FOLDER [--merge FOLDER ...] [--out results/bsd68]
 
 Protocol (the usual one of the published tables).  Every PNG of the set, gray in
@@ -33,6 +33,9 @@ done; ``--resume`` (one set, one sigma, the same models) reuses them after a sto
 images are not denoised again (TV is, it is cheap), each one's noisy PSNR is checked
 against the record (another sigma or noise draw is refused), and meta.json counts them in
 ``resumed_images``; the seconds per image are those measured when each was run.
+
+``--workers N`` denoises N images at a time, each in a forked process of one thread (the
+same numbers).
 
 ``--merge FOLDER`` evaluates nothing: it copies the learned models of FOLDER's summary.json
 (an evaluation with ``--model``, e.g. results/bsd68_learned/ridge) into the entries of
@@ -98,7 +101,7 @@ def learned_denoiser(run_dir, tol=None, device=None):
 
 
 def evaluate(images, names, sigma, denoisers, weights=TV_WEIGHTS, progress=print,
-             partial=None, done=None):
+             partial=None, done=None, workers=1):
     """Denoise each image once per model; (summary, per-image rows, TV grid rows).
 
     ``images``: clean 2-D arrays in [0, 1]; ``denoisers``: {name: f(noisy) -> array}
@@ -107,34 +110,21 @@ def evaluate(images, names, sigma, denoisers, weights=TV_WEIGHTS, progress=print
     long run that is stopped keeps what it measured). ``done``: such rows of an earlier,
     stopped run, by (image, model): those models are not run again on those images (TV is
     cheap and always rerun); ValueError if an image's noisy PSNR differs from the one
-    recorded (another sigma, seed or image).
+    recorded (another sigma, seed or image).  ``workers`` > 1 denoises that many images at
+    a time in forked processes of one thread each (the same numbers: each image's noise
+    comes from its own seed).
     """
-    from skimage.restoration import denoise_tv_chambolle
-
     denoisers = {k: f for k, f in denoisers.items() if f is not None}
     n, grid = len(images), np.zeros((len(images), len(weights), 3))  # psnr, ssim, seconds
-    rows = []
-    for i, (clean, name) in enumerate(zip(images, names, strict=True)):
-        y = noisy_image(clean, sigma, seed=i)
-        rows.append(dict(image=name, model="noisy", psnr=_metrics(y, clean)[0], ssim=None,
-                         seconds=0.0))
-        earlier = _earlier_rows(done or {}, rows[-1])
-        for k, w in enumerate(weights):
-            start = time.perf_counter()
-            x = denoise_tv_chambolle(y, weight=w)
-            grid[i, k] = (*_metrics(x, clean), time.perf_counter() - start)
-        line = [f"noisy {rows[-1]['psnr']:.2f}", f"TV best {grid[i, :, 0].max():.2f}"]
-        for model, denoise in denoisers.items():
-            if model in earlier:
-                rows.append(earlier[model])
-                line.append(f"{model} {earlier[model]['psnr']:.2f} (resumed)")
-                continue
-            _, psnr, ssim, seconds = denoised(denoise, y, clean)
-            rows.append(dict(image=name, model=model, psnr=psnr, ssim=ssim, seconds=seconds))
-            line.append(f"{model} {psnr:.2f} ({seconds:.1f} s)")
-        progress(f"  {i + 1}/{n} {name}: " + ", ".join(line) + " dB")
+    per_image = [None] * n
+    job = dict(images=images, names=names, sigma=sigma, denoisers=denoisers, weights=weights,
+               done=done or {})
+    for count, (i, image_rows, grid[i], line) in enumerate(_each_image(job, workers), 1):
+        per_image[i] = image_rows
+        progress(f"  {count}/{n} {names[i]}: " + line + " dB")
         if partial is not None:
-            partial(rows)
+            partial([r for rows in per_image if rows for r in rows])
+    rows = [r for image_rows in per_image for r in image_rows]
     best = int(grid[:, :, 0].mean(0).argmax())
     for i, name in enumerate(names):
         rows.append(dict(image=name, model=TV, psnr=grid[i, best, 0], ssim=grid[i, best, 1],
@@ -149,6 +139,84 @@ def evaluate(images, names, sigma, denoisers, weights=TV_WEIGHTS, progress=print
     grid_rows = [dict(weight=w, psnr=grid[:, k, 0].mean(), ssim=grid[:, k, 1].mean())
                  for k, w in enumerate(weights)]
     return summary, rows, grid_rows
+
+
+def _each_image(job, workers):
+    """(index, rows, TV grid row, progress line) of each image, in the order they finish.
+
+    Workers are forked (the denoisers, closures, are inherited rather than pickled), each
+    taking every ``workers``-th image; only their results cross a queue."""
+    n = len(job["images"])
+    if workers <= 1 or n <= 1:
+        yield from (_one_image(job, i) for i in range(n))
+        return
+    import multiprocessing
+    import queue as queues
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    processes = [context.Process(target=_worker, args=(job, range(w, n, workers), results),
+                                 daemon=True) for w in range(min(workers, n))]
+    for process in processes:
+        process.start()
+    try:
+        for _ in range(n):
+            while True:
+                try:
+                    item = results.get(timeout=5)
+                    break
+                except queues.Empty:
+                    dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+                    if dead:
+                        raise RuntimeError(f"bsd68: a worker died (exit code {dead[0]})") \
+                            from None
+            if isinstance(item, str):
+                raise RuntimeError(f"bsd68: a worker failed:\n{item}")
+            yield item
+    finally:
+        for process in processes:  # all finished, unless the parent stops early
+            if process.is_alive():
+                process.terminate()
+            process.join()
+
+
+def _worker(job, indices, results):
+    import traceback
+
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        for i in indices:
+            results.put(_one_image(job, i))
+    except Exception:  # the parent raises it, with the worker's traceback
+        results.put(traceback.format_exc())
+
+
+def _one_image(job, i):
+    """The noisy row, the learned models' rows (or a stopped run's), TV's grid on image i."""
+    from skimage.restoration import denoise_tv_chambolle
+
+    clean, name = job["images"][i], job["names"][i]
+    y = noisy_image(clean, job["sigma"], seed=i)
+    rows = [dict(image=name, model="noisy", psnr=_metrics(y, clean)[0], ssim=None,
+                 seconds=0.0)]
+    earlier = _earlier_rows(job["done"], rows[0])
+    grid = np.zeros((len(job["weights"]), 3))
+    for k, w in enumerate(job["weights"]):
+        start = time.perf_counter()
+        x = denoise_tv_chambolle(y, weight=w)
+        grid[k] = (*_metrics(x, clean), time.perf_counter() - start)
+    line = [f"noisy {rows[0]['psnr']:.2f}", f"TV best {grid[:, 0].max():.2f}"]
+    for model, denoise in job["denoisers"].items():
+        if model in earlier:
+            rows.append(earlier[model])
+            line.append(f"{model} {earlier[model]['psnr']:.2f} (resumed)")
+            continue
+        _, psnr, ssim, seconds = denoised(denoise, y, clean)
+        rows.append(dict(image=name, model=model, psnr=psnr, ssim=ssim, seconds=seconds))
+        line.append(f"{model} {psnr:.2f} ({seconds:.1f} s)")
+    return i, rows, grid, ", ".join(line)
 
 
 def _earlier_rows(done, noisy_row):
@@ -213,6 +281,9 @@ def _arguments(argv):
                    help="TV's weights, comma-separated (default: the 41-weight oracle grid; "
                         "one known weight makes TV's row cheap when only learned rows are "
                         "wanted)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="images denoised at a time, each in a forked process of one thread "
+                        "(default 1; the same numbers)")
     p.add_argument("--resume", action="store_true",
                    help="reuse the images of --out's per_image_partial.csv, left by a stopped "
                         "run of the same models, one set and one sigma")
@@ -231,6 +302,8 @@ def _arguments(argv):
             p.error(f"--tv-weights takes numbers separated by commas, got {args.tv_weights!r}")
         if not all(0 < w < float("inf") for w in args.weights):
             p.error(f"--tv-weights must be positive and finite, got {args.tv_weights!r}")
+    if args.workers < 1:
+        p.error(f"--workers must be >= 1, got {args.workers}")
     if args.resume and ("," in args.set or "," in args.sigma):
         p.error("--resume takes one --set and one --sigma (the partial file holds one)")
     if args.quick:  # two images of Set12, never over the committed results
@@ -267,7 +340,7 @@ def main(argv=None):
                     images, files, sigma, {**(bm3d or {}), **models}, weights=args.weights,
                     progress=lambda line: print(line, flush=True),
                     partial=lambda rows: folder.write_rows("per_image_partial.csv", rows),
-                    done=done)
+                    done=done, workers=args.workers)
             except ValueError as exc:  # a partial file of another sigma or image set
                 raise SystemExit(f"bsd68: --resume: {exc}") from None
             tag = dict(set=set_name, sigma_255=sigma_255)
@@ -283,7 +356,7 @@ def main(argv=None):
                            sets=sources, sigmas_255=args.sigma, n_images=args.n_images,
                            models=args.models, tol=args.tol, noise="numpy default_rng(i), image i",
                            tv_weights=[args.weights[0], args.weights[-1], len(args.weights)],
-                           device=args.device or "cpu",
+                           device=args.device or "cpu", workers=args.workers,
                            resumed_images=sum(m == "noisy" for _, m in done or {}),
                            versions=versions(),
                            wall_time_s=round(time.perf_counter() - started, 1)))

@@ -59,6 +59,32 @@ def test_tv_oracle_and_fixed_noise(bench, images):
     assert again["psnr"] == summary["psnr"]
 
 
+def test_workers_give_the_same_numbers(bench, images, tmp_path):
+    """Images denoised in forked workers: the rows of the one-process evaluation, in the
+    images' order, a learned model's included; the partial file holds every image."""
+    _, model = set12_and_a_model(images, tmp_path)
+    four = images[0] * 2, images[1] * 2
+    models = {"TV learned": bench.learned_denoiser(model.path, tol=1e-4)}
+    written = []
+    runs = [bench.evaluate(*four, SIGMA, models, weights=(0.05, 0.1),
+                           progress=lambda _: None, partial=written.append, workers=workers)
+            for workers in (1, 3)]
+    (one, rows_one, grid_one), (many, rows_many, grid_many) = runs
+    assert one["psnr"] == many["psnr"] and one["ssim"] == many["ssim"]
+    assert grid_one == grid_many
+    key = [(r["image"], r["model"], r["psnr"], r["ssim"]) for r in rows_one]
+    assert key == [(r["image"], r["model"], r["psnr"], r["ssim"]) for r in rows_many]
+    assert len(written[-1]) == 8 and {r["model"] for r in written[-1]} == {"noisy",
+                                                                           "TV learned"}
+
+    def broken(y):
+        raise ValueError("no such filter")
+
+    with pytest.raises(RuntimeError, match="a worker failed:(.|\n)*no such filter"):
+        bench.evaluate(*four, SIGMA, {"broken": broken}, weights=(0.05,),
+                       progress=lambda _: None, workers=2)
+
+
 def test_models_and_bm3d(bench, images):
     pytest.importorskip("bm3d")
     lines = []
