@@ -38,6 +38,10 @@ is positive, so d is a descent direction of F_B wherever omega <= rel_error <z_B
 ||d|| (then <grad F_B, d> >= (1 - rel_error) <z_B, d> > 0): that is the certified
 direction's test here, and the search proves F_B(theta - alpha d) <= F_B(theta) - lam alpha
 <z_B, d> as for any direction (docs/certificates.md, section 8).
+
+Variance reduction (``variance_reduction="saga"``, scheduled steps only): the step goes along
+SAGA's unbiased estimate of grad F from the batch and a table of each sample's last
+hypergradient (:mod:`bilevel.outer.variance_reduction`) instead of z_B.
 """
 from __future__ import annotations
 
@@ -71,6 +75,7 @@ from .base import (
     warm,
 )
 from .line_search import certified_line_search
+from .variance_reduction import saga_direction, sample_hypergradients
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,7 @@ class MinibatchState(OuterState):
     restart_step: float | None = None  # the next search's first step after a too-long search
     theta_average: torch.Tensor | None = None  # average > 0: the moving average of the iterates
     second_moment: torch.Tensor | None = None  # precondition: the moving average of z_B^2
+    table: torch.Tensor | None = None  # variance_reduction: each sample's last G_i (here)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +154,13 @@ class MinibatchMAID:
         say ``error_bound`` inf, ``certified`` False.  The final check certifies F as
         before.  Refused with a search or another accuracy, which need omega.  A resumed
         run may switch it (``bilevel.resume(..., batch_bounds=False)``).
+    variance_reduction : {'none', 'saga'}
+        'saga' steps along SAGA's direction z_B - mean_B T_i + mean T_i, T_i the last
+        hypergradient of sample i's own loss, instead of z_B (after the first epoch, which
+        fills the table): an unbiased estimate of grad F with far less of the batches'
+        noise (:mod:`bilevel.outer.variance_reduction`).  Keeps a (samples x dim theta)
+        table in the state.  Needs a scheduled step and accuracy (the search certifies the
+        batch's decrease, which SAGA's direction need not give).
 
     Rows hold the common columns (``upper_value``: the batch's g; ``error_bound``: its
     omega; ``step``, ``backtracks``, ``accepted``: the search's) and ``epoch`` (epochs
@@ -186,6 +199,7 @@ class MinibatchMAID:
     precondition_eps: float = 1e-3
     value_bounds: str = "first_order"
     batch_bounds: bool = True
+    variance_reduction: str = "none"
 
     def __post_init__(self):
         check_settings(
@@ -204,7 +218,15 @@ class MinibatchMAID:
             precondition=one_of("none", "rmsprop"),
             precondition_beta=(lambda v: NONNEGATIVE[0](v) and v < 1, "a number in [0, 1)"),
             precondition_eps=POSITIVE, value_bounds=one_of("first_order", "adjoint"),
-            batch_bounds=(lambda v: v is True or v is False, "True or False"))
+            batch_bounds=(lambda v: v is True or v is False, "True or False"),
+            variance_reduction=one_of("none", "saga"))
+        if self.variance_reduction != "none" and (
+                (self.step, self.accuracy) != ("schedule", "schedule") or self.alpha0 is None):
+            raise ValueError(f"MinibatchMAID: variance_reduction={self.variance_reduction!r} "
+                             "needs step='schedule', accuracy='schedule' and alpha0 (the "
+                             "search certifies the batch's decrease, which its direction need "
+                             f"not give), got step={self.step!r}, accuracy={self.accuracy!r}, "
+                             f"alpha0={self.alpha0!r}")
         if not self.batch_bounds and (self.step, self.accuracy) != ("schedule", "schedule"):
             raise ValueError("MinibatchMAID: batch_bounds=False needs step='schedule' and "
                              "accuracy='schedule' (the search and the other accuracies read "
@@ -347,7 +369,12 @@ class MinibatchMAID:
             certify, (lambda d: self._first_step(state, d)) if searching else None,
             lambda z: self._direction(state, z)[0])
         z, z_norm, omega = hg.grad, norm(hg.grad), hg.error_bound
-        d, second_moment = self._direction(state, z)
+        v, table = z, state.table
+        if self.variance_reduction == "saga" and finite(z_norm):
+            shares = sample_hypergradients(batch, state.theta, hg.lower.x, hg.linear.q, total)
+            v, table = saga_direction(z, shares, table, index, problem.parallel,
+                                      (n, n_all, total), state.epoch)
+        d, second_moment = self._direction(state, v)
         slope, margin = _slope_and_margin(z, d)
         if self.accuracy == "adaptive" and finite(z_norm, omega):
             following = self._rescaled(hg, eps, delta, self.rel_error * margin)
@@ -366,7 +393,7 @@ class MinibatchMAID:
         new = dataclasses.replace(state, x=x, q=q, eps=following[0], delta=following[1],
                                   iteration=state.iteration + 1, epoch=epoch, position=position,
                                   smoothness=hg.lower.smoothness or state.smoothness,
-                                  final_check=None)
+                                  final_check=None, table=table)
         if not finite(z_norm, omega if self.batch_bounds else 0.0):
             new = dataclasses.replace(new, status="diverged", message=(
                 f"the hypergradient of batch {index.tolist()} is not finite"))
