@@ -211,3 +211,18 @@ def test_data_parallel_checkpoints_are_one_file_per_rank(tmp_path):
         assert out["errors"]["lonely.pt"].startswith("FileNotFoundError: no checkpoint of "
                                                      "each of 2 ranks")
     assert ranks[0]["unbroken"] == ranks[1]["unbroken"]
+
+
+@pytest.mark.slow
+def test_the_distributed_training_benchmark_times_both_runs(tmp_path):
+    """benchmarks/distributed_training.py: one process and two ranks, the same number of
+    iterations each, both rows in its table."""
+    from test_scripts import module
+
+    out = tmp_path / "dt.md"
+    module("benchmarks", "distributed_training").main(
+        ["--patches", "8", "--max-iter", "3", "--out", str(out), "--", "--quick", "--model",
+         "wcrr"])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| 1 process")
+            or line.startswith("| 2 ranks")]
+    assert len(rows) == 2 and all(float(r.split("|")[4]) > 0 for r in rows)
