@@ -90,7 +90,7 @@ class MinibatchState(OuterState):
     final_check: dict | None = None
     restart_step: float | None = None  # the next search's first step after a too-long search
     theta_average: torch.Tensor | None = None  # average > 0: the moving average of the iterates
-    second_moment: torch.Tensor | None = None  # precondition: the moving average of z_B^2
+    second_moment: torch.Tensor | None = None  # precondition: moving average of z_B^2 (or v^2)
     table: torch.Tensor | None = None  # variance_reduction: each sample's last G_i (here)
 
 
