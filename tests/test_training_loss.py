@@ -61,3 +61,6 @@ def test_paired_batches_reads_a_checkpoint_and_a_folder_of_the_same_run(run):
         rows = bench.main([str(folder / "checkpoint.pt"), str(folder), "--windows", windows])
         assert [r[:2] for r in rows] == spans
         assert all(r[2] == 0 and r[3] == 0 and r[4] == r[5] for r in rows)
+    bench.main([str(folder / "checkpoint.pt"), str(folder), "--plot",
+                str(folder / "paired.png"), "--span", "2"])
+    assert (folder / "paired.png").stat().st_size > 0
