@@ -244,12 +244,7 @@ class MinibatchMAID:
         n = int(problem.n_samples)
         if not problem.parallel.active:
             return n, n, min(self.batch_size, n), 1, 0
-        import torch.distributed as dist
-
-        from ..distributed import _DEFAULT
-
-        group = None if problem.parallel.group is _DEFAULT else problem.parallel.group
-        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        rank, world = problem.parallel.rank_and_world()
         count_here = torch.tensor(float(n), dtype=torch.float64)
         if self.batch_size % world or float(problem.parallel.max(count_here)) != \
                 -float(problem.parallel.max(-count_here)):
