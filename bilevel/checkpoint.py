@@ -231,6 +231,19 @@ def rank_file(path, problem) -> Path:
     return mine
 
 
+def fail_together(problem, path, failed: bool) -> None:
+    """In a data-parallel resume, refuse on every rank where any rank ``failed`` to load its
+    checkpoint (a corrupt file, other settings): a rank that went on would wait for the
+    others forever.  The rank that failed raises its own error after this call."""
+    parallel = getattr(problem, "parallel", None)
+    if parallel is None or not parallel.active:
+        return
+    anyone = float(parallel.max(torch.tensor(float(failed), dtype=torch.float64)))
+    if anyone and not failed:
+        raise CheckpointMismatchError(f"another rank could not resume from its checkpoint "
+                                      f"beside {path} (that rank's error says why)")
+
+
 def check_ranks_agree(problem, path, history) -> None:
     """Refuse, on every rank alike, a data-parallel resume whose ranks' checkpoints were
     written at different iterations (a run stopped while its ranks were writing)."""

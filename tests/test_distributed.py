@@ -183,8 +183,11 @@ CHECKPOINT_DRIVER = textwrap.dedent("""
         if rank == 0:  # rank 0's file goes back to iteration 3, rank 1's stays at 6
             shutil.copy(out / "early.0.pt", early)
             shutil.copy(out / "early.0.pt", out / "lonely.rank0of2.pt")
+            shutil.copy(out / "early.0.pt", out / "corrupt.rank0of2.pt")
+        else:  # rank 1 alone cannot read its file
+            (out / "corrupt.rank1of2.pt").write_bytes(b"not a checkpoint")
         bd.all_reduce(__import__("torch").zeros(1), "sum", None)  # the copies are in place
-        for name in ("ck.pt", "lonely.pt"):
+        for name in ("ck.pt", "lonely.pt", "corrupt.pt"):
             try:
                 bilevel.resume(problem, out / name, max_iter=8)
             except Exception as exc:
@@ -198,7 +201,8 @@ CHECKPOINT_DRIVER = textwrap.dedent("""
 
 def test_data_parallel_checkpoints_are_one_file_per_rank(tmp_path):
     """Each rank writes and resumes its own samples' warm starts; a run resumed midway ends
-    where the unbroken one does; ranks whose files disagree or are missing all refuse."""
+    where the unbroken one does; ranks whose files disagree, are missing or are unreadable
+    on one rank all refuse."""
     script = tmp_path / "driver.py"
     script.write_text(CHECKPOINT_DRIVER.format())
     done = _torchrun([str(script), str(tmp_path)])
@@ -211,6 +215,10 @@ def test_data_parallel_checkpoints_are_one_file_per_rank(tmp_path):
         assert "3 to 6 iterations across the ranks" in out["errors"]["ck.pt"]
         assert out["errors"]["lonely.pt"].startswith("FileNotFoundError: no checkpoint of "
                                                      "each of 2 ranks")
+    # rank 1's corrupt file: it says so, and rank 0 refuses too instead of waiting for it
+    assert ranks[1]["errors"]["corrupt.pt"].startswith("CorruptCheckpointError")
+    assert ranks[0]["errors"]["corrupt.pt"].startswith("CheckpointMismatchError: another rank "
+                                                       "could not resume")
     assert ranks[0]["unbroken"] == ranks[1]["unbroken"]
 
 

@@ -10,7 +10,7 @@ from bilevel_problems.tv_denoising import TVDenoising
 
 import bilevel
 from bilevel.hypergradient import bracket_accuracy, upper_bounds
-from bilevel.outer import minibatch
+from bilevel.outer import batch_accuracy, minibatch
 from bilevel.reference import reference_solution
 
 MEMBERS = {
@@ -127,15 +127,16 @@ def test_every_sample_once_per_epoch_and_the_costs_add_up(monkeypatch):
     drawn, costs = [], []
     subset = p.subset
     p.subset = lambda index, total=None: drawn.append(index.tolist()) or subset(index, total)
-    for name in ("hypergradient", "certified_line_search"):
-        solver = getattr(minibatch, name)
+    for module, name in ((batch_accuracy, "hypergradient"),
+                         (minibatch, "certified_line_search")):
+        solver = getattr(module, name)
 
         def counted(*args, _solver=solver, **kwargs):
             out = _solver(*args, **kwargs)
             costs.append(out.cost)
             return out
 
-        monkeypatch.setattr(minibatch, name, counted)
+        monkeypatch.setattr(module, name, counted)
     result = quiet_solve(p, "maid_sgd", batch_size=3, max_iter=9, final_check=False)
     # 3 + 3 + 1 samples per epoch, each sample once, a new order every epoch.
     assert [len(b) for b in drawn] == [3, 3, 1] * 3
@@ -413,14 +414,14 @@ def _recorded_directions(monkeypatch, problem, **settings):
     """A preconditioned run with, per iteration, its theta after the step, its second
     moment and its z (the last batch hypergradient computed before the callback)."""
     grads, rows = [], []
-    solver = minibatch.hypergradient
+    solver = batch_accuracy.hypergradient
 
     def recorded(*args, **kwargs):
         out = solver(*args, **kwargs)
         grads.append(out.grad.clone())
         return out
 
-    monkeypatch.setattr(minibatch, "hypergradient", recorded)
+    monkeypatch.setattr(batch_accuracy, "hypergradient", recorded)
     result = quiet_solve(problem, "maid_sgd", precondition="rmsprop", final_check=False,
                          callback=lambda state, row: rows.append(
                              (state.theta.clone(), state.second_moment.clone(), grads[-1], row)),

@@ -122,7 +122,10 @@ def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=No
     The checkpoint must belong to ``problem`` (and, if ``method`` -- a method
     object -- is given, to its class and settings): a mismatch is a
     :class:`~bilevel.checkpoint.CheckpointMismatchError` saying what differs, an
-    unreadable file a :class:`~bilevel.checkpoint.CorruptCheckpointError`.
+    unreadable file a :class:`~bilevel.checkpoint.CorruptCheckpointError`.  In a
+    data-parallel run (each rank its own file, :func:`bilevel.checkpoint.rank_path`) a
+    rank that cannot resume raises its error and every other rank a
+    CheckpointMismatchError, so that none waits for it.
 
     ``changes`` replace settings that the run's method lets a resumed run change,
     those that change how it ends or what its rows record but never an iterate (the
@@ -131,20 +134,35 @@ def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=No
     and ``batch_bounds`` -- so that a run can stop paying for bounds no step reads).
     A change the method does not allow is a ValueError; None leaves a setting as saved.
     """
-    from ..checkpoint import (
-        CheckpointMismatchError,
-        check_ranks_agree,
-        load_checkpoint,
-        method_differences,
-        rank_file,
-    )
+    from ..checkpoint import check_ranks_agree, fail_together, rank_file
 
     given, checkpoint_path = checkpoint_path, rank_file(checkpoint_path, problem)
+    try:
+        saved, state, history = _resumable(checkpoint_path, problem, method, changes)
+    except Exception:
+        fail_together(problem, given, True)
+        raise
+    fail_together(problem, given, False)
+    check_ranks_agree(problem, given, history)
+    if state.status in _REOPENED:
+        # run() returns at once on a state with a status; this one may go on.
+        state = dataclasses.replace(state, status=None, message="")
+    return _run_with_checkpoints(saved, problem, None, given, checkpoint_every,
+                                 state=state, history=history, max_iter=max_iter,
+                                 max_cost=max_cost, max_time=max_time, callback=callback,
+                                 progress=progress)
+
+
+def _resumable(path, problem, method, changes):
+    """(method, state, history) of the checkpoint at ``path``, its settings changed by
+    ``changes`` where the method allows it, and checked against ``method`` if given."""
+    from ..checkpoint import CheckpointMismatchError, load_checkpoint, method_differences
+
     changes = {name: value for name, value in changes.items() if value is not None}
     if not changes:
-        saved, state, history, _ = load_checkpoint(checkpoint_path, problem, method=method)
+        saved, state, history, _ = load_checkpoint(path, problem, method=method)
     else:  # ``method`` is compared with the saved settings as the changes make them
-        saved, state, history, _ = load_checkpoint(checkpoint_path, problem)
+        saved, state, history, _ = load_checkpoint(path, problem)
         allowed = getattr(type(saved), "resumable_settings", frozenset())
         refused = sorted(set(changes) - set(allowed))
         if refused:
@@ -155,17 +173,10 @@ def resume(problem, checkpoint_path, *, max_iter=100, max_cost=None, max_time=No
         differences = [] if method is None else method_differences(
             type(saved).__name__, dataclasses.asdict(saved), method)
         if differences:
-            raise CheckpointMismatchError(f"checkpoint {checkpoint_path} was written with "
+            raise CheckpointMismatchError(f"checkpoint {path} was written with "
                                           f"other method settings: {'; '.join(differences)} "
                                           "(saved, with the changes, vs asked)")
-    check_ranks_agree(problem, given, history)
-    if state.status in _REOPENED:
-        # run() returns at once on a state with a status; this one may go on.
-        state = dataclasses.replace(state, status=None, message="")
-    return _run_with_checkpoints(saved, problem, None, given, checkpoint_every,
-                                 state=state, history=history, max_iter=max_iter,
-                                 max_cost=max_cost, max_time=max_time, callback=callback,
-                                 progress=progress)
+    return saved, state, history
 
 
 def _run_with_checkpoints(method, problem, theta0, path, every, **kwargs):

@@ -33,6 +33,8 @@ from ..cost import Cost
 from ..hypergradient import certifiable_accuracy, hypergradient, upper_value
 from ..value_bracket import hypergradient_bounds
 from .base import degenerate, finite, norm, warm
+from .batch_accuracy import refined
+from .batches import layout
 
 #: The first accuracy of the 'loss' check, as a multiple of the first-order guess
 #: rtol |g| / ||grad_x g||: the second-order bracket is narrow enough far above it (on the
@@ -96,14 +98,14 @@ def _check(method, problem, state, theta, start=None):
     """One full-batch certified hypergradient at ``theta``: (bounds on F and its
     gradient, with the check's own cost, the cost); ``start``: the 'loss' check's first
     lower-level accuracy (None: the first-order guess)."""
-    _, n_all, b, world, _ = method._layout(problem)
+    _, n_all, b, world, _ = layout(problem, method.batch_size)
     # The batches' accuracy per sample: over all samples the norm is sqrt(N / B) larger.
     scale = math.sqrt(n_all / (b * world))
     refine = method.final_check is True
     if refine:
-        hg, _, _, _, spent = method._refined(problem, theta, scale * state.eps,
-                                             scale * state.delta, state.x, state.q,
-                                             state.smoothness, True, None)
+        hg, _, _, _, spent = refined(method, problem, theta, scale * state.eps,
+                                     scale * state.delta, state.x, state.q,
+                                     state.smoothness, True, None)
     else:
         hg, spent = _bracketed(method, problem, theta, scale * method.eps0, state, start)
     low, high = hypergradient_bounds(problem, theta, hg)

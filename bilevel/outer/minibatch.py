@@ -52,13 +52,6 @@ from typing import ClassVar
 import torch
 
 from .. import value_bracket
-from ..cost import Cost
-from ..hypergradient import (
-    bracket_accuracy,
-    certifiable_accuracy,
-    hypergradient,
-)
-from ..problem import NOT_SAMPLE_SEPARABLE, BilevelProblem
 from . import final_check as _final
 from .base import (
     AT_LEAST_ONE,
@@ -74,6 +67,8 @@ from .base import (
     one_of,
     warm,
 )
+from .batch_accuracy import matched, refined, rescaled, slope_and_margin
+from .batches import draw, layout, moving_average, rmsprop_direction
 from .line_search import certified_line_search
 from .variance_reduction import saga_direction, sample_hypergradients
 
@@ -235,35 +230,8 @@ class MinibatchMAID:
             raise ValueError("MinibatchMAID: batch_bounds=False needs alpha0 (without it the "
                              "first step comes from a search, which reads omega)")
 
-    # ------------------------------------------------------------------ batches
-    def _layout(self, problem):
-        """(samples here, samples in all, batch size here, world, rank); refuses what
-        cannot be minibatched."""
-        if type(problem).subset is BilevelProblem.subset:
-            raise NotImplementedError(f"{problem.name}: {NOT_SAMPLE_SEPARABLE}")
-        n = int(problem.n_samples)
-        if not problem.parallel.active:
-            return n, n, min(self.batch_size, n), 1, 0
-        rank, world = problem.parallel.rank_and_world()
-        count_here = torch.tensor(float(n), dtype=torch.float64)
-        if self.batch_size % world or float(problem.parallel.max(count_here)) != \
-                -float(problem.parallel.max(-count_here)):
-            raise ValueError(f"{problem.name}: a data-parallel minibatch run needs the same "
-                             f"number of samples on every rank and batch_size "
-                             f"({self.batch_size}) divisible by the {world} ranks")
-        return n, n * world, min(self.batch_size // world, n), world, rank
-
-    def _batch(self, state, layout):
-        """(indices here, the next (epoch, position)): the state's slice of its epoch."""
-        n, _, b, _, rank = layout
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + state.epoch) * 1009 + rank)
-        order = torch.randperm(n, generator=gen)
-        index = order[state.position:state.position + b]
-        position = state.position + index.numel()
-        return index, (state.epoch + 1, 0) if position >= n else (state.epoch, position)
-
     def init_state(self, problem, theta0):
-        n = self._layout(problem)[0]
+        n = layout(problem, self.batch_size).here
         x = problem.initial_x(theta0)
         if x.shape[0] != n:
             raise ValueError(f"{problem.name}: x must be stacked by sample along dim 0 "
@@ -271,25 +239,6 @@ class MinibatchMAID:
         return MinibatchState(theta=theta0, eps=self.eps0, delta=self.delta0, x=x,
                               q=torch.zeros_like(x),
                               alpha=math.nan if self.alpha0 is None else self.alpha0)
-
-    # ------------------------------------------------------------------ accuracy
-    def _rescaled(self, hg, eps, delta, target):
-        """(eps, delta), each scaled by what its own terms of omega need: refined where
-        they exceed half of ``target``, relaxed (at most 2x) where they are far below."""
-        adjoint = ("adjoint_solve", "hessian_adjoint")
-        parts = ((eps, hg.lower.error_bound,
-                  sum(v for k, v in hg.terms.items() if k not in adjoint)),
-                 (delta, hg.linear.residual_norm, sum(hg.terms.get(k, 0.0) for k in adjoint)))
-        out = []
-        for (requested, certified, part), loosest in zip(parts, (self.eps0, self.delta0),
-                                                         strict=True):
-            share = 0.5 * target
-            if part > share:  # refine from what the solve certified, as MAID does
-                out.append(min(requested, certified) * min(self.nu, max(1e-3, share / part)))
-            else:  # never looser than the start: a flat batch (z = 0) says nothing
-                relax = min(2.0, max(1.0, 0.25 * target / max(part, 1e-300)))
-                out.append(max(requested, min(requested * relax, loosest)))
-        return tuple(out)
 
     def _first_step(self, state, d):
         """The line search's first trial along direction ``d``: alpha0 (None: HOAG's
@@ -303,53 +252,11 @@ class MinibatchMAID:
             return math.sqrt(d.numel()) / norm(d)
         return state.alpha if state.iteration == 0 else self.growth * state.alpha
 
-    def _refined(self, problem, theta, eps, delta, x0, q0, L, certify, first, direction=None):
-        """The hypergradient, refined until the step's direction d = ``direction(z)``
-        (default z) is certified (omega <= rel_error <z, d> / ||d||, if ``certify``) and,
-        before a search (``first(d)``: its first step), g well enough for the first
-        trial's decrease to show (MAID's 'matched' accuracy):
-        (hg, eps, delta, refinements, spent)."""
-        spent, refinements = Cost(), 0
-        for refinements in range(self.max_refinements + 1):  # noqa: B007 - returned
-            hg = hypergradient(problem, theta, eps, delta, x0=x0, q0=q0, smoothness=L,
-                               lower_max_iter=self.lower_max_iter, cg_max_iter=self.cg_max_iter,
-                               bound=self.batch_bounds)
-            spent, L = spent + hg.cost, hg.lower.smoothness or L
-            x0, q0 = warm(hg.lower.x), warm(hg.linear.q)
-            z_norm, omega = norm(hg.grad), hg.error_bound
-            if not (finite(z_norm, omega) and self.batch_bounds):
-                break  # not finite, or nothing to refine on
-            d = hg.grad if direction is None else direction(hg.grad)
-            slope, margin = _slope_and_margin(hg.grad, d)
-            target = self.rel_error * margin
-            floor = max(self.eps_min, certifiable_accuracy(problem, theta, hg.lower.x))
-            need = math.inf if first is None or z_norm == 0 else \
-                self._needed(hg, first(d) * slope)
-            descent = not certify or omega <= target
-            if (descent and hg.lower.error_bound <= need) or eps <= floor \
-                    or not (hg.lower.converged and hg.linear.converged):
-                break  # done, or the solvers cannot certify more (rounding, budgets)
-            if not descent:
-                eps, delta = self._rescaled(hg, eps, delta, target)
-            if hg.lower.error_bound > need:
-                eps = min(eps, self.nu * need)
-            eps = max(eps, floor)
-        return hg, eps, delta, refinements, spent
-
-    def _needed(self, hg, decrease):
-        """The lower-level accuracy at theta at which its bound on F leaves the first trial's
-        ``decrease`` visible: MAID's 'matched' one, or with ``value_bounds='adjoint'`` the
-        looser one of the second-order bracket (:func:`bilevel.value_bracket.accuracy_for`)."""
-        need = _matched(hg, decrease)
-        if self.value_bounds == "adjoint":
-            need = max(need, value_bracket.accuracy_for(hg, decrease))
-        return need
-
     # ------------------------------------------------------------------ one step
     def update(self, problem, state):
-        layout = self._layout(problem)
-        n, n_all, _, _, _ = layout
-        index, (epoch, position) = self._batch(state, layout)
+        where = layout(problem, self.batch_size)
+        n, n_all = where.here, where.total
+        index, (epoch, position) = draw(where, self.seed, state.epoch, state.position)
         total = int(problem.parallel.sum(torch.tensor(float(index.numel()))))
         batch = problem.subset(index, total)
         t = state.epoch + state.position / n  # epochs elapsed
@@ -359,8 +266,8 @@ class MinibatchMAID:
             delta = eps * self.delta0 / self.eps0
         certify = self.accuracy == "adaptive" or (self.accuracy == "search" and state.certify)
         searching = self.step == "line_search" or math.isnan(state.alpha)
-        hg, eps, delta, refinements, spent = self._refined(
-            batch, state.theta, eps, delta, state.x[index], state.q[index], state.smoothness,
+        hg, eps, delta, refinements, spent = refined(
+            self, batch, state.theta, eps, delta, state.x[index], state.q[index], state.smoothness,
             certify, (lambda d: self._first_step(state, d)) if searching else None,
             lambda z: self._direction(state, z)[0])
         z, z_norm, omega = hg.grad, norm(hg.grad), hg.error_bound
@@ -370,9 +277,9 @@ class MinibatchMAID:
             v, table = saga_direction(z, shares, table, index, problem.parallel,
                                       (n, n_all, total), state.epoch)
         d, second_moment = self._direction(state, v)
-        slope, margin = _slope_and_margin(z, d)
+        slope, margin = slope_and_margin(z, d)
         if self.accuracy == "adaptive" and finite(z_norm, omega):
-            following = self._rescaled(hg, eps, delta, self.rel_error * margin)
+            following = rescaled(self, hg, eps, delta, self.rel_error * margin)
         elif self.accuracy == "search" and not certify:  # relax slowly, as MAID's nu_bar
             following = (min(1.25 * eps, self.eps0), delta)
         else:
@@ -413,18 +320,16 @@ class MinibatchMAID:
         """The moving average's fields after iterate ``theta`` (none without ``average``)."""
         if not self.average:
             return {}
-        return dict(theta_average=_moving_average(state.theta_average, theta, self.average,
-                                                  state.iteration + 1))
+        return dict(theta_average=moving_average(state.theta_average, theta, self.average,
+                                                 state.iteration + 1))
 
     def _direction(self, state, z):
         """(d, the squared hypergradients' average after z): the step's direction, z or
         the diagonally scaled P z (module docstring)."""
         if self.precondition == "none":
             return z, None
-        v = _moving_average(state.second_moment, z * z, self.precondition_beta,
-                            state.iteration + 1)
-        root = v.sqrt()
-        return z / (root + self.precondition_eps * root.max()).clamp_min(1e-300), v
+        return rmsprop_direction(state.second_moment, z, self.precondition_beta,
+                                 self.precondition_eps, state.iteration + 1)
 
     def _search(self, batch, state, row, spent, hg, index, first, d, slope):
         """MAID's certified line search on the batch along -d (slope <z, d>): every step,
@@ -433,7 +338,7 @@ class MinibatchMAID:
         L_g = hg.constants.L_g
         lower_now, accuracy, bracket = value_bracket.for_search(
             batch, state.theta, hg, slope, self.cg_max_iter,
-            lambda step: max(hg.lower.error_bound, _matched(hg, step * slope)),
+            lambda step: max(hg.lower.error_bound, matched(hg, step * slope)),
             self.value_bounds)
         search = certified_line_search(
             batch, state.theta, d, slope, first=first, rho=0.5,
@@ -467,24 +372,3 @@ class MinibatchMAID:
         does not).  :mod:`bilevel.outer.final_check`."""
         return _final.finish(self, problem, result, progress)
 
-
-def _slope_and_margin(z, d):
-    """(<z, d>, <z, d> / ||d||): the decrease rate along -d, and the error in z that still
-    leaves -d a descent direction (0 for z = 0)."""
-    slope = float(torch.dot(z.flatten(), d.flatten()))
-    return slope, slope / norm(d) if slope > 0 else 0.0
-
-
-def _moving_average(previous, value, beta, k):
-    """The k-th normalised moving average sum_j beta^(k-j) value_j / sum_j beta^(k-j) from
-    the (k-1)-th (``previous``, None at k = 1).  s_k = beta s_(k-1) + (1 - beta) value_k =
-    (1 - beta^k) average_k; the setting is fixed for a run, resumed ones included, so k
-    counts every iteration and the normaliser need not be stored."""
-    previous = value if previous is None else previous
-    return previous + (1.0 - beta) / (1.0 - beta ** k) * (value - previous)
-
-
-def _matched(hg, decrease):
-    """The lower-level accuracy e at which the bounds' slack ||grad_x g|| e + L_g e^2 / 2
-    is a quarter of ``decrease`` (MAID's 'matched' trial accuracy)."""
-    return bracket_accuracy(hg.upper_grad_norm, hg.constants.L_g, 0.25 * decrease)
