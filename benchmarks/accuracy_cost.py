@@ -41,6 +41,7 @@ import train_denoiser  # noqa: E402  (the training crops)
 
 from bilevel.checkpoint import load_checkpoint  # noqa: E402
 from bilevel.hypergradient import hypergradient  # noqa: E402
+from bilevel.outer.batches import draw, layout  # noqa: E402
 from bilevel.results import RunFolder, command_line, environment  # noqa: E402
 
 
@@ -74,10 +75,10 @@ def measure(problem, method, state, batches, settings, reference):
     """({eps:delta: one row per batch: lower and CG iterations, then the z and d errors,
     omega and the reference's omega, relative to the reference's ||z|| (d's to its d), and
     omega's share of the time}, the reference directions)."""
-    layout = method._layout(problem)
+    where = layout(problem, method.batch_size)
     rows, directions = {s: [] for s in settings}, []
     for _ in range(batches):
-        index, (epoch, position) = method._batch(state, layout)
+        index, (epoch, position) = draw(where, method.seed, state.epoch, state.position)
         state = dataclasses.replace(state, epoch=epoch, position=position)
         batch, warm = problem.subset(index), (state.x[index], state.q[index])
         z_ref, d_ref, _, omega_ref, _ = ask(batch, state, method, *reference, *warm)
