@@ -173,6 +173,22 @@ def test_closed_forms_match_autograd(problem, point):
                                    rtol=1e-9, atol=1e-11, msg=name)
 
 
+def test_the_kept_spline_model_follows_theta():
+    """The closed forms keep theta's spline model between calls (RidgeRegularizer._model):
+    one problem asked at theta, then at the same tensor changed in place (scaled, then
+    another theta copied in) gives what a fresh problem gives at each, to the last bit."""
+    kept = WeaklyConvexRidge(rho=RHO, **SMALL)
+    x = _spread_x(kept, 4)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=x.dtype)
+    theta, other = _theta(kept, seed=5), _theta(kept, seed=6)
+    for change in (None, lambda: theta.mul_(1.5), lambda: theta.copy_(other), None):
+        if change is not None:
+            change()
+        fresh = WeaklyConvexRidge(rho=RHO, **SMALL)
+        for name, args in (("lower_grad", (x, theta)), ("lower_hvp", (x, theta, v))):
+            assert torch.equal(getattr(kept, name)(*args), getattr(fresh, name)(*args)), name
+
+
 @pytest.mark.parametrize("point", [dict(), dict(seed=1)], ids=str)
 def test_check_problem_passes(problem, point):
     report = check_problem(problem, theta=_theta(problem, **point))
