@@ -1,4 +1,4 @@
-"""The ridge's filter bank on the CPU: image by image, and in groups of samples.
+"""The ridge's filter bank on the CPU: image by image, through FFTs, in groups of samples.
 
     python benchmarks/filter_bank_speed.py [--sizes 5,7,9,11,13] [--batch 20] [--patch 40]
         [--filters 24] [--repeats 7] [--check-crops 800] [--check-size 11]
@@ -7,15 +7,17 @@
 Writes ``filter_bank_speed.json`` and ``filter_bank_speed.md`` to ``--out``.  For each
 filter size s the batch is that of ``scripts/train_denoiser.py`` with ``--border s - 1``:
 ``--batch`` crops of (patch + 2 (s - 1))^2 pixels, float64, one torch thread.  Timed: K x
-and K^T z by :func:`bilevel_problems.filter_bank.correlate` and ``correlate_adjoint``
-(on the CPU one ``conv2d`` / ``conv_transpose2d`` per image) and by one batched call on the
-whole batch (what they were before), with the largest difference between the two results.
+and K^T z the library's way (:func:`bilevel_problems.filter_bank.correlate` and
+``correlate_adjoint``: on the CPU one ``conv2d`` per image, and one ``conv_transpose2d`` per
+image or, from ``filter_bank.FFT_ADJOINT_FROM``, FFTs image by image), by one conv call per
+image, and by one batched conv call on the whole batch, with the largest difference
+between the library's result and the batched call's, relative to its largest entry.
 Then the ridge's gradient and Hessian-vector product (24 filters of ``--check-size``, 201
 knots) and the weighted patch Grams of its bound constants on ``--check-crops`` crops, as a
 final check computes them: in groups of samples
 (:func:`bilevel_problems.filter_bank.by_samples`, :func:`~bilevel_problems.filter_bank.patch_grams`)
 and in one piece.
-The minimum over ``--repeats`` rounds after a warm-up, the two ways alternating, so that
+The minimum over ``--repeats`` rounds after a warm-up, the ways alternating, so that
 other processes on a shared machine inflate them as little and as alike as possible; the
 load average is recorded.
 """
@@ -34,17 +36,22 @@ from bilevel_problems import filter_bank
 from bilevel_problems.ridge_regularizer import RidgeRegularizer
 
 
-def best_times(first, second, repeats):
-    """The minimum time of each of two calls over ``repeats`` alternating rounds, so that a
-    change in the machine's load falls on both."""
-    first(), second()
-    times = ([], [])
+def best_times(calls, repeats):
+    """The minimum time of each call over ``repeats`` alternating rounds, so that a change
+    in the machine's load falls on all of them."""
+    for fn in calls:
+        fn()
+    times = [[] for _ in calls]
     for _ in range(repeats):
-        for fn, spent in zip((first, second), times, strict=True):
+        for fn, spent in zip(calls, times, strict=True):
             start = time.perf_counter()
             fn()
             spent.append(time.perf_counter() - start)
-    return min(times[0]), min(times[1])
+    return [min(spent) for spent in times]
+
+
+def _one_by_one(op, batch, weight):
+    return torch.cat([op(one, weight) for one in batch.split(1)])
 
 
 def measure(s, batch, patch, filters, repeats):
@@ -54,19 +61,25 @@ def measure(s, batch, patch, filters, repeats):
     C = filter_bank.zero_mean(torch.randn(filters, s * s, generator=gen, dtype=torch.float64))
     weight = C.view(-1, 1, s, s)
     z = filter_bank.correlate(x, C, s)
-    pairs = {
-        "K x": (lambda: filter_bank.correlate(x, C, s),
+    fft = s >= filter_bank.FFT_ADJOINT_FROM
+    ways = {
+        "K x": ("conv2d image by image", lambda: filter_bank.correlate(x, C, s),
+                lambda: _one_by_one(F.conv2d, x.unsqueeze(1), weight),
                 lambda: F.conv2d(x.unsqueeze(1), weight)),
-        "K^T z": (lambda: filter_bank.correlate_adjoint(z, C, s),
+        "K^T z": ("FFT image by image" if fft else "conv_transpose2d image by image",
+                  lambda: filter_bank.correlate_adjoint(z, C, s),
+                  lambda: _one_by_one(F.conv_transpose2d, z, weight).squeeze(1),
                   lambda: F.conv_transpose2d(z, weight).squeeze(1)),
     }
     rows = []
-    for op, (library, batched) in pairs.items():
-        diff = float((library() - batched()).abs().max())
-        t_lib, t_batch = best_times(library, batched, repeats)
-        rows.append({"filter_size": s, "crop": side, "operation": op,
-                     "image_by_image_ms": 1e3 * t_lib, "batched_ms": 1e3 * t_batch,
-                     "speedup": t_batch / t_lib, "max_difference": diff})
+    for op, (way, library, one_by_one, batched) in ways.items():
+        reference = batched()
+        diff = float((library() - reference).abs().max() / reference.abs().max())
+        t_lib, t_one, t_batch = best_times((library, one_by_one, batched), repeats)
+        rows.append({"filter_size": s, "crop": side, "operation": op, "library_way": way,
+                     "library_ms": 1e3 * t_lib, "image_by_image_ms": 1e3 * t_one,
+                     "batched_ms": 1e3 * t_batch, "speedup_over_batched": t_batch / t_lib,
+                     "max_relative_difference": diff})
     return rows
 
 
@@ -96,7 +109,7 @@ def measure_groups(crops, s, patch, filters, repeats):
         return call
     grouped, whole = {}, {}
     for op, fn in operations.items():
-        times = best_times(fn, in_one_piece(fn), repeats)
+        times = best_times((fn, in_one_piece(fn)), repeats)
         grouped[op], whole[op] = (fn(), times[0]), (in_one_piece(fn)(), times[1])
     return [{"filter_size": s, "crops": crops, "crop": side, "operation": op,
              "grouped_ms_per_crop": 1e3 * grouped[op][1] / crops,
@@ -132,16 +145,19 @@ def main():
               "rows": rows, "groups": groups}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "filter_bank_speed.json").write_text(json.dumps(record, indent=1) + "\n")
-    lines = ["# The ridge's filter bank on the CPU: image by image, and in groups of samples", "",
+    lines = ["# The ridge's filter bank on the CPU: image by image, through FFTs, in groups "
+             "of samples", "",
              f"{args.batch} crops of ({args.patch} + 2 (s - 1))^2, {args.filters} filters, "
              f"float64, one thread, torch {torch.__version__}; minimum of {args.repeats} "
              f"alternating rounds (`python benchmarks/filter_bank_speed.py`).  Load average "
              f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after.", "",
-             "| s | crop | operation | image by image (ms) | batched (ms) | speedup | max diff |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['filter_size']} | {r['crop']} | {r['operation']} | "
-              f"{r['image_by_image_ms']:.2f} | {r['batched_ms']:.2f} | {r['speedup']:.2f}x | "
-              f"{r['max_difference']:.1e} |" for r in rows]
+             "| s | crop | operation | the library's way | library (ms) | "
+             "conv image by image (ms) | batched conv (ms) | speedup | max rel. diff |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['filter_size']} | {r['crop']} | {r['operation']} | {r['library_way']} | "
+              f"{r['library_ms']:.2f} | {r['image_by_image_ms']:.2f} | {r['batched_ms']:.2f} | "
+              f"{r['speedup_over_batched']:.2f}x | {r['max_relative_difference']:.1e} |"
+              for r in rows]
     lines += ["", f"The ridge ({args.filters} filters of {args.check_size}x{args.check_size}, 201 "
               f"knots) on {args.check_crops} crops, as a final check: in groups of samples "
               f"(`filter_bank.by_samples`, about {filter_bank.CPU_RESPONSES:,} responses a "

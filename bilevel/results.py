@@ -48,19 +48,25 @@ def command_line(argv=None, script=None) -> str:
 
 
 def environment(command=None) -> dict:
-    """Versions, machine and git commit, for meta.json; ``command`` (default: this
-    process's command line) with its paths relative."""
+    """Versions, machine and git commit (``git_changes``: whether tracked files differed
+    from it), for meta.json; ``command`` (default: this process's command line) with its
+    paths relative."""
+    here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip()
+                                cwd=here, timeout=5).stdout.strip()
+        # tracked files changed since that commit: the numbers are not the commit's alone
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, cwd=here,
+                                 timeout=5).stdout.strip() != ""
     except (OSError, subprocess.SubprocessError):
-        commit = ""
+        commit, changed = "", None
     return dict(python=platform.python_version(), torch=torch.__version__,
                 machine=platform.machine(), processor=platform.processor() or platform.machine(),
                 cpu=_cpu_name(), platform=platform.platform(),
                 cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                git_commit=commit or None,
+                git_commit=commit or None, git_changes=changed if commit else None,
                 command=command or " ".join(relative(a) for a in sys.argv))
 
 

@@ -2,7 +2,8 @@ r"""A bank of K zero-mean s x s filters on images: fields of experts and the rid
 
 K_k x is the 'valid' correlation of an image x (H x W) with the filter c_k: its
 (H - s + 1) x (W - s + 1) responses where the filter fits inside the image
-(``conv2d``).  K_k^T is its exact adjoint (``conv_transpose2d``): no boundary
+(``conv2d``).  K_k^T is its exact adjoint (``conv_transpose2d``, or for large filters on
+the CPU the same map through FFTs, :mod:`bilevel_problems.fft_correlation`): no boundary
 rule is needed, so <K x, z> = <x, K^T z> holds to rounding.  Filters are rows
 (K, s^2), zero-mean by construction: c_k = P r_k = r_k - mean(r_k), P the
 projection that removes the mean (:func:`zero_mean`); they start from the DCT
@@ -32,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import params
+from . import fft_correlation, params
 
 
 def check_bank(problem: str, num_filters, filter_size) -> tuple[int, int]:
@@ -114,8 +115,18 @@ def correlate(x: torch.Tensor, filters: torch.Tensor, s: int) -> torch.Tensor:
     return _image_by_image(F.conv2d, x.unsqueeze(1), filters.view(-1, 1, s, s))
 
 
+#: On the CPU, K^T z of filters at least this large goes through FFTs
+#: (:mod:`bilevel_problems.fft_correlation`): 24 filters of 13x13 on 20 crops of 64x64 took
+#: 7 to 8 ms against conv_transpose2d's 19 to 20, a tie at 9x9, the FFT slower below
+#: (benchmarks/filter_bank_speed.py).  K x stays conv2d: there the FFT needs K inverse
+#: transforms an image and was no faster at 13x13.
+FFT_ADJOINT_FROM = 11
+
+
 def correlate_adjoint(z: torch.Tensor, filters: torch.Tensor, s: int) -> torch.Tensor:
     """K^T z = sum_k K_k^T z_k, the exact adjoint of :func:`correlate`, shape (N, H, W)."""
+    if z.device.type == "cpu" and s >= FFT_ADJOINT_FROM:
+        return fft_correlation.correlate_adjoint(z, filters, s)
     return _image_by_image(F.conv_transpose2d, z, filters.view(-1, 1, s, s)).squeeze(1)
 
 

@@ -5,9 +5,9 @@ Lower level, for N images x_i of size H x W:
     h(x, theta) = sum_i [ 1/2 ||x_i - y_i||^2 + alpha sum_k sum_p psi_k((K_k x_i)_p) ],
     alpha = e^{theta_0},
 
-with K_k the 'valid' correlation with a zero-mean s x s filter c_k (``conv2d``;
-its exact adjoint is ``conv_transpose2d``) and psi_k a convex potential whose
-derivative sigma_k = psi_k' is a learned monotone spline:
+with K_k the 'valid' correlation with a zero-mean s x s filter c_k (``conv2d``; its
+exact adjoint :func:`bilevel_problems.filter_bank.correlate_adjoint`) and psi_k a convex
+potential whose derivative sigma_k = psi_k' is a learned monotone spline:
 
 - The slopes s_kj, j = 0..N-2, of a linear spline on the grid of
   :func:`bilevel.nn.splines.knots` (N odd knots on [-R, R], spacing T) are
@@ -55,6 +55,13 @@ from .ridge_bounds import RidgeBounds
 
 def _logit(p):
     return math.log(p / (1 - p))
+
+
+def _same(kept, tensor):
+    """Whether ``tensor`` has the kept one's shape, dtype, device and values (a tensor changed
+    in place is another one)."""
+    return (kept.shape == tensor.shape and kept.dtype == tensor.dtype
+            and kept.device == tensor.device and torch.equal(kept, tensor))
 
 
 class RidgeRegularizer(RidgeBounds, DenoisingProblem):
@@ -211,14 +218,31 @@ class RidgeRegularizer(RidgeBounds, DenoisingProblem):
             alpha, C, slopes, _ = self.params(theta)
             return alpha, C, slopes, potential_tables(slopes, self.x_range)
         kept = getattr(self, "_kept_model", None)
-        if kept is not None and kept[0].shape == theta.shape and kept[0].dtype == theta.dtype \
-                and kept[0].device == theta.device and torch.equal(kept[0], theta):
+        if kept is not None and _same(kept[0], theta):
             return kept[1]
         with torch.no_grad():
             alpha, C, slopes, _ = self.params(theta)
             model = (alpha, C, slopes, potential_tables(slopes, self.x_range))
         self._kept_model = (theta.detach().clone(), model)
         return model
+
+    #: psi''(K x) is kept for the last x and theta when it has at most this many entries
+    #: (256 MiB of float64): the CG of a hypergradient asks for its Hessian products at one x.
+    KEPT_CURVATURES = 2 ** 25
+
+    def _curvatures(self, x, model):
+        """psi_k''((K_k x)_p), (N, K, H', W'), for ``model`` from :meth:`_model` (no graph)."""
+        kept = getattr(self, "_kept_curvatures", None)
+        if kept is not None and kept[1] is model and _same(kept[0], x):
+            return kept[2]
+        _, C, _, tables = model
+
+        def curvature(xs):
+            return evaluate_potential(self._conv(xs, C), tables, self.x_range, (2,))[0]
+        d2 = filter_bank.by_samples(curvature, self.K, self.s, x)
+        if d2.numel() <= self.KEPT_CURVATURES:
+            self._kept_curvatures = (x.detach().clone(), model, d2)
+        return d2
 
     def _grad(self, x, theta):
         """grad_x h as a torch function of theta (differentiable in theta)."""
@@ -261,12 +285,13 @@ class RidgeRegularizer(RidgeBounds, DenoisingProblem):
 
     def lower_hvp(self, x, theta, v):
         with torch.no_grad():
-            alpha, C, slopes, tables = self._model(theta)
+            model = self._model(theta)
+            alpha, C = model[:2]
 
-            def curvature(xs, vs):
-                (d2,) = evaluate_potential(self._conv(xs, C), tables, self.x_range, (2,))
+            def curvature(vs, d2):
                 return self._conv_adjoint(d2 * self._conv(vs, C), C)
-            return v + alpha * filter_bank.by_samples(curvature, self.K, self.s, x, v)
+            return v + alpha * filter_bank.by_samples(curvature, self.K, self.s, v,
+                                                      self._curvatures(x, model))
 
     def mixed_vjp(self, x, theta, w):
         with torch.enable_grad():

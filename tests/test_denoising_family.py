@@ -1,7 +1,7 @@
 """The denoising family (bilevel_problems.denoising) and its shared filter bank."""
 import pytest
 import torch
-from bilevel_problems import filter_bank
+from bilevel_problems import fft_correlation, filter_bank
 from bilevel_problems.denoising import DenoisingProblem
 from bilevel_problems.fields_of_experts import FieldsOfExperts
 from bilevel_problems.ridge_regularizer import RidgeRegularizer
@@ -98,6 +98,81 @@ def test_the_bank_image_by_image_equals_one_batched_call():
         (g_ours,) = torch.autograd.grad(torch.sum(out * probe), weights)
         (g_ref,) = torch.autograd.grad(torch.sum(ref * probe), weights)
         torch.testing.assert_close(g_ours, g_ref, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("s, shape", [(2, (3, 9, 7)), (5, (2, 12, 17)), (11, (2, 37, 23)),
+                                      (13, (1, 64, 64))])
+def test_fft_correlations_are_the_direct_ones(s, shape):
+    """K x and K^T z through FFTs on a periodic grid with nothing wrapping around (odd, non
+    5-smooth, non-square sizes included) are conv2d's and conv_transpose2d's to rounding, with
+    their derivatives in the filters and the adjoint identity."""
+    C, _ = _bank(K=4, s=s, seed=s)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    z = torch.randn(shape[0], 4, shape[1] - s + 1, shape[2] - s + 1, generator=gen,
+                    dtype=torch.float64)
+    conv = torch.nn.functional
+    for ours, direct, data in [
+            (fft_correlation.correlate,
+             lambda d, c: conv.conv2d(d[:, None], c.view(-1, 1, s, s)), x),
+            (fft_correlation.correlate_adjoint,
+             lambda d, c: conv.conv_transpose2d(d, c.view(-1, 1, s, s))[:, 0], z)]:
+        weights = C.clone().requires_grad_(True)
+        out, ref = ours(data, weights, s), direct(data, weights)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-13 * float(ref.detach().abs().max()))
+        probe = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+        (g_ours,) = torch.autograd.grad(torch.sum(out * probe), weights)
+        (g_ref,) = torch.autograd.grad(torch.sum(ref * probe), weights)
+        torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-13 * float(g_ref.abs().max()))
+    lhs = float(torch.sum(fft_correlation.correlate(x, C, s) * z))
+    rhs = float(torch.sum(x * fft_correlation.correlate_adjoint(z, C, s)))
+    assert lhs == pytest.approx(rhs, rel=1e-12)
+
+
+def test_fft_grid_sizes_are_the_smallest_5_smooth():
+    smooth = [m for m in range(1, 400) if _largest_prime_factor(m) <= 5]
+    for n in range(1, 300):
+        assert fft_correlation.fast_size(n) == min(m for m in smooth if m >= n)
+
+
+def _largest_prime_factor(m):
+    largest, p = 1, 2
+    while m > 1:
+        while m % p == 0:
+            largest, m = p, m // p
+        p += 1
+    return largest
+
+
+def test_the_fft_adjoint_gives_each_image_its_values_alone(monkeypatch):
+    """From FFT_ADJOINT_FROM the bank's adjoint goes through FFTs image by image: an image's
+    values do not depend on the batch around it (samples grouped any way give the same terms),
+    and the ridge's closed forms agree with the conv_transpose2d ones to rounding."""
+    s = filter_bank.FFT_ADJOINT_FROM
+    C, _ = _bank(K=3, s=s)
+    gen = torch.Generator().manual_seed(4)
+    z = torch.randn(5, 3, 7, 9, generator=gen, dtype=torch.float64)
+    whole = filter_bank.correlate_adjoint(z, C, s)
+    assert torch.equal(whole, torch.cat([filter_bank.correlate_adjoint(part, C, s)
+                                         for part in z.split(2)]))
+    problem = RidgeRegularizer(n_images=3, size=16, num_filters=3, filter_size=3, num_knots=9,
+                               x_range=0.3)
+    theta = problem.theta0 + 0.05 * torch.randn(problem.theta0.shape, generator=gen,
+                                                dtype=torch.float64)
+    x = problem.noisy + 0.02 * torch.randn(problem.noisy.shape, generator=gen,
+                                           dtype=torch.float64)
+    v = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+
+    def closed_forms():
+        return (problem.lower_grad(x, theta), problem.lower_hvp(x, theta, v),
+                problem.mixed_vjp(x, theta, v))
+    direct = closed_forms()
+    monkeypatch.setattr(filter_bank, "FFT_ADJOINT_FROM", 2)
+    problem._kept_model = None
+    for ours, ref in zip(closed_forms(), direct, strict=True):
+        assert not torch.equal(ours, ref)  # the other way was taken
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-13 * float(ref.detach().abs().max()))
 
 
 def test_norm_bounds_dominate_the_operators():

@@ -173,20 +173,30 @@ def test_closed_forms_match_autograd(problem, point):
                                    rtol=1e-9, atol=1e-11, msg=name)
 
 
-def test_the_kept_spline_model_follows_theta():
-    """The closed forms keep theta's spline model between calls (RidgeRegularizer._model):
-    one problem asked at theta, then at the same tensor changed in place (scaled, then
-    another theta copied in) gives what a fresh problem gives at each, to the last bit."""
+def test_the_kept_spline_model_follows_theta_and_x():
+    """The closed forms keep theta's spline model (RidgeRegularizer._model) and the curvatures
+    psi''(K x) of the Hessian products (``_curvatures``) between calls: one problem asked at
+    theta and x, then at the same tensors changed in place (theta scaled, another theta
+    copied in, x moved, another v) gives what a fresh problem gives at each, to the last
+    bit; curvatures larger than KEPT_CURVATURES are not kept."""
     kept = WeaklyConvexRidge(rho=RHO, **SMALL)
     x = _spread_x(kept, 4)
-    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=x.dtype)
+    gen = torch.Generator().manual_seed(4)
+    v = torch.randn(x.shape, generator=gen, dtype=x.dtype)
     theta, other = _theta(kept, seed=5), _theta(kept, seed=6)
-    for change in (None, lambda: theta.mul_(1.5), lambda: theta.copy_(other), None):
+    for change in (None, lambda: theta.mul_(1.5), lambda: theta.copy_(other), None,
+                   lambda: x.add_(0.01 * torch.randn(x.shape, generator=gen, dtype=x.dtype)),
+                   lambda: v.copy_(torch.randn(x.shape, generator=gen, dtype=x.dtype))):
         if change is not None:
             change()
         fresh = WeaklyConvexRidge(rho=RHO, **SMALL)
         for name, args in (("lower_grad", (x, theta)), ("lower_hvp", (x, theta, v))):
             assert torch.equal(getattr(kept, name)(*args), getattr(fresh, name)(*args)), name
+    assert kept._kept_curvatures[2].numel() > 0
+    small = WeaklyConvexRidge(rho=RHO, **SMALL)
+    small.KEPT_CURVATURES = 0
+    assert torch.equal(small.lower_hvp(x, theta, v), kept.lower_hvp(x, theta, v))
+    assert getattr(small, "_kept_curvatures", None) is None
 
 
 @pytest.mark.parametrize("point", [dict(), dict(seed=1)], ids=str)
