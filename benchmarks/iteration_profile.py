@@ -10,7 +10,8 @@ theta.json: the start), keeps its first ``--crops`` crops, and runs its method s
 a final check, one torch thread.  After a warm-up of one epoch it times ``--iterations``
 iterations six ways, alternated twice: as the library runs them; with the spline model (the
 filters, slopes, the weakly convex floor and the potentials' tables) recomputed at every
-closed-form call, as before stop 41 (the thetas must be the same to the last bit); with the
+closed-form call, as before stop 41 (and so the curvatures below, which are kept with it;
+the thetas must be the same to the last bit); with the
 curvatures psi''(K x) recomputed at every Hessian product (the same to the last bit); with
 K^T z by conv_transpose2d instead of FFTs (the thetas the same to rounding); with both, as
 before stop 42; and in float32 instead of float64.  A cProfile of one more timing gives each

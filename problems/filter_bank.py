@@ -116,10 +116,11 @@ def correlate(x: torch.Tensor, filters: torch.Tensor, s: int) -> torch.Tensor:
 
 
 #: On the CPU, K^T z of filters at least this large goes through FFTs
-#: (:mod:`bilevel_problems.fft_correlation`): 24 filters of 13x13 on 20 crops of 64x64 took
-#: 7 to 8 ms against conv_transpose2d's 19 to 20, a tie at 9x9, the FFT slower below
-#: (benchmarks/filter_bank_speed.py).  K x stays conv2d: there the FFT needs K inverse
-#: transforms an image and was no faster at 13x13.
+#: (:mod:`bilevel_problems.fft_correlation`): 24 filters on 20 crops took 7.9 ms against
+#: conv_transpose2d's 19.5 at 13x13, 8.2 against 13.5 at 11x11
+#: (benchmarks/filter_bank_speed.py); in trials the two tied at 9x9, the FFT slower below.
+#: K x stays conv2d: there the FFT needs K inverse transforms an image, and in trials it was
+#: no faster at 13x13.
 FFT_ADJOINT_FROM = 11
 
 
