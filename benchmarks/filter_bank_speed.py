@@ -50,10 +50,6 @@ def best_times(calls, repeats):
     return [min(spent) for spent in times]
 
 
-def _one_by_one(op, batch, weight):
-    return torch.cat([op(one, weight) for one in batch.split(1)])
-
-
 def measure(s, batch, patch, filters, repeats):
     gen = torch.Generator().manual_seed(s)
     side = patch + 2 * (s - 1)
@@ -64,11 +60,12 @@ def measure(s, batch, patch, filters, repeats):
     fft = s >= filter_bank.FFT_ADJOINT_FROM
     ways = {
         "K x": ("conv2d image by image", lambda: filter_bank.correlate(x, C, s),
-                lambda: _one_by_one(F.conv2d, x.unsqueeze(1), weight),
+                lambda: filter_bank._image_by_image(F.conv2d, x.unsqueeze(1), weight),
                 lambda: F.conv2d(x.unsqueeze(1), weight)),
         "K^T z": ("FFT image by image" if fft else "conv_transpose2d image by image",
                   lambda: filter_bank.correlate_adjoint(z, C, s),
-                  lambda: _one_by_one(F.conv_transpose2d, z, weight).squeeze(1),
+                  lambda: filter_bank._image_by_image(F.conv_transpose2d, z,
+                                                          weight).squeeze(1),
                   lambda: F.conv_transpose2d(z, weight).squeeze(1)),
     }
     rows = []
