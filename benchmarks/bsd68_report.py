@@ -96,7 +96,7 @@ def summarise(folder: RunFolder) -> Path:
             ssim = entry["ssim"].get(model)
             label = f"{TV}: {entry['tv_weight']:.4f}" if model == TV else model
             seconds = entry["seconds_per_image"].get(model)
-            lines.append(f"| {label} | {psnr:.2f} | {'-' if ssim is None else f'{ssim:.4f}'} "
+            lines.append(f"| {label} | {psnr:.3f} | {'-' if ssim is None else f'{ssim:.4f}'} "
                          f"| {'-' if seconds is None else f'{seconds:.2f}'} "
                          f"| {published.get(model, '-')} |")
         others = {k: v for k, v in published.items() if k not in entry["psnr"]}

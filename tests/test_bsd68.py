@@ -148,7 +148,7 @@ def test_merge_copies_learned_models_into_the_baseline_folder(bench, tmp_path):
     assert merged["ssim"]["ridge"] == 0.78 and merged["seconds_per_image"]["ridge"] == 50.0
     assert list(merged["learned_from"]) == ["ridge"]
     assert merged["learned_from"]["ridge"].endswith("/learned")
-    assert "| ridge | 27.90 | 0.7800 |" in (base.path / "summary.md").read_text()
+    assert "| ridge | 27.900 | 0.7800 |" in (base.path / "summary.md").read_text()
     other = RunFolder(tmp_path / "other", portable=False).open()
     other.write_json("summary.json", [dict(entry, n_images=2)])
     with pytest.raises(SystemExit, match="no such entry"):
